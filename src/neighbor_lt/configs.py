@@ -1,0 +1,210 @@
+"""Argument dataclasses and the YAML + command-line parser shared by every recipe.
+
+A recipe is configured by a YAML file passed as ``--config``; any key can be overridden on the command line
+(``--learning_rate 1e-4``). Unknown keys are an error, not a warning, so a typo never silently falls back to a
+default. The resolved arguments are written next to the outputs (``args.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+LOSSES = ("ce", "balanced_softmax", "neighbor_silencing", "bal_bce")
+
+
+@dataclass
+class ModelArguments:
+    """Which backbone to fine-tune, or which architecture to build from scratch."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id or local folder of a checkpoint (e.g. facebook/dinov2-base, openai/clip-vit-base-patch16, "
+            "an MAE output folder). Leave empty to build `model_type` from a config (from scratch)."
+        },
+    )
+    model_type: str = field(
+        default="vit", metadata={"help": "Architecture built from scratch when model_name_or_path is empty."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated config overrides for a scratch model or a checkpoint, e.g. "
+            "'hidden_size=64,num_hidden_layers=4,image_size=32,patch_size=4'."
+        },
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Input resolution; defaults to the checkpoint's image processor size."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow code from a checkpoint's repository to run. Off unless you trust it."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded checkpoints are stored."})
+    model_revision: str = field(default="main", metadata={"help": "Checkpoint revision (branch, tag or commit)."})
+
+
+@dataclass
+class DataArguments:
+    """The long-tailed target set, its evaluation split and the optional auxiliary (neighbor) set."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A `datasets` source: Hub id, a builder such as 'parquet' or 'imagefolder', or a local folder. "
+            "Use with train_files / eval_files for local files."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    train_files: list[str] | None = field(default=None, metadata={"help": "Training data files (glob patterns)."})
+    eval_files: list[str] | None = field(default=None, metadata={"help": "Evaluation data files (glob patterns)."})
+    train_split: str = field(default="train", metadata={"help": "Training split name."})
+    eval_split: str = field(default="validation", metadata={"help": "Evaluation split name."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    lt_train_list: str | None = field(
+        default=None,
+        metadata={"help": "Long-tail split file ('relative/path.jpg label' per line, e.g. ImageNet_LT_train.txt)."},
+    )
+    lt_eval_list: str | None = field(default=None, metadata={"help": "Long-tail evaluation split file."})
+    lt_image_root: str | None = field(default=None, metadata={"help": "Folder the split-file paths are relative to."})
+    lt_class_names: str | None = field(
+        default=None, metadata={"help": "Optional text file with one class name per line, in label order."}
+    )
+    num_classes: int | None = field(
+        default=None, metadata={"help": "Keep a seeded random subset of this many target classes."}
+    )
+    imbalance_factor: float | None = field(
+        default=None,
+        metadata={
+            "help": "Make a balanced training set long-tailed with an exponential profile (CIFAR-LT protocol): "
+            "n_max per class down to n_max / imbalance_factor."
+        },
+    )
+    lt_max_per_class: int | None = field(
+        default=None, metadata={"help": "n_max of the long-tail profile; defaults to the largest class."}
+    )
+    lt_seed: int = field(default=0, metadata={"help": "Seed of the class subset and of the long-tail subsampling."})
+    aux_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Auxiliary (neighbor) dataset: folder, Parquet file(s) or Hub id with image/label/neighbor_of."},
+    )
+    aux_split: str = field(default="train", metadata={"help": "Split of the auxiliary dataset."})
+    neighbor_manifest: str | None = field(
+        default=None,
+        metadata={"help": "Neighbor manifest (JSON/Parquet) whose auxiliary neighbor_of lists define neighbor pairs."},
+    )
+    max_aux_per_class: int = field(
+        default=50, metadata={"help": "Images drawn per auxiliary class each epoch (a fresh random subset)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the target training set."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
+
+
+@dataclass
+class NeighborLTTrainingArguments(TrainingArguments):
+    """`transformers.TrainingArguments` plus the long-tail loss and augmentation settings."""
+
+    loss: str = field(default="neighbor_silencing", metadata={"help": f"Loss, one of {', '.join(LOSSES)}."})
+    lambda_s: float = field(default=0.1, metadata={"help": "Silencing factor between a target and its neighbors."})
+    layer_decay: float | None = field(
+        default=None, metadata={"help": "Layer-wise learning-rate decay (0.75 in the paper); empty to disable."}
+    )
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (the paper uses 0.95)."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
+    rand_augment: str | None = field(
+        default=None, metadata={"help": "RandAugment spec 'rand-m9-mstd0.5' (magnitude 9, std 0.5); empty for none."}
+    )
+    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup alpha (0.8 in the paper); 0 disables."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix alpha (1.0 in the paper); 0 disables."})
+    mixup_prob: float = field(default=1.0, metadata={"help": "Probability of applying Mixup or CutMix to a batch."})
+    mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of CutMix when both are enabled."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the (soft) targets."})
+    push_unmasked_revision: str | None = field(
+        default=None, metadata={"help": "Also push the unmasked checkpoint to this revision of hub_model_id."}
+    )
+    report_to: Any = field(default="none", metadata={"help": "Integrations to report to ('none', 'tensorboard', ...)."})
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before training starts."""
+
+
+def _known_fields(dataclass_types) -> set[str]:
+    return {f.name for dc in dataclass_types for f in dataclasses.fields(dc) if f.init}
+
+
+def parse_args(dataclass_types, args: list[str] | None = None):
+    """Parse dataclasses from an optional ``--config`` YAML file, overridden by command-line flags.
+
+    Example:
+        >>> model_args, data_args, training_args = parse_args(
+        ...     (ModelArguments, DataArguments, NeighborLTTrainingArguments), ["--config", "recipes/demo/train.yaml"])
+
+    Args:
+        dataclass_types: the argument dataclasses, in the order they are returned.
+        args: command-line arguments; ``sys.argv[1:]`` when None.
+
+    Raises:
+        ConfigError: on an unknown key in the YAML file or on the command line.
+    """
+    args = list(sys.argv[1:] if args is None else args)
+    parser = HfArgumentParser(dataclass_types)
+    config_path = None
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            raise ConfigError("--config needs a path to a YAML file")
+        config_path = args[i + 1]
+        del args[i : i + 2]
+    if config_path is not None:
+        if not os.path.isfile(config_path):
+            raise ConfigError(f"config file not found: {config_path}")
+        with open(config_path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{config_path} must hold a mapping of argument names to values")
+        unknown = sorted(set(values) - _known_fields(dataclass_types))
+        if unknown:
+            raise ConfigError(f"unknown key(s) in {config_path}: {', '.join(unknown)}")
+        # YAML 1.1 reads `1e-4` as a string: convert with the same type argparse would use on the command line
+        for action in parser._actions:
+            if action.dest in values and isinstance(values[action.dest], str) and callable(action.type):
+                values[action.dest] = action.type(values[action.dest])
+        parser.set_defaults(**values)
+    namespaces, remaining = parser.parse_known_args(args)
+    if remaining:
+        raise ConfigError(f"unknown command-line argument(s): {' '.join(remaining)}")
+    outputs = []
+    for dc in dataclass_types:
+        keys = {f.name for f in dataclasses.fields(dc) if f.init}
+        outputs.append(dc(**{k: v for k, v in vars(namespaces).items() if k in keys}))
+    return tuple(outputs)
+
+
+def save_args(path: str, *arg_objects) -> None:
+    """Write the resolved arguments as one YAML mapping (what timm's ``args.yaml`` does)."""
+    resolved: dict[str, Any] = {}
+    for obj in arg_objects:
+        for f in dataclasses.fields(obj):
+            if not f.init:
+                continue
+            value = getattr(obj, f.name)
+            if hasattr(value, "value"):  # enums
+                value = value.value
+            if isinstance(value, (str, int, float, bool, list, dict, type(None))):
+                resolved[f.name] = value
+            else:
+                resolved[f.name] = str(value)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(resolved, f, sort_keys=True)
