@@ -21,5 +21,5 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "tiny-imagenet-200"
 def tiny_imagenet_dir() -> Path:
     """The shared Tiny-ImageNet-200 Parquet folder (real ImageNet images at 64x64)."""
     if not (SHARED_DATA / "classes.tsv").exists():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+        pytest.fail(f"shared data not found at {SHARED_DATA}: clone the project beside ../shared")
     return SHARED_DATA

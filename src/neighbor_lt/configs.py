@@ -208,3 +208,18 @@ def save_args(path: str, *arg_objects) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         yaml.safe_dump(resolved, f, sort_keys=True)
+
+
+def from_dict(dataclass_type, values: dict | None, where: str = "config"):
+    """Build ``dataclass_type`` from a mapping, failing on unknown keys with a message naming ``where``.
+
+    Example:
+        >>> from_dict(DataArguments, {"max_aux_per_class": 20}, where="train.yaml").max_aux_per_class
+        20
+    """
+    values = dict(values or {})
+    known = {f.name: f for f in dataclasses.fields(dataclass_type) if f.init}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return dataclass_type(**values)
