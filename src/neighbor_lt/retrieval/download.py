@@ -1,0 +1,603 @@
+"""A polite, guarded, resumable image downloader.
+
+Every candidate URL gets exactly one line in ``downloads.jsonl`` (its outcome, hashes and stored file); images are
+stored once, by SHA-256, under ``images/``. A rerun skips every URL that already has a line, so killing the process at
+any point and starting it again loses nothing and duplicates nothing.
+
+Outcomes: ``ok``, ``http_error``, ``timeout``, ``network_error``, ``not_image``, ``too_large``, ``too_small``,
+``duplicate``, ``blocked_address``, ``opted_out``.
+
+Safety by default: only http(s); any address that is private, loopback, link-local, multicast, reserved or unspecified
+is refused, checked on the IP a hostname resolves to at connect time (so redirects and DNS answers cannot sneak past),
+unless it is in ``allowed_networks``; robots.txt and ``X-Robots-Tag: noai / noimageai / noindex / none`` are honoured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import ipaddress
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urljoin, urlsplit
+from urllib.robotparser import RobotFileParser
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .search import DEFAULT_USER_AGENT, Candidate
+
+logger = logging.getLogger(__name__)
+
+OUTCOMES = (
+    "ok",
+    "http_error",
+    "timeout",
+    "network_error",
+    "not_image",
+    "too_large",
+    "too_small",
+    "duplicate",
+    "blocked_address",
+    "opted_out",
+)
+
+
+@dataclass
+class DownloadConfig:
+    """Downloader settings (the ``download:`` block of the ``retrieve`` stage)."""
+
+    num_workers: int = field(default=16, metadata={"help": "Concurrent downloads (threads)."})
+    max_connections_per_host: int = field(default=4, metadata={"help": "Concurrent requests to one host."})
+    requests_per_second_per_host: float = field(default=4.0, metadata={"help": "Request rate per host; 0 = no limit."})
+    connect_timeout: float = field(default=10.0, metadata={"help": "Seconds to connect."})
+    read_timeout: float = field(default=20.0, metadata={"help": "Seconds between two reads."})
+    total_timeout: float = field(default=60.0, metadata={"help": "Seconds for one whole response body."})
+    max_retries: int = field(default=3, metadata={"help": "Retries on 429, 5xx and connection errors."})
+    backoff_base: float = field(default=1.0, metadata={"help": "Backoff before retry k is base * 2^k (+ jitter)."})
+    backoff_max: float = field(default=60.0, metadata={"help": "Longest wait before a retry (caps Retry-After too)."})
+    max_redirects: int = field(default=5, metadata={"help": "Redirects followed per URL; loops are refused."})
+    max_bytes: int = field(default=20_000_000, metadata={"help": "Largest response body accepted, in bytes."})
+    max_pixels: int = field(default=40_000_000, metadata={"help": "Largest width*height (decompression-bomb guard)."})
+    min_side: int = field(default=16, metadata={"help": "Smallest accepted image side, in pixels."})
+    max_side: int = field(default=512, metadata={"help": "Images are resized so their longer side is at most this."})
+    jpeg_quality: int = field(default=90, metadata={"help": "Quality of the stored JPEG."})
+    phash_distance: int = field(
+        default=0, metadata={"help": "Perceptual-hash Hamming distance counted as a duplicate; -1 disables."}
+    )
+    user_agent: str = field(default=DEFAULT_USER_AGENT, metadata={"help": "User-Agent header (say who you are)."})
+    block_private_addresses: bool = field(
+        default=True, metadata={"help": "Refuse private, loopback, link-local, multicast and reserved addresses."}
+    )
+    allowed_networks: list[str] = field(
+        default_factory=list, metadata={"help": "CIDRs exempt from the address guard (tests: ['127.0.0.1/32'])."}
+    )
+    respect_robots_txt: bool = field(default=True, metadata={"help": "Skip URLs that robots.txt disallows for us."})
+    respect_x_robots_tag: bool = field(default=True, metadata={"help": "Skip responses carrying an opt-out header."})
+    opt_out_directives: list[str] = field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "none"],
+        metadata={"help": "X-Robots-Tag directives that count as an opt-out."},
+    )
+
+
+class BlockedAddress(Exception):
+    """The URL's host is, or resolves to, an address the guard refuses."""
+
+
+class AddressGuard:
+    """Decides which IP addresses may be contacted; resolves hostnames and returns only allowed addresses."""
+
+    def __init__(self, block_private: bool = True, allowed_networks: Iterable[str] = ()):
+        self.block_private = block_private
+        self.allowed = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
+
+    def is_allowed(self, ip: str) -> bool:
+        """Whether one IP address may be contacted."""
+        addr = ipaddress.ip_address(ip.split("%")[0])
+        if getattr(addr, "ipv4_mapped", None):
+            addr = addr.ipv4_mapped
+        if any(addr in net for net in self.allowed):
+            return True
+        if not self.block_private:
+            return True
+        return not (
+            addr.is_private
+            or addr.is_loopback
+            or addr.is_link_local
+            or addr.is_multicast
+            or addr.is_reserved
+            or addr.is_unspecified
+        )
+
+    def check_literal(self, host: str) -> None:
+        """Raise BlockedAddress when ``host`` is an IP literal that is refused (no DNS, no connection)."""
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return
+        if not self.is_allowed(host.strip("[]")):
+            raise BlockedAddress(f"address {host} is not public")
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        """Resolve ``host`` and return its allowed addresses; raise BlockedAddress when none is allowed."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        allowed = [a for a in addresses if self.is_allowed(a)]
+        if not allowed:
+            raise BlockedAddress(f"{host} resolves to refused address(es) {addresses}")
+        return allowed
+
+
+def _guarded_transport(guard: AddressGuard, limits):
+    """An httpx transport whose every TCP connection goes to an address the guard checked at connect time."""
+    import httpcore
+    import httpx
+
+    class GuardedBackend(httpcore.SyncBackend):
+        def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+            error = None
+            for ip in guard.resolve(host, port):
+                try:
+                    return super().connect_tcp(ip, port, timeout, local_address, socket_options)
+                except httpcore.ConnectError as e:
+                    error = e
+            raise error
+
+    transport = httpx.HTTPTransport(limits=limits, trust_env=False)
+    # httpx has no public hook for the network backend; replace its pool with one that uses ours
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=transport._pool._ssl_context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=GuardedBackend(),
+    )
+    return transport
+
+
+class _HostLimiter:
+    """At most ``max_connections`` requests in flight and ``rate`` requests per second to one host."""
+
+    def __init__(self, max_connections: int, rate: float):
+        self.semaphore = threading.BoundedSemaphore(max(1, max_connections))
+        self.lock = threading.Lock()
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next_time = 0.0
+
+    @contextmanager
+    def slot(self):
+        with self.semaphore:
+            if self.interval:
+                with self.lock:
+                    now = time.monotonic()
+                    wait = max(0.0, self.next_time - now)
+                    self.next_time = max(now, self.next_time) + self.interval
+                if wait:
+                    time.sleep(wait)
+            yield
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Read a JSONL file, ignoring a torn last line left by a killed writer."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("%s: skipping a torn line", path)
+    return records
+
+
+class JsonlWriter:
+    """Append-only JSONL log, one flushed line per record, safe to share between threads."""
+
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if os.path.exists(path) and os.path.getsize(path):
+            with open(path, "rb+") as f:  # drop a torn last line so the next record starts on its own line
+                data = f.read()
+                if not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self.lock = threading.Lock()
+
+    def write(self, record: dict) -> None:
+        with self.lock:
+            self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def hamming(a: str, b: str) -> int:
+    """Hamming distance between two hex-encoded perceptual hashes."""
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def decode_image(data: bytes, config: DownloadConfig) -> tuple[str, str, Image.Image | None]:
+    """Decode and validate image bytes: returns (outcome, detail, RGB image resized to ``max_side``)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > config.max_pixels:
+                return "too_large", f"decompression bomb guard: {width}x{height} pixels", None
+            if min(width, height) < config.min_side:
+                return "too_small", f"{width}x{height}", None
+            if image.format == "JPEG":
+                image.draft("RGB", (config.max_side, config.max_side))
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return "too_large", f"decompression bomb: {e}", None
+    except Exception as e:  # Pillow raises many types for truncated or non-image bytes
+        return "not_image", f"{type(e).__name__}: {e}"[:200], None
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        rgba = image.convert("RGBA")
+        image = Image.new("RGB", rgba.size, (255, 255, 255))
+        image.paste(rgba, mask=rgba.getchannel("A"))
+    else:
+        image = image.convert("RGB")
+    image.thumbnail((config.max_side, config.max_side), Image.Resampling.BICUBIC)
+    return "ok", "", image
+
+
+class Downloader:
+    """Fetch, validate, deduplicate and store candidate images; one manifest line per candidate.
+
+    Example:
+        >>> from neighbor_lt.retrieval import Candidate, DownloadConfig, Downloader
+        >>> dl = Downloader("out/retrieve", DownloadConfig(num_workers=8))
+        >>> summary = dl.run([Candidate("goldfish", "https://example.org/fish.jpg", aux_name="goldfish")])
+        >>> summary["ok"]  # doctest: +SKIP
+
+    Args:
+        output_dir: folder of ``downloads.jsonl``, ``images/`` and ``download_summary.json``.
+        config: a :class:`DownloadConfig`.
+    """
+
+    def __init__(self, output_dir: str, config: DownloadConfig | None = None):
+        import httpx
+
+        self.output_dir = output_dir
+        self.config = config = config or DownloadConfig()
+        self.manifest_path = os.path.join(output_dir, "downloads.jsonl")
+        self.guard = AddressGuard(config.block_private_addresses, config.allowed_networks)
+        limits = httpx.Limits(max_connections=max(1, config.num_workers) * 2, max_keepalive_connections=32)
+        self.client = httpx.Client(
+            transport=_guarded_transport(self.guard, limits),
+            timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
+            headers={"User-Agent": config.user_agent, "Accept": "image/*,*/*;q=0.5"},
+            follow_redirects=False,
+            trust_env=False,
+        )
+        self.ua_token = config.user_agent.split("/")[0].split()[0]
+        self._limiters: dict[str, _HostLimiter] = {}
+        self._robots: dict[str, RobotFileParser | bool] = {}
+        self._robots_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._sha: dict[str, str] = {}  # sha256 -> key of the first record
+        self._phash: dict[str, str] = {}
+        self._url_results: dict[str, dict] = {}
+
+    # ---- resumption -------------------------------------------------------------------------------------------
+    def load_records(self) -> dict[str, dict]:
+        """Records already in the manifest, by key; also rebuilds the dedup indexes."""
+        records = {}
+        for record in read_jsonl(self.manifest_path):
+            records[record["key"]] = record
+            if record["outcome"] == "ok":
+                self._sha.setdefault(record["sha256"], record["key"])
+                self._phash.setdefault(record["phash"], record["key"])
+        return records
+
+    # ---- HTTP -------------------------------------------------------------------------------------------------
+    def _limiter(self, host: str) -> _HostLimiter:
+        with self._lock:
+            if host not in self._limiters:
+                self._limiters[host] = _HostLimiter(
+                    self.config.max_connections_per_host, self.config.requests_per_second_per_host
+                )
+            return self._limiters[host]
+
+    def _robots_allows(self, url: str) -> bool:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        with self._lock:
+            lock = self._robots_locks.setdefault(origin, threading.Lock())
+        with lock:
+            if origin not in self._robots:
+                self._robots[origin] = self._fetch_robots(origin)
+        rules = self._robots[origin]
+        return rules if isinstance(rules, bool) else rules.can_fetch(self.ua_token, url)
+
+    def _fetch_robots(self, origin: str) -> RobotFileParser | bool:
+        """robots.txt per RFC 9309: 4xx means no rules, 5xx or unreachable means disallow all."""
+        import httpx
+
+        try:
+            with self._limiter(urlsplit(origin).netloc).slot():
+                response = self.client.get(origin + "/robots.txt", follow_redirects=True)
+        except BlockedAddress:
+            return False
+        except httpx.HTTPError:
+            return False
+        if 400 <= response.status_code < 500:
+            return True
+        if response.status_code >= 500:
+            return False
+        parser = RobotFileParser()
+        parser.parse(response.content[:500_000].decode("utf-8", "replace").splitlines())
+        return parser
+
+    def _opted_out(self, headers) -> str | None:
+        for value in headers.get_list("x-robots-tag"):
+            for directive in value.lower().replace(";", ",").split(","):
+                directive = directive.split(":")[-1].strip()  # "googlebot: noindex" -> "noindex"
+                if directive in self.config.opt_out_directives:
+                    return f"X-Robots-Tag: {value}"
+        return None
+
+    def fetch(self, url: str) -> dict:
+        """Fetch one URL with the guard, robots, retries and size limits; returns outcome, detail, data, status, final_url."""
+        import httpx
+
+        cfg = self.config
+        seen = set()
+        for _ in range(cfg.max_redirects + 1):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                return {"outcome": "http_error", "detail": f"unsupported URL {url[:200]}"}
+            if url in seen:
+                return {"outcome": "http_error", "detail": "redirect loop", "final_url": url}
+            seen.add(url)
+            try:
+                self.guard.check_literal(parts.hostname)
+                if cfg.respect_robots_txt and not self._robots_allows(url):
+                    return {"outcome": "opted_out", "detail": "robots.txt", "final_url": url}
+                result = self._get(url, parts.netloc)
+            except BlockedAddress as e:
+                return {"outcome": "blocked_address", "detail": str(e), "final_url": url}
+            except httpx.TimeoutException as e:
+                return {"outcome": "timeout", "detail": type(e).__name__, "final_url": url}
+            if "location" not in result:
+                return {**result, "final_url": url}
+            url = urljoin(url, result["location"])
+        return {"outcome": "http_error", "detail": f"more than {cfg.max_redirects} redirects", "final_url": url}
+
+    def _get(self, url: str, host: str) -> dict:
+        import httpx
+
+        cfg = self.config
+        for attempt in range(cfg.max_retries + 1):
+            retry_after = None
+            try:
+                with self._limiter(host).slot(), self.client.stream("GET", url) as response:
+                    status = response.status_code
+                    if response.is_redirect and response.headers.get("location"):
+                        return {"location": response.headers["location"], "status": status}
+                    if status == 429 or status >= 500:
+                        retry_after = response.headers.get("retry-after")
+                        result = {"outcome": "http_error", "detail": f"HTTP {status}", "status": status}
+                    elif status >= 400:
+                        return {"outcome": "http_error", "detail": f"HTTP {status}", "status": status}
+                    else:
+                        return self._read_body(response)
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as e:
+                result = {"outcome": "network_error", "detail": f"{type(e).__name__}: {e}"[:200]}
+            if attempt < cfg.max_retries:
+                wait = cfg.backoff_base * 2**attempt * (1 + random.random() / 4)
+                if retry_after and retry_after.strip().isdigit():
+                    wait = float(retry_after)
+                time.sleep(min(wait, cfg.backoff_max))
+        return result
+
+    def _read_body(self, response) -> dict:
+        cfg = self.config
+        status = response.status_code
+        if cfg.respect_x_robots_tag and (reason := self._opted_out(response.headers)):
+            return {"outcome": "opted_out", "detail": reason, "status": status}
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type and not (content_type.startswith("image/") or content_type.endswith("octet-stream")):
+            return {"outcome": "not_image", "detail": f"content-type {content_type}", "status": status}
+        length = response.headers.get("content-length")
+        if length and length.isdigit() and int(length) > cfg.max_bytes:
+            return {"outcome": "too_large", "detail": f"content-length {length}", "status": status}
+        chunks, size, deadline = [], 0, time.monotonic() + cfg.total_timeout
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > cfg.max_bytes:
+                return {"outcome": "too_large", "detail": f"body over {cfg.max_bytes} bytes", "status": status}
+            if time.monotonic() > deadline:
+                return {"outcome": "timeout", "detail": f"body took over {cfg.total_timeout}s", "status": status}
+            chunks.append(chunk)
+        return {"outcome": "ok", "data": b"".join(chunks), "status": status, "content_type": content_type}
+
+    # ---- one candidate ----------------------------------------------------------------------------------------
+    def process(self, candidate: Candidate) -> dict:
+        """Fetch (or take the pool's bytes), validate, dedup and store one candidate; returns its manifest record."""
+        import imagehash
+
+        record = {
+            "key": f"{candidate.aux_name}\t{candidate.image_url}",
+            "aux_name": candidate.aux_name,
+            "neighbor_of": list(candidate.neighbor_of),
+            "query": candidate.query,
+            "source_url": candidate.image_url,
+            "page_url": candidate.page_url,
+            "caption": candidate.caption,
+            "rank": candidate.rank,
+        }
+        start = time.monotonic()
+        if candidate.image_bytes is not None:
+            result = {"outcome": "ok", "data": candidate.image_bytes}
+        else:
+            with self._lock:
+                previous = self._url_results.get(candidate.image_url)
+            if previous is not None:  # the same URL found by another query
+                result = {"outcome": "duplicate" if previous["outcome"] == "ok" else previous["outcome"]}
+                result["detail"] = f"same URL as {previous['key']}"
+            else:
+                result = self.fetch(candidate.image_url)
+        data = result.pop("data", None)
+        record.update({k: v for k, v in result.items() if k != "content_type"})
+        if result["outcome"] == "ok":
+            outcome, detail, image = decode_image(data, self.config)
+            record.update(outcome=outcome, detail=detail)
+            if image is not None:
+                sha, phash = hashlib.sha256(data).hexdigest(), str(imagehash.phash(image))
+                record.update(sha256=sha, phash=phash, width=image.width, height=image.height, bytes=len(data))
+                with self._lock:
+                    first = self._sha.get(sha) or self._find_phash(phash)
+                    if first is not None:
+                        record.update(outcome="duplicate", detail=f"same image as {first}")
+                    else:
+                        self._sha[sha] = self._phash[phash] = record["key"]
+                if record["outcome"] == "ok":
+                    buffer = io.BytesIO()
+                    image.save(buffer, "JPEG", quality=self.config.jpeg_quality)
+                    record["path"] = os.path.join("images", sha[:2], f"{sha}.jpg")
+                    _atomic_write(os.path.join(self.output_dir, record["path"]), buffer.getvalue())
+        record["seconds"] = round(time.monotonic() - start, 4)
+        if candidate.image_bytes is None:
+            with self._lock:
+                self._url_results.setdefault(candidate.image_url, record)
+        return record
+
+    def _find_phash(self, phash: str) -> str | None:
+        if self.config.phash_distance < 0:
+            return None
+        if phash in self._phash or self.config.phash_distance == 0:
+            return self._phash.get(phash)
+        return next((k for h, k in self._phash.items() if hamming(h, phash) <= self.config.phash_distance), None)
+
+    def run(self, candidates: Iterable[Candidate], desc: str = "download") -> dict[str, int]:
+        """Process every candidate that has no manifest line yet; returns counts per outcome over the whole manifest.
+
+        Example:
+            >>> Downloader("out").run(candidates)  # doctest: +SKIP
+            {'ok': 812, 'http_error': 40, 'duplicate': 25, ...}
+
+        Args:
+            candidates: :class:`Candidate` objects (their ``aux_name`` + URL is the resumption key).
+            desc: progress-bar label.
+        """
+        done = self.load_records()
+        for record in done.values():
+            if not record["source_url"].startswith("pool://"):
+                self._url_results.setdefault(record["source_url"], record)
+        todo, keys = [], set(done)
+        for candidate in candidates:
+            key = f"{candidate.aux_name}\t{candidate.image_url}"
+            if key not in keys:
+                keys.add(key)
+                todo.append(candidate)
+        logger.info("%s: %d candidate(s) already in %s, %d to do", desc, len(done), self.manifest_path, len(todo))
+        writer = JsonlWriter(self.manifest_path)
+        try:
+            with tqdm(total=len(todo), desc=desc, unit="img") as bar:
+                if self.config.num_workers <= 1 or all(c.image_bytes is not None for c in todo):
+                    for candidate in todo:
+                        writer.write(self.process(candidate))
+                        bar.update()
+                else:
+                    with ThreadPoolExecutor(self.config.num_workers) as pool:
+                        # written as they finish, so a kill loses at most the downloads in flight
+                        for future in as_completed([pool.submit(self.process, c) for c in todo]):
+                            writer.write(future.result())
+                            bar.update()
+        finally:
+            writer.close()
+        return self.summary()
+
+    def summary(self) -> dict[str, int]:
+        """Counts per outcome over the whole manifest; also written to ``download_summary.json``."""
+        counts = Counter(r["outcome"] for r in read_jsonl(self.manifest_path))
+        summary = {outcome: counts.get(outcome, 0) for outcome in OUTCOMES}
+        summary["total"] = sum(counts.values())
+        _atomic_write(os.path.join(self.output_dir, "download_summary.json"), json.dumps(summary, indent=2).encode())
+        logger.info("download summary: %s", summary)
+        return summary
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def candidate_to_dict(candidate: Candidate) -> dict:
+    """A candidate as a JSON-able dict (without image bytes)."""
+    d = asdict(candidate)
+    d.pop("image_bytes")
+    return d
+
+
+def iter_img2dataset(folder: str) -> Iterable[Candidate]:
+    """Candidates (with their bytes) from an img2dataset output folder, any of its output formats.
+
+    Hand ``retrieve/urls.parquet`` to img2dataset (``--input_format parquet --url_col url --caption_col caption
+    --save_additional_columns '["aux_name","neighbor_of","page_url","rank"]'``, with its Spark or Ray distributor at web
+    scale), then point ``retrieve.img2dataset_dir`` at its output: the images go through the same validation, dedup,
+    filters and builder. Only rows with ``status == "success"`` are read.
+
+    Example:
+        >>> candidates = list(iter_img2dataset("i2d_out"))  # doctest: +SKIP
+    """
+    import glob
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    def make(meta: dict, data: bytes) -> Candidate:
+        neighbor_of = meta.get("neighbor_of") or []
+        if isinstance(neighbor_of, str):
+            neighbor_of = json.loads(neighbor_of) if neighbor_of.startswith("[") else [neighbor_of]
+        name = meta.get("aux_name") or meta.get("caption") or ""
+        return Candidate(
+            name, meta.get("url") or "", meta.get("page_url") or "", meta.get("caption") or "",
+            int(meta.get("rank") or 0), data, name, list(neighbor_of),
+        )  # fmt: skip
+
+    for path in sorted(glob.glob(os.path.join(folder, "*.parquet"))):
+        table = pq.read_table(path)
+        if "jpg" not in table.column_names:
+            continue  # the metadata table of the "files" / "webdataset" formats
+        for row in table.to_pylist():
+            if row.get("status", "success") == "success" and row.get("jpg"):
+                yield make(row, row.pop("jpg"))
+    for path in sorted(glob.glob(os.path.join(folder, "*", "*.json"))):
+        with open(path) as f:
+            meta = json.load(f)
+        image_path = path[: -len(".json")] + ".jpg"
+        if meta.get("status", "success") == "success" and os.path.exists(image_path):
+            with open(image_path, "rb") as f:
+                yield make(meta, f.read())
+    for path in sorted(glob.glob(os.path.join(folder, "*.tar"))):
+        with tarfile.open(path) as tar:
+            members = {m.name: m for m in tar.getmembers()}
+            for name, member in members.items():
+                if name.endswith(".json") and name[:-5] + ".jpg" in members:
+                    meta = json.load(tar.extractfile(member))
+                    if meta.get("status", "success") == "success":
+                        yield make(meta, tar.extractfile(members[name[:-5] + ".jpg"]).read())

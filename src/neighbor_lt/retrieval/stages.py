@@ -1,0 +1,512 @@
+"""The ``retrieve``, ``filter`` and ``build`` stages of ``recipes/curate.py``; each is resumable.
+
+Files under ``output_dir``:
+
+- ``retrieve/searches.jsonl``: one line per searched auxiliary class (web and URL backends), so reruns never query
+  an API twice; ``retrieve/urls.parquet``: every candidate URL (the hand-off to img2dataset);
+  ``retrieve/downloads.jsonl``: one line per candidate with its outcome; ``retrieve/images/``: stored images.
+- ``filter/scores-<scorer>.jsonl``: per-image scores; ``filter/decisions.parquet``: scores plus keep and reason;
+  ``filter/prototypes-*.npz`` and ``filter/eval-*.npz``: cached prototypes and evaluation embeddings / hashes.
+- ``aux_dataset/``: the published dataset (``data/train-*.parquet`` + README.md); ``build/summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..configs import from_dict
+from .builder import push_aux_dataset, select_per_class, write_aux_dataset
+from .card import render_dataset_card
+from .download import DownloadConfig, Downloader, JsonlWriter, candidate_to_dict, iter_img2dataset, read_jsonl
+from .filters import (
+    ImageEmbedder,
+    cached_array,
+    caption_matches,
+    compute_prototypes,
+    dataset_key,
+    decide,
+    iter_images,
+    max_similarity,
+    min_hamming,
+    phash_to_int,
+)
+from .search import Candidate, get_search_backend
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrieveArguments:
+    """The ``retrieve:`` section: how candidates are found and fetched."""
+
+    backend: str = field(default="pool", metadata={"help": "Search backend: google, bing, duckduckgo, pool or urls."})
+    backend_kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Options of the backend (endpoint, api_key_env, data_files, ...)."}
+    )
+    neighbor_manifest: str | None = field(
+        default=None, metadata={"help": "Neighbor manifest; <output_dir>/neighbors/neighbors.json by default."}
+    )
+    query_template: str = field(default="{name}", metadata={"help": "Search query built from an auxiliary name."})
+    max_results_per_query: int = field(default=100, metadata={"help": "Candidates asked per auxiliary class."})
+    exclude_target_classes: bool = field(
+        default=True, metadata={"help": "pool: never return rows of a target class (leak guard)."}
+    )
+    download: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Downloader settings (DownloadConfig keys)."}
+    )
+    img2dataset_dir: str | None = field(
+        default=None, metadata={"help": "Ingest this img2dataset output instead of downloading urls.parquet here."}
+    )
+    search_only: bool = field(
+        default=False, metadata={"help": "Stop after writing retrieve/urls.parquet (for img2dataset)."}
+    )
+
+
+@dataclass
+class FilterArguments:
+    """The ``filter:`` section: caption match, prototype window and leak check."""
+
+    caption_filter: bool = field(default=True, metadata={"help": "Drop images whose caption lacks the name."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "AutoModel for embeddings (e.g. facebook/dinov2-base); empty: no embeddings."}
+    )
+    pooling: str = field(default="cls", metadata={"help": "cls, mean or pooler."})
+    batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
+    device: str | None = field(default=None, metadata={"help": "Torch device; CUDA when available."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the model repository."})
+    gamma_low: float | None = field(default=0.7, metadata={"help": "Lowest cosine similarity to the prototype."})
+    gamma_high: float | None = field(default=0.98, metadata={"help": "Highest similarity (drops near-copies)."})
+    leak_check: bool = field(default=True, metadata={"help": "Drop near duplicates of target evaluation images."})
+    leak_splits: list[str] | None = field(
+        default=None, metadata={"help": "Target splits checked for leaks; all but train_split by default."}
+    )
+    leak_similarity: float | None = field(default=0.95, metadata={"help": "Embedding similarity counted as a leak."})
+    leak_phash_distance: int = field(default=4, metadata={"help": "Perceptual-hash distance counted as a leak."})
+    train_split: str = field(default="train", metadata={"help": "Target split the prototypes come from."})
+    image_column: str = field(default="image", metadata={"help": "Image column of the target set."})
+    label_column: str = field(default="label", metadata={"help": "Label column of the target set."})
+
+
+@dataclass
+class BuildArguments:
+    """The ``build:`` section: per-class cap, output dataset, card and push."""
+
+    max_images_per_class: int = field(default=100, metadata={"help": "Cap of images per auxiliary class."})
+    min_images_per_class: int = field(default=1, metadata={"help": "Classes with fewer images are left out."})
+    selection: str = field(
+        default="random", metadata={"help": "Which images survive the cap: random, rank, similarity."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the random selection."})
+    rows_per_shard: int = field(default=5000, metadata={"help": "Rows per Parquet shard."})
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset id (card snippet, push)."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the dataset when a Hub token is set."})
+    private: bool = field(default=True, metadata={"help": "Create the Hub repository as private."})
+    license: str = field(default="other", metadata={"help": "License field of the card."})
+    card_template: str | None = field(default=None, metadata={"help": "Card template; hub_cards/dataset_card.md."})
+    target_name: str | None = field(default=None, metadata={"help": "Name of the target set shown on the card."})
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------------
+def _dir(context, name: str) -> str:
+    path = os.path.join(context.output_dir, name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _save_json(path: str, value) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _load_json(path: str, default=None):
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_neighbor_manifest(path: str) -> dict:
+    """Read the neighbors stage's manifest (``{"version", "backend", "targets", "auxiliary"}``)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"neighbor manifest {path} not found: run the neighbors stage first")
+    with open(path) as f:
+        manifest = json.load(f)
+    if not isinstance(manifest.get("auxiliary"), list):
+        raise ValueError(f"{path}: no 'auxiliary' list")
+    return manifest
+
+
+def _target_names(context) -> list[str] | None:
+    target = getattr(context, "target", None)
+    if target is None:
+        return None
+    train = target["train"] if "train" in target else next(iter(target.values()))
+    names = getattr(train.features.get("label"), "names", None)
+    return list(names) if names else None
+
+
+# ---- retrieve ---------------------------------------------------------------------------------------------------
+def run_retrieve(section: dict, context) -> dict[str, int]:
+    """Search every auxiliary class of the neighbor manifest and download (or take from the pool) its candidates.
+
+    Example:
+        >>> run_retrieve({"backend": "pool", "backend_kwargs": {"data_files": "train-*.parquet"}}, context)  # doctest: +SKIP
+        {'ok': 9120, 'duplicate': 14, ..., 'total': 9200}
+
+    Args:
+        section: the ``retrieve:`` YAML section (:class:`RetrieveArguments` keys).
+        context: has ``output_dir`` and ``target`` (used for the pool's exclusion list).
+
+    Returns:
+        Counts per download outcome (also in ``retrieve/download_summary.json``).
+    """
+    args = from_dict(RetrieveArguments, section, "retrieve")
+    download = from_dict(DownloadConfig, args.download, "retrieve.download")
+    out = _dir(context, "retrieve")
+    _save_json(
+        os.path.join(out, "config.json"), {**dataclasses.asdict(args), "download": dataclasses.asdict(download)}
+    )
+    manifest = load_neighbor_manifest(
+        args.neighbor_manifest or os.path.join(context.output_dir, "neighbors", "neighbors.json")
+    )
+    aux = manifest["auxiliary"]
+    downloader = Downloader(out, download)
+    try:
+        if args.img2dataset_dir:
+            return downloader.run(iter_img2dataset(args.img2dataset_dir), desc="img2dataset ingest")
+        kwargs = dict(args.backend_kwargs)
+        if args.backend == "pool" and args.exclude_target_classes:
+            excluded = set(kwargs.get("exclude_names") or [])
+            for target in manifest.get("targets", []):
+                excluded.update(str(target[k]) for k in ("name", "query") if target.get(k))
+            excluded.update(_target_names_safe(context))
+            kwargs["exclude_names"] = sorted(excluded)
+        backend = get_search_backend(args.backend, **kwargs)
+        candidates = _search_all(backend, args, aux, out)
+        if args.search_only:
+            return {"candidates": len(candidates)}
+        return downloader.run(candidates, desc=f"retrieve ({args.backend})")
+    finally:
+        downloader.close()
+
+
+def _target_names_safe(context) -> list[str]:
+    try:
+        return _target_names(context) or []
+    except Exception as e:  # the target set is optional here: the manifest already names the targets
+        logger.warning("could not load the target set for the pool exclusion list: %s", e)
+        return []
+
+
+def _search_all(backend, args: RetrieveArguments, aux: list[dict], out: str) -> list[Candidate]:
+    """Run every query once; web results are cached in searches.jsonl (pool hits carry bytes and are recomputed)."""
+    from tqdm.auto import tqdm
+
+    cache_path = os.path.join(out, "searches.jsonl")
+    cacheable = args.backend != "pool"
+    cached = {r["aux_name"]: r for r in read_jsonl(cache_path)} if cacheable else {}
+    writer = JsonlWriter(cache_path) if cacheable else None
+    candidates, errors = [], 0
+    try:
+        for entry in tqdm(aux, desc=f"search ({args.backend})", unit="query"):
+            name = entry["name"]
+            neighbor_of = list(entry.get("neighbor_of") or [])
+            query = args.query_template.format(name=name)
+            if name in cached:
+                hits = [Candidate(**c) for c in cached[name]["candidates"]]
+            else:
+                try:
+                    hits = backend.search(query, max_results=args.max_results_per_query, wnid=entry.get("wnid"))
+                except Exception as e:  # one failing query must not stop the others; it is retried on the next run
+                    logger.warning("search %r failed: %s", query, e)
+                    errors += 1
+                    continue
+                for hit in hits:
+                    hit.aux_name, hit.neighbor_of = name, neighbor_of
+                if writer:
+                    writer.write(
+                        {"aux_name": name, "query": query, "candidates": [candidate_to_dict(h) for h in hits]}
+                    )
+            candidates.extend(hits)
+    finally:
+        if writer:
+            writer.close()
+    if errors:
+        logger.warning("%d search(es) failed; rerun the stage to retry them", errors)
+    if cacheable:
+        import pandas as pd
+
+        rows = [{**candidate_to_dict(c), "url": c.image_url} for c in candidates]
+        for row in rows:
+            row["neighbor_of"] = json.dumps(row["neighbor_of"])
+        frame = pd.DataFrame(rows, columns=["url", "caption", "aux_name", "neighbor_of", "page_url", "rank", "query"])
+        frame.to_parquet(os.path.join(out, "urls.parquet"), index=False)
+    logger.info("%d candidate(s) for %d auxiliary class(es)", len(candidates), len(aux))
+    return candidates
+
+
+# ---- filter -----------------------------------------------------------------------------------------------------
+def run_filter(section: dict, context) -> dict[str, int]:
+    """Score every retrieved image (caption, prototype similarity, leak check) and decide keep or drop.
+
+    Example:
+        >>> run_filter({"model_name_or_path": "facebook/dinov2-small", "gamma_low": 0.3}, context)  # doctest: +SKIP
+        {'kept': 8011, 'caption': 0, 'similarity_low': 950, ...}
+
+    Args:
+        section: the ``filter:`` YAML section (:class:`FilterArguments` keys).
+        context: has ``output_dir`` and ``target`` (train split for prototypes, other splits for the leak check).
+
+    Returns:
+        Counts per reason (``kept`` or the reason for dropping), also in ``filter/summary.json``.
+    """
+    import pandas as pd
+    from PIL import Image
+
+    args = from_dict(FilterArguments, section, "filter")
+    out = _dir(context, "filter")
+    _save_json(os.path.join(out, "config.json"), dataclasses.asdict(args))
+    retrieve_dir = os.path.join(context.output_dir, "retrieve")
+    items = [r for r in read_jsonl(os.path.join(retrieve_dir, "downloads.jsonl")) if r["outcome"] == "ok"]
+    need_target = args.model_name_or_path or args.leak_check
+    target = context.target if need_target else None
+    embedder = None
+    if args.model_name_or_path:
+        embedder = ImageEmbedder(
+            args.model_name_or_path, args.pooling, args.batch_size, args.device, args.trust_remote_code
+        )
+    leak_splits = []
+    if args.leak_check:
+        leak_splits = args.leak_splits or [s for s in target if s != args.train_split]
+    scorer = json.dumps([embedder.key if embedder else None, leak_splits, args.train_split])
+    scorer_id = hashlib.sha256(scorer.encode()).hexdigest()[:12]
+
+    # reference data, computed once and cached
+    prototypes, index = None, {}
+    if embedder is not None:
+        train = target[args.train_split]
+        names = train.features[args.label_column].names
+        index = {name: i for i, name in enumerate(names)}
+        prototypes = cached_array(
+            os.path.join(out, f"prototypes-{scorer_id}.npz"),
+            dataset_key(train, embedder.key),
+            lambda: compute_prototypes(embedder, train, len(names), args.image_column, args.label_column),
+        )
+    eval_hashes, eval_embeddings, eval_refs = np.zeros(0, np.uint64), None, []
+    for split in leak_splits:
+        ds = target[split]
+        hashes = cached_array(
+            os.path.join(out, f"eval-phash-{split}.npz"), dataset_key(ds, "phash"), lambda ds=ds: _phashes(ds, args)
+        )
+        eval_hashes = np.concatenate([eval_hashes, hashes])
+        eval_refs += [f"{split}#{i}" for i in range(len(ds))]
+        if embedder is not None:
+            emb = cached_array(
+                os.path.join(out, f"eval-emb-{scorer_id}-{split}.npz"),
+                dataset_key(ds, embedder.key),
+                lambda ds=ds, split=split: embedder.embed(
+                    iter_images(ds, args.image_column), len(ds), f"embed {split}"
+                ),
+            )
+            eval_embeddings = emb if eval_embeddings is None else np.concatenate([eval_embeddings, emb])
+
+    # scores, resumable in chunks
+    scores_path = os.path.join(out, f"scores-{scorer_id}.jsonl")
+    scores = {s["key"]: s for s in read_jsonl(scores_path)}
+    todo = [r for r in items if r["key"] not in scores]
+    logger.info("filter: %d image(s), %d already scored, %d to score", len(items), len(scores), len(todo))
+    writer = JsonlWriter(scores_path)
+    try:
+        chunk = 512
+        for start in range(0, len(todo), chunk):
+            batch = todo[start : start + chunk]
+            results = [{"key": r["key"], "caption_ok": caption_matches(r["aux_name"], r["caption"])} for r in batch]
+            if len(eval_hashes):
+                distances = min_hamming(phash_to_int(r["phash"] for r in batch), eval_hashes)
+                for result, distance in zip(results, distances):
+                    result["leak_phash_distance"] = int(distance)
+            if embedder is not None:
+                images = (Image.open(os.path.join(retrieve_dir, r["path"])) for r in batch)
+                emb = embedder.embed(images, len(batch), desc=f"embed aux {start}/{len(todo)}")
+                for result, record, vector in zip(results, batch, emb):
+                    parents = [index[n] for n in record.get("neighbor_of") or [] if n in index]
+                    if parents:
+                        sims = prototypes[parents] @ vector
+                        result["similarity"] = float(sims.max())
+                        result["parent"] = record["neighbor_of"][int(sims.argmax())]
+                if eval_embeddings is not None:
+                    best, where = max_similarity(emb, eval_embeddings)
+                    for result, value, i in zip(results, best, where):
+                        result["leak_similarity"], result["leak_match"] = float(value), eval_refs[i]
+            for result in results:
+                writer.write(result)
+                scores[result["key"]] = result
+    finally:
+        writer.close()
+
+    # decisions, recomputed from the scores with the current thresholds
+    rows, reasons = [], Counter()
+    for record in items:
+        score = scores[record["key"]]
+        keep, reason = decide(
+            score, args.gamma_low, args.gamma_high, args.leak_similarity,
+            args.leak_phash_distance, args.caption_filter,
+        )  # fmt: skip
+        reasons[reason] += 1
+        rows.append(
+            {
+                **{k: record.get(k) for k in ("key", "aux_name", "sha256", "phash", "path", "caption", "rank")},
+                **{k: record.get(k) for k in ("source_url", "page_url")},
+                "neighbor_of": json.dumps(record.get("neighbor_of") or []),
+                **{k: score.get(k) for k in ("caption_ok", "similarity", "parent")},
+                **{k: score.get(k) for k in ("leak_similarity", "leak_match", "leak_phash_distance")},
+                "keep": keep,
+                "reason": reason,
+            }
+        )
+    columns = (
+        "key aux_name sha256 phash path caption rank source_url page_url neighbor_of caption_ok similarity parent"
+    )
+    columns += " leak_similarity leak_match leak_phash_distance keep reason"
+    frame = pd.DataFrame(rows, columns=columns.split())
+    frame.to_parquet(os.path.join(out, "decisions.parquet"), index=False)
+    summary = {"images": len(items), **dict(reasons)}
+    _save_json(os.path.join(out, "summary.json"), summary)
+    logger.info("filter summary: %s", summary)
+    return summary
+
+
+def _phashes(ds, args: FilterArguments) -> np.ndarray:
+    import imagehash
+    from tqdm.auto import tqdm
+
+    images = iter_images(ds, args.image_column)
+    return phash_to_int(str(imagehash.phash(im.convert("RGB"))) for im in tqdm(images, total=len(ds), desc="phash"))
+
+
+# ---- build ------------------------------------------------------------------------------------------------------
+def run_build(section: dict, context) -> dict[str, Any]:
+    """Cap the kept images per auxiliary class and write ``aux_dataset/`` (Parquet shards + card); push if asked.
+
+    Example:
+        >>> run_build({"max_images_per_class": 50}, context)["images"]  # doctest: +SKIP
+        4210
+        >>> datasets.load_dataset(f"{context.output_dir}/aux_dataset", split="train")  # doctest: +SKIP
+
+    Args:
+        section: the ``build:`` YAML section (:class:`BuildArguments` keys).
+        context: has ``output_dir``.
+
+    Returns:
+        The build summary (images, classes, counts per class and per stage), also in ``build/summary.json``.
+    """
+    import pandas as pd
+
+    args = from_dict(BuildArguments, section, "build")
+    out = _dir(context, "build")
+    decisions_path = os.path.join(context.output_dir, "filter", "decisions.parquet")
+    if not os.path.exists(decisions_path):
+        raise FileNotFoundError(f"{decisions_path} not found: run the filter stage first")
+    frame = pd.read_parquet(decisions_path)
+    kept = frame[frame["keep"]]
+    items = []
+    for row in kept.to_dict("records"):
+        row["neighbor_of"] = json.loads(row["neighbor_of"])
+        if row["similarity"] is not None and isinstance(row["similarity"], float) and math.isnan(row["similarity"]):
+            row["similarity"] = None
+        items.append(row)
+    dataset_dir = os.path.join(context.output_dir, "aux_dataset")
+    fingerprint = hashlib.sha256(
+        json.dumps([sorted(kept["key"]), dataclasses.asdict(args)], default=str).encode()
+    ).hexdigest()
+    previous = _load_json(os.path.join(out, "summary.json"), {})
+    if previous.get("fingerprint") == fingerprint and os.path.exists(os.path.join(dataset_dir, "README.md")):
+        logger.info("build: %s is up to date", dataset_dir)
+        return previous
+
+    groups = select_per_class(items, args.max_images_per_class, args.selection, args.seed, args.min_images_per_class)
+    manifest = _load_json(os.path.join(context.output_dir, "neighbors", "neighbors.json"), {}) or {}
+    order = [a["name"] for a in manifest.get("auxiliary", [])]
+    groups = dict(sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
+    retrieve_cfg = _load_json(os.path.join(context.output_dir, "retrieve", "config.json"), {}) or {}
+    filter_cfg = _load_json(os.path.join(context.output_dir, "filter", "config.json"), {}) or {}
+    download_summary = _load_json(os.path.join(context.output_dir, "retrieve", "download_summary.json"), {}) or {}
+    reasons = Counter(frame["reason"])
+    num_images = sum(len(g) for g in groups.values())
+    stage_counts = {
+        "auxiliary classes in the neighbor manifest": len(manifest.get("auxiliary", [])),
+        "candidates found": download_summary.get("total", len(frame)),
+        "retrieved and valid (ok)": len(frame),
+        "dropped: caption mismatch": reasons.get("caption", 0),
+        "dropped: leak (target evaluation near duplicate)": reasons.get("leak_phash", 0)
+        + reasons.get("leak_embedding", 0),
+        "dropped: outside [gamma_low, gamma_high]": reasons.get("similarity_low", 0)
+        + reasons.get("similarity_high", 0),
+        "passed the filters": int(len(kept)),
+        f"published (cap {args.max_images_per_class} per class)": num_images,
+    }
+    class_counts = [
+        {"name": name, "neighbor_of": sorted({t for item in group for t in item["neighbor_of"]}), "count": len(group)}
+        for name, group in groups.items()
+    ]
+    download = retrieve_cfg.get("download", {})
+    backend_kwargs = retrieve_cfg.get("backend_kwargs") or {}
+    card = render_dataset_card(
+        args.hub_dataset_id or f"{os.path.basename(os.path.abspath(context.output_dir))}-aux",
+        template_path=args.card_template,
+        license=args.license,
+        target_name=args.target_name,
+        num_images=num_images,
+        num_classes=len(groups),
+        max_images_per_class=args.max_images_per_class,
+        neighbor_backend=manifest.get("backend"),
+        search_backend=retrieve_cfg.get("backend"),
+        search_source=backend_kwargs.get("endpoint") or backend_kwargs.get("dataset") or backend_kwargs.get("path"),
+        user_agent=download.get("user_agent"),
+        respect_robots_txt=download.get("respect_robots_txt", True),
+        respect_x_robots_tag=download.get("respect_x_robots_tag", True),
+        opt_out_directives=", ".join(download.get("opt_out_directives") or []) or None,
+        phash_distance=download.get("phash_distance"),
+        caption_filter=filter_cfg.get("caption_filter"),
+        embedding_model=filter_cfg.get("model_name_or_path") or "none (prototype filter off)",
+        pooling=filter_cfg.get("pooling"),
+        gamma_low=filter_cfg.get("gamma_low"),
+        gamma_high=filter_cfg.get("gamma_high"),
+        leak_similarity=filter_cfg.get("leak_similarity") if filter_cfg.get("leak_check") else "off",
+        leak_phash_distance=filter_cfg.get("leak_phash_distance") if filter_cfg.get("leak_check") else "off",
+        stage_counts=stage_counts,
+        class_counts=class_counts,
+    )
+    write_aux_dataset(groups, os.path.join(context.output_dir, "retrieve"), dataset_dir, card, args.rows_per_shard)
+    summary = {
+        "fingerprint": fingerprint,
+        "images": num_images,
+        "classes": len(groups),
+        "stage_counts": stage_counts,
+        "per_class": {row["name"]: row["count"] for row in class_counts},
+        "dataset_dir": dataset_dir,
+    }
+    if args.push_to_hub:
+        from huggingface_hub import get_token
+
+        if not args.hub_dataset_id:
+            logger.warning("push_to_hub is set but hub_dataset_id is empty: not pushing")
+        elif not get_token():
+            logger.warning("push_to_hub is set but no Hub token is configured: not pushing")
+        else:
+            summary["pushed"] = push_aux_dataset(dataset_dir, args.hub_dataset_id, args.private)
+    _save_json(os.path.join(out, "summary.json"), summary)
+    logger.info("build: %d image(s) in %d class(es) -> %s", num_images, len(groups), dataset_dir)
+    return summary
