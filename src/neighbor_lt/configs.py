@@ -106,6 +106,10 @@ class DataArguments:
     max_aux_per_class: int = field(
         default=50, metadata={"help": "Images drawn per auxiliary class each epoch (a fresh random subset)."}
     )
+    crop_min_scale: float = field(
+        default=0.08, metadata={"help": "Smallest area fraction of the training random-resized crop."}
+    )
+    crop_pct: float = field(default=0.875, metadata={"help": "Evaluation: resize to size / crop_pct, then center crop."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the target training set."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
 
@@ -129,10 +133,12 @@ class NeighborLTTrainingArguments(TrainingArguments):
     mixup_prob: float = field(default=1.0, metadata={"help": "Probability of applying Mixup or CutMix to a batch."})
     mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of CutMix when both are enabled."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the (soft) targets."})
+    save_unmasked: bool = field(
+        default=False, metadata={"help": "Also save the unmasked checkpoint (all rows) to output_dir/unmasked."}
+    )
     push_unmasked_revision: str | None = field(
         default=None, metadata={"help": "Also push the unmasked checkpoint to this revision of hub_model_id."}
     )
-    report_to: Any = field(default="none", metadata={"help": "Integrations to report to ('none', 'tensorboard', ...)."})
 
 
 class ConfigError(ValueError):
@@ -178,7 +184,7 @@ def parse_args(dataclass_types, args: list[str] | None = None):
             raise ConfigError(f"unknown key(s) in {config_path}: {', '.join(unknown)}")
         # YAML 1.1 reads `1e-4` as a string: convert with the same type argparse would use on the command line
         for action in parser._actions:
-            if action.dest in values and isinstance(values[action.dest], str) and callable(action.type):
+            if action.dest in values and isinstance(values[action.dest], str) and action.type in (int, float):
                 values[action.dest] = action.type(values[action.dest])
         parser.set_defaults(**values)
     namespaces, remaining = parser.parse_known_args(args)

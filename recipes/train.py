@@ -1,0 +1,213 @@
+"""Train a long-tail image classifier on target + neighbor classes, then publish a masked, target-only model.
+
+Usage:
+    accelerate launch recipes/train.py                                   # built-in demo (recipes/demo/train.yaml)
+    accelerate launch recipes/train.py --config recipes/imagenet_lt/dinov2/train.yaml
+    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/train.py --config ...
+
+Any key of the YAML can be overridden on the command line, e.g. `--num_train_epochs 1 --loss balanced_softmax`.
+"""
+
+import json
+import logging
+import os
+import sys
+
+import datasets
+import evaluate
+import numpy as np
+import transformers
+from transformers import set_seed
+
+import neighbor_lt
+from neighbor_lt.augment import ImageTransform
+from neighbor_lt.configs import (
+    ConfigError,
+    DataArguments,
+    ModelArguments,
+    NeighborLTTrainingArguments,
+    parse_args,
+    save_args,
+)
+from neighbor_lt.data import (
+    AuxiliaryCappedSampler,
+    MergedImageDataset,
+    class_counts,
+    load_aux_dataset,
+    load_target_dataset,
+    merge_label_space,
+    merged_class_counts,
+)
+from neighbor_lt.metrics import format_table, write_per_class_csv
+from neighbor_lt.modeling import load_image_processor, load_model, mask_auxiliary_classes, processor_settings
+from neighbor_lt.trainer import NeighborSilencingTrainer
+
+logger = logging.getLogger("train")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo", "train.yaml")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" not in argv:
+        argv = ["--config", DEFAULT_CONFIG, *argv]
+    model_args, data_args, training_args = parse_args(
+        (ModelArguments, DataArguments, NeighborLTTrainingArguments), argv
+    )
+    training_args.remove_unused_columns = False  # the collator needs pixel_values and labels only
+    # The Trainer itself would push unmasked checkpoints; this recipe pushes the masked model once, at the end.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+
+    ################
+    # Seed & logging
+    ################
+    set_seed(training_args.seed)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+    )
+    for lib in (datasets, transformers):
+        lib.utils.logging.set_verbosity_warning()
+    logger.info("model %s | data %s | loss %s", model_args, data_args, training_args.loss)
+    if push_to_hub:
+        from neighbor_lt.hub import check_hub_access
+
+        check_hub_access(training_args.hub_model_id, training_args.hub_token)  # fail now, not after training
+
+    ################
+    # Data
+    ################
+    target = load_target_dataset(data_args)
+    target_names = target["train"].features["label"].names
+    aux = load_aux_dataset(data_args.aux_dataset, data_args.aux_split) if data_args.aux_dataset else None
+    neighbor_map = None
+    if data_args.neighbor_manifest:
+        from neighbor_lt.neighbors.manifest import neighbor_map as read_neighbor_map
+
+        neighbor_map = read_neighbor_map(data_args.neighbor_manifest)
+    space = merge_label_space(target_names, aux, neighbor_map)
+    target_counts = class_counts(target["train"])
+    aux_labels = np.asarray(aux["label"]) if aux is not None else np.zeros(0, dtype=np.int64)
+    counts = merged_class_counts(target_counts, aux_labels, len(space.aux_names), data_args.max_aux_per_class)
+    pairs = space.neighbor_pairs
+    if training_args.loss == "neighbor_silencing" and len(pairs) == 0:
+        logger.warning("neighbor_silencing without neighbor pairs is balanced softmax")
+    logger.info(
+        "%d target classes (%d images), %d auxiliary classes (%d images), %d neighbor pairs",
+        space.num_targets, len(target["train"]), len(space.aux_names), len(aux_labels), len(pairs),
+    )  # fmt: skip
+
+    ################
+    # Model
+    ################
+    id2label = dict(enumerate(space.names))
+    model = load_model(model_args, id2label)
+    processor = load_image_processor(model_args, model)
+    size, mean, std = processor_settings(processor)
+    train_tf = ImageTransform(
+        size, mean, std, train=True, rand_augment=training_args.rand_augment, crop_scale=(data_args.crop_min_scale, 1)
+    )
+    eval_tf = ImageTransform(size, mean, std, train=False, crop_pct=data_args.crop_pct)
+    train_dataset = MergedImageDataset(target["train"], aux, space.num_targets, train_tf)
+    eval_dataset = (
+        MergedImageDataset(target["validation"], None, space.num_targets, eval_tf) if "validation" in target else None
+    )
+    sampler = AuxiliaryCappedSampler(
+        len(target["train"]), aux_labels, data_args.max_aux_per_class, seed=training_args.seed
+    )
+
+    ################
+    # Trainer
+    ################
+    metric = evaluate.load(neighbor_lt.LONG_TAIL_ACCURACY)
+
+    def compute_metrics(eval_pred):
+        predictions = np.argmax(eval_pred.predictions, axis=-1)
+        result = metric.compute(predictions=predictions, references=eval_pred.label_ids, class_counts=target_counts)
+        return {k: result[k] for k in ("overall", "many", "medium", "few")}
+
+    trainer = NeighborSilencingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        compute_metrics=compute_metrics,
+        class_counts=counts,
+        neighbor_pairs=pairs,
+        num_target_classes=space.num_targets,
+        train_sampler=sampler,
+    )
+
+    ################
+    # Train
+    ################
+    save_args(os.path.join(training_args.output_dir, "args.yaml"), model_args, data_args, training_args)
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+
+    ################
+    # Save: the masked, target-only model
+    ################
+    if training_args.save_unmasked:
+        trainer.save_model(os.path.join(training_args.output_dir, "unmasked"))
+    masked = mask_auxiliary_classes(trainer.accelerator.unwrap_model(trainer.model), space.num_targets)
+    if trainer.is_world_process_zero():
+        masked.save_pretrained(training_args.output_dir)
+        processor.save_pretrained(training_args.output_dir)
+        with open(os.path.join(training_args.output_dir, "neighbor_lt.json"), "w") as f:
+            json.dump(
+                {
+                    "target_classes": space.target_names,
+                    "target_train_counts": target_counts.tolist(),
+                    "auxiliary_classes": space.aux_names,
+                    "neighbor_of": space.neighbor_of,
+                    "loss": training_args.loss,
+                    "lambda_s": training_args.lambda_s,
+                    "max_aux_per_class": data_args.max_aux_per_class,
+                },
+                f,
+                indent=2,
+            )
+
+    ################
+    # Evaluate (target rows only, i.e. the masked model)
+    ################
+    results = None
+    if eval_dataset is not None:
+        prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
+        predictions = np.argmax(prediction.predictions, axis=-1)
+        results = metric.compute(predictions=predictions, references=prediction.label_ids, class_counts=target_counts)
+        if trainer.is_world_process_zero():
+            out = {k: results[k] for k in ("overall", "many", "medium", "few")}
+            out.update(group_sizes=results["group_sizes"], split=data_args.eval_split, num_images=len(predictions))
+            with open(os.path.join(training_args.output_dir, "eval_results.json"), "w") as f:
+                json.dump(out, f, indent=2)
+            write_per_class_csv(
+                os.path.join(training_args.output_dir, "per_class_accuracy.csv"), results, target_names, target_counts
+            )
+            print(format_table(results, title=f"Evaluation on {data_args.eval_split} ({len(predictions)} images)"))
+
+    ################
+    # Card & push
+    ################
+    if trainer.is_world_process_zero():
+        try:
+            from neighbor_lt.hub import write_model_card
+        except ImportError:  # the hub module is optional until installed
+            write_model_card = None
+        if write_model_card is not None:
+            write_model_card(training_args.output_dir, model_args, data_args, training_args, results)
+        if push_to_hub:
+            from neighbor_lt.hub import push_model
+
+            push_model(training_args.output_dir, training_args.hub_model_id, training_args.hub_token)
+    print(f"Masked target-only model saved to {training_args.output_dir}")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as err:
+        sys.exit(f"configuration error: {err}")

@@ -1,0 +1,206 @@
+"""Long-tail losses: balanced softmax (eq. 2), neighbor-silencing (eq. 4) and LiVT's balanced BCE.
+
+All functions are pure: ``(logits, targets, class_counts, ...) -> loss``. ``targets`` is either a LongTensor ``[B]``
+of class indices or a float tensor ``[B, C]`` of soft targets (Mixup / CutMix / label smoothing); a soft target's
+loss is the target-weighted sum of the per-class losses. No function builds a dense ``C x C`` tensor: the
+neighbor pairs stay a sparse edge list, so 28,500 classes (iNaturalist 2018 plus its auxiliary set) cost what
+balanced softmax costs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "balanced_softmax_loss",
+    "neighbor_silencing_loss",
+    "balanced_bce_loss",
+    "cross_entropy_loss",
+    "neighbor_csr",
+    "LOSS_FUNCTIONS",
+]
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "none":
+        return per_sample
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _log_counts(class_counts: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    counts = torch.as_tensor(class_counts, device=logits.device, dtype=torch.float32)
+    if counts.shape != logits.shape[-1:]:
+        raise ValueError(f"class_counts has shape {tuple(counts.shape)}, expected ({logits.shape[-1]},)")
+    if bool((counts <= 0).any()):
+        raise ValueError(f"class_counts must be positive; classes {torch.nonzero(counts <= 0).flatten().tolist()} are not")
+    return counts.log()
+
+
+def _check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
+    if targets.dim() == 1:
+        if targets.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"hard targets must be integer class indices, got {targets.dtype}")
+        if targets.shape[0] != logits.shape[0]:
+            raise ValueError(f"{targets.shape[0]} targets for {logits.shape[0]} logits rows")
+    elif targets.shape != logits.shape:
+        raise ValueError(f"soft targets have shape {tuple(targets.shape)}, expected {tuple(logits.shape)}")
+
+
+def _soft_or_hard_ce(adjusted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy of ``adjusted`` logits against hard or soft targets."""
+    if targets.dim() == 1:
+        return F.cross_entropy(adjusted, targets, reduction="none")
+    return -(targets.to(adjusted.dtype) * F.log_softmax(adjusted, dim=-1)).sum(-1)
+
+
+def cross_entropy_loss(logits, targets, class_counts=None, reduction: str = "mean", **_) -> torch.Tensor:
+    """Plain cross-entropy (``class_counts`` accepted and ignored so every loss has the same call)."""
+    _check_targets(targets, logits)
+    return _reduce(_soft_or_hard_ce(logits.float(), targets), reduction)
+
+
+def balanced_softmax_loss(logits, targets, class_counts, reduction: str = "mean") -> torch.Tensor:
+    """Balanced softmax cross-entropy (eq. 2): cross-entropy on ``z_j + log n_j``.
+
+    Example:
+        >>> logits = torch.tensor([[1.0, 0.0]]); counts = torch.tensor([10.0, 1.0])
+        >>> balanced_softmax_loss(logits, torch.tensor([1]), counts)  # -log(1*e^0 / (10*e^1 + 1*e^0))
+        tensor(3.3387)
+
+    Args:
+        logits: ``[B, C]`` raw classifier outputs.
+        targets: ``[B]`` class indices or ``[B, C]`` soft targets.
+        class_counts: ``[C]`` training images per class (all positive).
+        reduction: ``"mean"`` (batch mean, default), ``"sum"`` or ``"none"``.
+    """
+    _check_targets(targets, logits)
+    adjusted = logits.float() + _log_counts(class_counts, logits)
+    return _reduce(_soft_or_hard_ce(adjusted, targets), reduction)
+
+
+def neighbor_csr(neighbor_pairs: torch.Tensor, num_classes: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric, de-duplicated neighbor lists in CSR form: ``(ptr [C+1], neighbors [2E'])``.
+
+    ``neighbors[ptr[c]:ptr[c+1]]`` are the classes silenced when the label is ``c``.
+    """
+    pairs = torch.as_tensor(neighbor_pairs, dtype=torch.int64, device=device).reshape(-1, 2)
+    if pairs.numel() and (pairs.min() < 0 or pairs.max() >= num_classes):
+        raise ValueError(f"neighbor_pairs hold a class outside 0..{num_classes - 1}")
+    if bool((pairs[:, 0] == pairs[:, 1]).any()):
+        raise ValueError("neighbor_pairs pair a class with itself")
+    edges = torch.cat([pairs, pairs.flip(1)]).unique(dim=0)  # sorted by source, then destination
+    counts = torch.bincount(edges[:, 0], minlength=num_classes)
+    ptr = torch.zeros(num_classes + 1, dtype=torch.int64, device=edges.device)
+    ptr[1:] = counts.cumsum(0)
+    return ptr, edges[:, 1].contiguous()
+
+
+def neighbor_silencing_loss(
+    logits,
+    targets,
+    class_counts,
+    neighbor_pairs,
+    lambda_s: float = 0.1,
+    reduction: str = "mean",
+    csr: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Neighbor-silencing cross-entropy (eq. 4).
+
+    ``log(1 + sum_{j != y} lambda_yj exp(log n_j - log n_y + z_j - z_y))`` with ``lambda_yj = lambda_s`` when
+    ``(y, j)`` or ``(j, y)`` is a neighbor pair and 1 otherwise. With ``a = z + log n`` and ``lse = logsumexp(a)``
+    this is ``lse - a_y + log(1 - (1 - lambda_s) * r_y)``, where ``r_y`` is the softmax mass of ``y``'s neighbors,
+    so only the (sample, neighbor) entries are gathered: no ``C x C`` (or extra ``B x C``) tensor is built.
+    ``lambda_s = 1`` gives balanced softmax on the merged label space exactly.
+
+    Example:
+        >>> logits = torch.zeros(1, 3); counts = torch.ones(3)
+        >>> pairs = torch.tensor([[0, 2]])  # target class 0, auxiliary class 2
+        >>> neighbor_silencing_loss(logits, torch.tensor([0]), counts, pairs, lambda_s=0.1)  # log(1 + 1 + 0.1)
+        tensor(0.7419)
+
+    Args:
+        logits: ``[B, C]`` raw outputs over targets ``0..L-1`` then auxiliary classes ``L..L+K-1``.
+        targets: ``[B]`` class indices or ``[B, C]`` soft targets.
+        class_counts: ``[C]`` images per class (for an auxiliary class: the images drawn per epoch).
+        neighbor_pairs: LongTensor ``[E, 2]`` of (target class, auxiliary class); silencing is symmetric.
+        lambda_s: silencing factor, > 0 (0.1 in the paper).
+        reduction: ``"mean"`` (batch mean, default), ``"sum"`` or ``"none"``.
+        csr: the precomputed :func:`neighbor_csr` of ``neighbor_pairs`` (saves work in a training loop).
+    """
+    if lambda_s <= 0:
+        raise ValueError(f"lambda_s must be positive, got {lambda_s}")
+    _check_targets(targets, logits)
+    adjusted = logits.float() + _log_counts(class_counts, logits)
+    batch, num_classes = adjusted.shape
+    lse = torch.logsumexp(adjusted, dim=-1)
+    if targets.dim() == 1:
+        base = lse - adjusted.gather(1, targets[:, None]).squeeze(1)
+        rows = torch.arange(batch, device=adjusted.device)
+        cls, weights = targets, None
+    else:
+        targets = targets.to(adjusted.dtype)
+        base = targets.sum(-1) * lse - (targets * adjusted).sum(-1)
+        rows, cls = targets.nonzero(as_tuple=True)
+        weights = targets[rows, cls]
+    if lambda_s == 1.0:
+        return _reduce(base, reduction)
+
+    ptr, neighbors = csr if csr is not None else neighbor_csr(neighbor_pairs, num_classes, adjusted.device)
+    degree = ptr[cls + 1] - ptr[cls]
+    has = degree > 0
+    rows, cls, degree = rows[has], cls[has], degree[has]
+    if weights is not None:
+        weights = weights[has]
+    if rows.numel() == 0:
+        return _reduce(base, reduction)
+    # Expand every (sample, label) entry into its (sample, neighbor) entries, CSR style.
+    entry = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), degree)
+    first = torch.repeat_interleave(ptr[cls] - (degree.cumsum(0) - degree), degree)
+    nbr = neighbors[first + torch.arange(entry.numel(), device=rows.device)]
+    sample = rows[entry]
+    mass = torch.zeros(rows.numel(), device=adjusted.device, dtype=adjusted.dtype)
+    mass = mass.index_add(0, entry, torch.exp(adjusted[sample, nbr] - lse[sample]))
+    silence = torch.log1p(-(1.0 - lambda_s) * mass.clamp(max=1.0))
+    if weights is not None:
+        silence = silence * weights
+    per_sample = base.index_add(0, rows, silence)
+    return _reduce(per_sample, reduction)
+
+
+def balanced_bce_loss(logits, targets, class_counts, reduction: str = "mean") -> torch.Tensor:
+    """LiVT's balanced binary cross-entropy (Bal-BCE): sigmoid BCE on ``z_j + log(n_j / sum n)``.
+
+    Each class is an independent binary problem; the logit adjustment by the class prior (``log pi_j``) plays the
+    role balanced softmax's ``log n_j`` plays for the softmax. The per-sample loss sums over classes, as LiVT does.
+
+    Example:
+        >>> logits = torch.zeros(1, 2); counts = torch.tensor([1.0, 1.0])
+        >>> balanced_bce_loss(logits, torch.tensor([0]), counts)  # -log s(log .5) - log(1 - s(log .5)) = log 3 + log 1.5
+        tensor(1.5041)
+
+    Args:
+        logits: ``[B, C]`` raw outputs.
+        targets: ``[B]`` class indices or ``[B, C]`` soft targets.
+        class_counts: ``[C]`` training images per class.
+        reduction: ``"mean"`` (batch mean, default), ``"sum"`` or ``"none"``.
+    """
+    _check_targets(targets, logits)
+    log_counts = _log_counts(class_counts, logits)
+    adjusted = logits.float() + (log_counts - torch.logsumexp(log_counts, 0))
+    if targets.dim() == 1:
+        targets = F.one_hot(targets, adjusted.shape[-1]).to(adjusted.dtype)
+    per_sample = F.binary_cross_entropy_with_logits(adjusted, targets.to(adjusted.dtype), reduction="none").sum(-1)
+    return _reduce(per_sample, reduction)
+
+
+LOSS_FUNCTIONS = {
+    "ce": cross_entropy_loss,
+    "balanced_softmax": balanced_softmax_loss,
+    "neighbor_silencing": neighbor_silencing_loss,
+    "bal_bce": balanced_bce_loss,
+}

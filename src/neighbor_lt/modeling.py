@@ -1,0 +1,225 @@
+"""Backbone loading (DINOv2 / CLIP vision / ViT from scratch / any HF image classifier), layer-wise lr decay and
+auxiliary-row masking."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    PreTrainedModel,
+    ViTImageProcessorPil,
+)
+
+from .configs import ConfigError, ModelArguments
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _apply_overrides(config, overrides: str | None):
+    if overrides:
+        try:
+            config.update_from_string(overrides)
+        except ValueError as err:
+            raise ConfigError(f"config_overrides {overrides!r}: {err}") from err
+    return config
+
+
+def load_model(
+    args: ModelArguments, id2label: dict[int, str], label2id: dict[str, int] | None = None
+) -> PreTrainedModel:
+    """An image classifier with ``len(id2label)`` outputs, from a checkpoint or built from a config.
+
+    Checkpoints load through ``AutoModelForImageClassification.from_pretrained`` with safetensors only and
+    ``trust_remote_code`` off unless ``args.trust_remote_code``; the classifier head is replaced to fit the labels.
+
+    Example:
+        >>> model = load_model(ModelArguments("facebook/dinov2-base"), {0: "cat", 1: "dog"})
+
+    Args:
+        args: model arguments.
+        id2label: the merged label space (targets then auxiliary classes).
+        label2id: inverse of ``id2label``; derived when None.
+    """
+    label2id = label2id or {v: k for k, v in id2label.items()}
+    common = {"num_labels": len(id2label), "id2label": dict(id2label), "label2id": dict(label2id)}
+    if args.model_name_or_path:
+        hub = {"cache_dir": args.cache_dir, "revision": args.model_revision, "trust_remote_code": args.trust_remote_code}
+        config = AutoConfig.from_pretrained(args.model_name_or_path, **common, **hub)
+        _apply_overrides(config, args.config_overrides)
+        if config.model_type == "vit_mae":
+            from .mae import classifier_from_mae  # noqa: PLC0415  (the from-scratch path, issue 6)
+
+            return classifier_from_mae(args, config, common)
+        model = AutoModelForImageClassification.from_pretrained(
+            args.model_name_or_path, config=config, ignore_mismatched_sizes=True, use_safetensors=True, **hub
+        )
+    else:
+        config = AutoConfig.for_model(args.model_type, **common)
+        if args.image_size and hasattr(config, "image_size"):
+            config.image_size = args.image_size
+        _apply_overrides(config, args.config_overrides)
+        model = AutoModelForImageClassification.from_config(config)
+    return model
+
+
+def _processor_size(processor) -> int:
+    for attr in ("crop_size", "size"):
+        size = getattr(processor, attr, None)
+        if isinstance(size, int):
+            return size
+        for key in ("height", "shortest_edge", "width"):
+            value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+            if value:
+                return int(value)
+    raise ConfigError(f"cannot tell the input size of {type(processor).__name__}; set image_size")
+
+
+def load_image_processor(args: ModelArguments, model: PreTrainedModel):
+    """The checkpoint's image processor (resized to ``image_size`` if set), or a ViT one for a scratch model."""
+    size = args.image_size or getattr(model.config, "image_size", None)
+    if args.model_name_or_path:
+        try:
+            processor = AutoImageProcessor.from_pretrained(
+                args.model_name_or_path, cache_dir=args.cache_dir, revision=args.model_revision
+            )
+        except (OSError, ValueError):
+            processor = None
+        if processor is not None:
+            if args.image_size:
+                processor.size = {"height": args.image_size, "width": args.image_size}
+                if getattr(processor, "crop_size", None) is not None:
+                    processor.crop_size = {"height": args.image_size, "width": args.image_size}
+            return processor
+    if size is None:
+        raise ConfigError("set image_size: the model config has none")
+    return ViTImageProcessorPil(
+        do_resize=True, size={"height": int(size), "width": int(size)}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+    )
+
+
+def processor_settings(processor) -> tuple[int, tuple, tuple]:
+    """(input size, mean, std) of an image processor."""
+    mean = tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN)
+    std = tuple(getattr(processor, "image_std", None) or IMAGENET_STD)
+    return _processor_size(processor), mean, std
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Layer-wise learning-rate decay
+# --------------------------------------------------------------------------------------------------------------------
+
+_LAYER_RE = re.compile(r"\.(?:layer|layers|blocks)\.(\d+)\.")
+_EMBED_RE = re.compile(r"(embeddings|pre_layrnorm|cls_token|mask_token|pos_embed|patch_embed|register_tokens)")
+
+
+def num_layers_of(model: nn.Module) -> int:
+    """Number of transformer blocks (largest block index + 1) found in parameter names."""
+    ids = [int(m.group(1)) for n, _ in model.named_parameters() if (m := _LAYER_RE.search(n))]
+    return max(ids) + 1 if ids else 0
+
+
+def layer_id_of(name: str, num_layers: int) -> int:
+    """0 for embeddings, ``i + 1`` for block ``i``, ``num_layers + 1`` for the final norm and the head."""
+    match = _LAYER_RE.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    if _EMBED_RE.search(name):
+        return 0
+    return num_layers + 1
+
+
+def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    return param.ndim <= 1 or name.endswith(".bias") or bool(_EMBED_RE.search(name.rsplit(".", 1)[-1]))
+
+
+def layerwise_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW parameter groups with ``lr * layer_decay ** (num_layers + 1 - layer_id)`` (BEiT / MAE fine-tuning).
+
+    Parameter names of ViT, DINOv2 (``encoder.layer.i``) and CLIP vision (``encoder.layers.i``) are recognised.
+    Biases, norms, position embeddings and tokens get no weight decay.
+
+    Example:
+        >>> groups = layerwise_param_groups(model, lr=3.5e-5, weight_decay=0.05, layer_decay=0.75)
+    """
+    num_layers = num_layers_of(model)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = layer_id_of(name, num_layers)
+        no_decay = _no_weight_decay(name, param)
+        key = (layer, no_decay)
+        if key not in groups:
+            scale = layer_decay ** (num_layers + 1 - layer)
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "lr": lr * scale,
+                "lr_scale": scale,
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            }
+        groups[key]["params"].append(param)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Masking the auxiliary classes
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def find_classifier(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    """(parent module, attribute name, Linear) of the classification head: the last Linear with ``num_labels`` outputs."""
+    num_labels = model.config.num_labels
+    found = None
+    for parent_name, parent in model.named_modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, nn.Linear) and child.out_features == num_labels:
+                found = (parent, attr, child)
+    if found is None:
+        raise ValueError(f"no Linear layer with {num_labels} outputs found in {type(model).__name__}")
+    return found
+
+
+def mask_auxiliary_classes(model: PreTrainedModel, num_target_classes: int) -> PreTrainedModel:
+    """A copy of ``model`` whose classifier keeps only the target rows ``0..L-1`` and whose labels are the targets.
+
+    The result is a plain ``transformers`` model: saved with ``save_pretrained`` it loads with
+    ``pipeline("image-classification", model=folder)`` and predicts target classes only.
+
+    Example:
+        >>> masked = mask_auxiliary_classes(model, num_target_classes=20)
+        >>> masked.save_pretrained("outputs/demo")
+
+    Args:
+        model: a classifier over targets then auxiliary classes.
+        num_target_classes: ``L``.
+    """
+    total = model.config.num_labels
+    if not 0 < num_target_classes <= total:
+        raise ValueError(f"num_target_classes must be in 1..{total}, got {num_target_classes}")
+    masked = copy.deepcopy(model)
+    parent, attr, head = find_classifier(masked)
+    new_head = nn.Linear(head.in_features, num_target_classes, bias=head.bias is not None)
+    new_head = new_head.to(device=head.weight.device, dtype=head.weight.dtype)
+    with torch.no_grad():
+        new_head.weight.copy_(head.weight[:num_target_classes])
+        if head.bias is not None:
+            new_head.bias.copy_(head.bias[:num_target_classes])
+    setattr(parent, attr, new_head)
+    id2label = {i: model.config.id2label[i] for i in range(num_target_classes)}
+    masked.config.id2label = id2label
+    masked.config.label2id = {v: k for k, v in id2label.items()}
+    masked.config.num_labels = num_target_classes
+    if hasattr(masked, "num_labels"):
+        masked.num_labels = num_target_classes
+    return masked
