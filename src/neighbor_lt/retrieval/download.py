@@ -335,14 +335,15 @@ class Downloader:
         return rules if isinstance(rules, bool) else rules.can_fetch(self.ua_token, url)
 
     def _fetch_robots(self, origin: str) -> RobotFileParser | bool:
-        """robots.txt per RFC 9309: 4xx means no rules, 5xx or unreachable means disallow all."""
+        """robots.txt per RFC 9309: 4xx means no rules, 5xx or unreachable means disallow all.
+
+        A refused address raises BlockedAddress (not cached), so the URL is reported as blocked, not opted out.
+        """
         import httpx
 
         try:
             with self._limiter(urlsplit(origin).netloc).slot():
                 response = self.client.get(origin + "/robots.txt", follow_redirects=True)
-        except BlockedAddress:
-            return False
         except httpx.HTTPError:
             return False
         if 400 <= response.status_code < 500:

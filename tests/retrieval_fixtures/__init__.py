@@ -1,0 +1,1 @@
+"""Loopback HTTP servers and helpers for the retrieval tests."""

@@ -1,0 +1,17 @@
+"""Run the downloader on a candidate list in its own process (the kill-and-resume test kills it midway).
+
+Usage: python run_download.py CANDIDATES.json OUTPUT_DIR
+"""
+
+import json
+import sys
+
+from neighbor_lt.retrieval import Candidate, DownloadConfig, Downloader
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as f:
+        candidates = [Candidate(**c) for c in json.load(f)]
+    config = DownloadConfig(
+        num_workers=4, allowed_networks=["127.0.0.1/32"], requests_per_second_per_host=0, backoff_base=0.01
+    )
+    Downloader(sys.argv[2], config).run(candidates)

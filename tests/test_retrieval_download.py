@@ -1,0 +1,185 @@
+"""The downloader against a real HTTP server on 127.0.0.1: every outcome, the address guard, kill and resume."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from retrieval_fixtures.server import ImageServer, load_jpegs
+
+from neighbor_lt.retrieval import AddressGuard, Candidate, DownloadConfig, Downloader
+from neighbor_lt.retrieval.download import read_jsonl
+
+FIXTURES = Path(__file__).parent / "retrieval_fixtures"
+
+
+@pytest.fixture(scope="module")
+def jpegs(tiny_imagenet_dir):
+    return load_jpegs(tiny_imagenet_dir, 40)
+
+
+@pytest.fixture(scope="module")
+def server(jpegs):
+    server = ImageServer(jpegs).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def only_loopback(monkeypatch):
+    """Fail the test if anything tries to open a TCP connection to an address other than 127.0.0.1."""
+    real = socket.create_connection
+    contacted = []
+
+    def guarded(address, *args, **kwargs):
+        contacted.append(address[0])
+        assert address[0] == "127.0.0.1", f"connection attempted to {address}"
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", guarded)
+    return contacted
+
+
+def loopback_config(**overrides):
+    values = dict(
+        num_workers=4,
+        allowed_networks=["127.0.0.1/32"],
+        requests_per_second_per_host=0,
+        read_timeout=0.5,
+        max_retries=2,
+        backoff_base=0.01,
+        max_bytes=100_000,
+        max_pixels=10_000_000,
+        phash_distance=4,
+    )
+    values.update(overrides)
+    return DownloadConfig(**values)
+
+
+def outcomes(records):
+    return {r["source_url"].split(":", 2)[-1].split("/", 1)[-1]: r["outcome"] for r in records}
+
+
+def test_address_guard_rules():
+    guard = AddressGuard()
+    for address in ["10.0.0.1", "192.168.1.1", "172.16.0.1", "169.254.169.254", "127.0.0.1", "224.0.0.1", "0.0.0.0"]:
+        assert not guard.is_allowed(address), address
+    for address in ["::1", "fe80::1", "fc00::1", "::ffff:10.0.0.1"]:
+        assert not guard.is_allowed(address), address
+    assert guard.is_allowed("8.8.8.8") and guard.is_allowed("2606:4700::1111")
+    loop_only = AddressGuard(allowed_networks=["127.0.0.1/32"])
+    assert loop_only.is_allowed("127.0.0.1") and not loop_only.is_allowed("10.0.0.1")
+    assert not loop_only.is_allowed("127.0.0.2")
+
+
+def test_every_outcome(server, tmp_path, only_loopback):
+    urls = {
+        "img/0.jpg": "ok",
+        "img/1.jpg": "ok",
+        "img/3.jpg": "ok",
+        "redirect/5.jpg": "ok",
+        "flaky/a": "ok",
+        "corrupt.jpg": "not_image",
+        "truncated.jpg": "not_image",
+        "page.html": "not_image",
+        "status/404": "http_error",
+        "status/500": "http_error",
+        "loop/a": "http_error",
+        "to-private/0": "blocked_address",
+        "to-private/1": "blocked_address",
+        "to-private/2": "blocked_address",
+        "big.jpg": "too_large",
+        "big-stream.jpg": "too_large",
+        "bomb.png": "too_large",
+        "tiny.png": "too_small",
+        "noai.jpg": "opted_out",
+        "private/7.jpg": "opted_out",
+        "slow/8.jpg": "timeout",
+    }
+    candidates = [Candidate("goldfish", server.url("/" + path), rank=i) for i, path in enumerate(urls)]
+    candidates.append(Candidate("goldfish", f"http://localhost:{server.port}/img/9.jpg"))  # resolved, then allowed
+    candidates.append(Candidate("goldfish", "ftp://127.0.0.1/x.jpg"))
+    downloader = Downloader(str(tmp_path), loopback_config())
+    summary = downloader.run(candidates)
+    records = read_jsonl(tmp_path / "downloads.jsonl")
+    got = outcomes(records)
+    for path, expected in urls.items():
+        assert got[path] == expected, (path, [r for r in records if r["source_url"].endswith(path)])
+    by_url = {r["source_url"]: r for r in records}
+    assert by_url[f"http://localhost:{server.port}/img/9.jpg"]["outcome"] == "ok"
+    assert by_url["ftp://127.0.0.1/x.jpg"]["outcome"] == "http_error"
+    assert summary["ok"] == 6 and summary["total"] == len(candidates)
+    assert server.requests["/status/500"] == 3  # retried twice
+    assert server.requests["/private/7.jpg"] == 0  # robots.txt checked before fetching
+    assert set(only_loopback) == {"127.0.0.1"}
+    # stored images: resized JPEGs named by the SHA-256 of the downloaded bytes
+    ok = [r for r in records if r["outcome"] == "ok"]
+    for record in ok:
+        assert os.path.exists(tmp_path / record["path"]) and record["path"].endswith(record["sha256"] + ".jpg")
+    assert json.loads((tmp_path / "download_summary.json").read_text())["too_large"] == 3
+
+    # second run: duplicates by bytes, by perceptual hash and by URL; nothing already done is fetched again
+    before = server.requests.copy()
+    more = [
+        Candidate("goldfish", server.url("/dup/0.jpg")),
+        Candidate("goldfish", server.url("/reenc/3.jpg")),
+        Candidate("koi", server.url("/img/1.jpg")),
+    ]
+    summary = Downloader(str(tmp_path), loopback_config()).run(candidates + more)
+    records = read_jsonl(tmp_path / "downloads.jsonl")
+    assert len(records) == len(candidates) + 3 and summary["ok"] == 6
+    assert [r["outcome"] for r in records[-3:]] == ["duplicate"] * 3
+    assert (
+        server.requests["/img/0.jpg"] == before["/img/0.jpg"] and server.requests["/img/1.jpg"] == before["/img/1.jpg"]
+    )
+
+
+def test_guard_is_on_by_default(server, tmp_path, only_loopback):
+    candidates = [
+        Candidate("goldfish", server.url("/img/0.jpg")),
+        Candidate("goldfish", f"http://localhost:{server.port}/img/1.jpg"),
+    ]
+    before = server.requests.copy()
+    Downloader(str(tmp_path), DownloadConfig(num_workers=2)).run(candidates)
+    assert [r["outcome"] for r in read_jsonl(tmp_path / "downloads.jsonl")] == ["blocked_address"] * 2
+    assert server.requests == before  # refused before connecting, robots.txt included
+    assert only_loopback == []
+
+
+def test_kill_midway_then_resume(jpegs, tmp_path):
+    server = ImageServer(jpegs, delay=0.15).start()
+    try:
+        candidates = [Candidate("fish", server.url(f"/delay/{i}.jpg"), rank=i) for i in range(40)]
+        candidates += [Candidate("fish", server.url(f"/dup/{i}.jpg"), rank=40 + i) for i in range(8)]
+        spec = tmp_path / "candidates.json"
+        spec.write_text(json.dumps([{"query": c.query, "image_url": c.image_url, "rank": c.rank} for c in candidates]))
+        out = tmp_path / "out"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        process = subprocess.Popen([sys.executable, str(FIXTURES / "run_download.py"), str(spec), str(out)], env=env)
+        manifest = out / "downloads.jsonl"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and process.poll() is None:
+            if manifest.exists() and manifest.read_text().count("\n") >= 8:
+                break
+            time.sleep(0.02)
+        process.kill()
+        process.wait()
+        first = read_jsonl(manifest)
+        assert 8 <= len(first) < len(candidates), "the run should have been killed midway"
+
+        subprocess.run([sys.executable, str(FIXTURES / "run_download.py"), str(spec), str(out)], env=env, check=True)
+        records = read_jsonl(manifest)
+        keys = [r["key"] for r in records]
+        assert len(keys) == len(set(keys)) == len(candidates)  # nothing lost, nothing twice
+        ok = [r for r in records if r["outcome"] == "ok"]
+        assert len(ok) == 40 and len({r["sha256"] for r in ok}) == 40
+        assert sum(r["outcome"] == "duplicate" for r in records) == 8
+        stored = [p for p in (out / "images").rglob("*") if p.is_file()]
+        assert sorted(p.name for p in stored) == sorted(r["sha256"] + ".jpg" for r in ok)
+        assert records[: len(first)] == first  # earlier lines untouched
+    finally:
+        server.stop()
