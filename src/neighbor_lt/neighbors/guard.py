@@ -93,11 +93,10 @@ class LeakGuard:
         for t in targets:
             for k in t.keys():
                 self.by_key.setdefault(k, t.name)
-            if t.wnid and wordnet is not None:
-                try:
-                    self.by_offset[wordnet.synset(t.wnid).offset] = t.name
-                except KeyError:
-                    pass
+            if wordnet is not None:  # by wnid, else by the name's most frequent noun sense
+                synset = wordnet.resolve(t.wnid) if t.wnid else wordnet.resolve(t.name)
+                if synset is not None:
+                    self.by_offset.setdefault(synset.offset, t.name)
 
     def check(self, name: str, wnid: str | None = None) -> str | None:
         """Why ``name`` leaks a target class, or None when it does not."""

@@ -101,8 +101,8 @@ def assemble(
 ) -> dict:
     """Apply vocabulary, leak guard, de-duplication and the per-auxiliary cap; build the manifest.
 
-    Candidates are taken in rank order, one per target per round, rarest targets first, so that when an auxiliary
-    class reaches ``max_targets_per_aux`` it is the tail classes that got it.
+    Candidates are taken in rounds, one per target per round in rank order, rarest targets first within a round: an
+    auxiliary class at ``max_targets_per_aux`` goes to the targets it ranks highest for, ties to the tail classes.
 
     Args:
         queries: the target classes.

@@ -120,6 +120,14 @@ def _path(path: str | None, context) -> str | None:
     return candidate if os.path.exists(candidate) else path
 
 
+def _column_by_label(train, names: list[str], label_column: str, column: str) -> dict[str, str]:
+    """Label name -> the value of ``column`` on that class's first row (``words`` or ``wnid`` columns)."""
+    if column not in train.column_names:
+        return {}
+    table = train.select_columns([label_column, column]).to_pandas().drop_duplicates(label_column)
+    return {names[int(label)]: value for label, value in zip(table[label_column], table[column]) if value}
+
+
 def _readable_names(names: list[str], train, args: NeighborsArguments, context, label_column: str) -> dict[str, list]:
     """Label name -> readable synonyms, from class_names, a ``words`` column, or nothing."""
     found: dict[str, list[str]] = {}
@@ -135,10 +143,11 @@ def _readable_names(names: list[str], train, args: NeighborsArguments, context, 
             with open(path, encoding="utf-8") as f:
                 lines = [line.strip() for line in f if line.strip()]
             found.update({n: split_synonyms(w) for n, w in zip(names, lines)})
-    elif "words" in train.column_names:
-        table = train.select_columns([label_column, "words"]).to_pandas().drop_duplicates(label_column)
-        for label, words in zip(table[label_column], table["words"]):
-            found[names[int(label)]] = split_synonyms(words)
+    else:
+        found = {
+            name: split_synonyms(words)
+            for name, words in _column_by_label(train, names, label_column, "words").items()
+        }
     return found
 
 
@@ -149,15 +158,16 @@ def build_queries(target, args: NeighborsArguments, context, wordnet=None, label
     counts = np.bincount(np.asarray(train[label_column], dtype=np.int64), minlength=len(names)).tolist()
     ratios = group_ratios(args.ratios, counts)
     readable = _readable_names(names, train, args, context, label_column)
+    wnids = _column_by_label(train, names, label_column, "wnid")  # e.g. the demo set: readable labels + a wnid column
     queries = []
     for i, (name, count) in enumerate(zip(names, counts)):
         synonyms = list(readable.get(name, []))
-        wnid = name if is_wnid(name) else None
+        wnid = name if is_wnid(name) else (wnids.get(name) if is_wnid(str(wnids.get(name, ""))) else None)
         if wordnet is not None:
-            synset = wordnet.resolve(name) if wnid else None
+            synset = wordnet.resolve(wnid) if wnid else None
             if synset is not None:
                 synonyms += [n for n in synset.names if n not in synonyms]
-        query = synonyms[0] if synonyms else name
+        query = synonyms[0] if is_wnid(name) and synonyms else name  # a wnid is asked about by its first lemma
         group = group_of(count)
         n = args.k * ratios[group]
         if args.max_per_class is not None:
