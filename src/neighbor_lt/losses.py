@@ -173,25 +173,30 @@ def neighbor_silencing_loss(
 
 
 def balanced_bce_loss(logits, targets, class_counts, reduction: str = "mean") -> torch.Tensor:
-    """LiVT's balanced binary cross-entropy (Bal-BCE): sigmoid BCE on ``z_j + log(n_j / sum n)``.
+    """LiVT's balanced binary cross-entropy (Bal-BCE): sigmoid BCE on ``z_j + log(pi_j / (1 - pi_j))``.
 
-    Each class is an independent binary problem; the logit adjustment by the class prior (``log pi_j``) plays the
-    role balanced softmax's ``log n_j`` plays for the softmax. The per-sample loss sums over classes, as LiVT does.
+    ``pi_j = n_j / sum n`` is the class prior. Each class is an independent binary problem, so the logit
+    adjustment is the prior's log-odds (LiVT ``util/loss.py``, ``BCE_loss(type="Bal")._bal_sigmod_bias``), the
+    sigmoid counterpart of balanced softmax's ``log n_j``. The per-sample loss sums over classes and ``"mean"``
+    averages over the batch: LiVT's ``C * binary_cross_entropy_with_logits(..., reduction="mean")``.
 
     Example:
-        >>> logits = torch.zeros(1, 2); counts = torch.tensor([1.0, 1.0])
-        >>> balanced_bce_loss(logits, torch.tensor([0]), counts)  # -log s(log .5) - log(1 - s(log .5)) = log 3 + log 1.5
-        tensor(1.5041)
+        >>> logits = torch.zeros(1, 2); counts = torch.tensor([3.0, 1.0])  # pi = (.75, .25): bias (log 3, -log 3)
+        >>> balanced_bce_loss(logits, torch.tensor([0]), counts)  # -log s(log 3) - log(1 - s(-log 3)) = 2 log(4/3)
+        tensor(0.5754)
 
     Args:
-        logits: ``[B, C]`` raw outputs.
+        logits: ``[B, C]`` raw outputs, ``C >= 2``.
         targets: ``[B]`` class indices or ``[B, C]`` soft targets.
         class_counts: ``[C]`` training images per class.
         reduction: ``"mean"`` (batch mean, default), ``"sum"`` or ``"none"``.
     """
     _check_targets(targets, logits)
+    if logits.shape[-1] < 2:
+        raise ValueError("balanced_bce_loss needs at least 2 classes (one class has prior 1 and infinite log-odds)")
     log_counts = _log_counts(class_counts, logits)
-    adjusted = logits.float() + (log_counts - torch.logsumexp(log_counts, 0))
+    log_prior = log_counts - torch.logsumexp(log_counts, 0)
+    adjusted = logits.float() + (log_prior - torch.log1p(-log_prior.exp()))
     if targets.dim() == 1:
         targets = F.one_hot(targets, adjusted.shape[-1]).to(adjusted.dtype)
     per_sample = F.binary_cross_entropy_with_logits(adjusted, targets.to(adjusted.dtype), reduction="none").sum(-1)
