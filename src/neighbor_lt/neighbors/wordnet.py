@@ -18,6 +18,8 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
+from tqdm.auto import tqdm
+
 from neighbor_lt.neighbors.base import Candidate, NeighborBackend, Proposal, TargetQuery
 
 logger = logging.getLogger(__name__)
@@ -306,7 +308,7 @@ class WordNetBackend(NeighborBackend):
     def propose(self, queries, vocabulary=None, cache=None):
         wn = self.wordnet
         out = []
-        for q in queries:
+        for q in tqdm(queries, desc="neighbors (wordnet)", unit="class"):
             target = self.find(q)
             if target is None:
                 out.append(Proposal.failed(f"{q.query!r} ({q.name}) not found in WordNet"))
