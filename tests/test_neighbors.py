@@ -187,3 +187,20 @@ def test_curate_yaml_neighbors_section_is_valid(recipe):
     args = from_dict(NeighborsArguments, config["neighbors"], "neighbors")
     assert args.backend in ("wordnet", "openai", "static") and config["output_dir"] and config["target"]
     assert json.dumps(config["neighbors"])  # plain data only
+
+
+def test_curate_recipe_neighbors_stage_on_demo(tmp_path, monkeypatch):
+    """`recipes/curate.py --stages neighbors` end to end on the committed demo target set."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("curate", REPO / "recipes" / "curate.py")
+    curate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curate)
+    monkeypatch.chdir(REPO)  # the YAML's paths are relative to the repository root
+    curate.main(["--config", "recipes/demo/curate.yaml", "--stages", "neighbors", "--output_dir", str(tmp_path)])
+    manifest = load_manifest(str(tmp_path / "neighbors"))
+    targets = {t["name"] for t in manifest["targets"]}
+    assert len(targets) == 20 and manifest["summary"]["with_neighbors"] >= 15
+    assert all(a["name"] not in targets and a["wnid"] for a in manifest["auxiliary"])
+    tabby = next(t for t in manifest["targets"] if t["name"] == "tabby")
+    assert set(tabby["kept"]) <= {"Persian cat", "Egyptian cat", "tiger cat", "lion", "cougar"} and tabby["kept"]
