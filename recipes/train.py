@@ -38,6 +38,7 @@ from neighbor_lt.data import (
     merge_label_space,
     merged_class_counts,
 )
+from neighbor_lt.hub import check_hub_access, push_model, write_model_card
 from neighbor_lt.metrics import format_table, write_per_class_csv
 from neighbor_lt.modeling import load_image_processor, load_model, mask_auxiliary_classes, processor_settings
 from neighbor_lt.trainer import NeighborSilencingTrainer
@@ -69,8 +70,6 @@ def main(argv=None):
         lib.utils.logging.set_verbosity_warning()
     logger.info("model %s | data %s | loss %s", model_args, data_args, training_args.loss)
     if push_to_hub:
-        from neighbor_lt.hub import check_hub_access
-
         check_hub_access(training_args.hub_model_id, training_args.hub_token)  # fail now, not after training
 
     ################
@@ -191,17 +190,19 @@ def main(argv=None):
     ################
     # Card & push
     ################
+    unmasked_revision = training_args.push_unmasked_revision if push_to_hub else None
+    if unmasked_revision and not training_args.save_unmasked:  # every process takes part in saving
+        trainer.save_model(os.path.join(training_args.output_dir, "unmasked"))
     if trainer.is_world_process_zero():
-        try:
-            from neighbor_lt.hub import write_model_card
-        except ImportError:  # the hub module is optional until installed
-            write_model_card = None
-        if write_model_card is not None:
-            write_model_card(training_args.output_dir, model_args, data_args, training_args, results)
+        write_model_card(training_args.output_dir, model_args, data_args, training_args, results)
         if push_to_hub:
-            from neighbor_lt.hub import push_model
-
-            push_model(training_args.output_dir, training_args.hub_model_id, training_args.hub_token)
+            push_model(
+                training_args.output_dir,
+                training_args.hub_model_id,
+                training_args.hub_token,
+                private=training_args.hub_private_repo,
+                unmasked_revision=unmasked_revision,
+            )
     print(f"Masked target-only model saved to {training_args.output_dir}")
     return results
 
