@@ -177,17 +177,37 @@ def layerwise_param_groups(model: nn.Module, lr: float, weight_decay: float, lay
 # --------------------------------------------------------------------------------------------------------------------
 
 
+_HEAD_NAMES = ("classifier", "head", "fc", "score")
+
+
 def find_classifier(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
-    """(parent module, attribute name, Linear) of the classification head: the last Linear with ``num_labels`` outputs."""
+    """(parent module, attribute name, Linear) of the classification head.
+
+    The head is the model's ``classifier`` / ``head`` / ``fc`` / ``score`` Linear (or the last Linear inside it,
+    e.g. ResNet's ``classifier = Sequential(Flatten, Linear)``) with ``num_labels`` outputs; otherwise the one
+    Linear with ``num_labels`` outputs. A backbone layer that happens to have ``num_labels`` outputs is never taken.
+    """
     num_labels = model.config.num_labels
-    found = None
-    for parent_name, parent in model.named_modules():
-        for attr, child in parent.named_children():
-            if isinstance(child, nn.Linear) and child.out_features == num_labels:
-                found = (parent, attr, child)
-    if found is None:
-        raise ValueError(f"no Linear layer with {num_labels} outputs found in {type(model).__name__}")
-    return found
+    for attr in _HEAD_NAMES:
+        module = getattr(model, attr, None)
+        if isinstance(module, nn.Linear) and module.out_features == num_labels:
+            return model, attr, module
+        if isinstance(module, nn.Sequential):
+            for i in reversed(range(len(module))):
+                if isinstance(module[i], nn.Linear) and module[i].out_features == num_labels:
+                    return module, str(i), module[i]
+    found = [
+        (parent, attr, child)
+        for _, parent in model.named_modules()
+        for attr, child in parent.named_children()
+        if isinstance(child, nn.Linear) and child.out_features == num_labels
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"cannot tell the classification head of {type(model).__name__}: {len(found)} Linear layers have "
+            f"{num_labels} outputs and none is named {' / '.join(_HEAD_NAMES)}"
+        )
+    return found[0]
 
 
 def mask_auxiliary_classes(model: PreTrainedModel, num_target_classes: int) -> PreTrainedModel:

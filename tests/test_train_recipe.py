@@ -1,0 +1,101 @@
+"""The train recipe end to end on tiny inputs, and every recipe YAML parses."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from neighbor_lt.configs import ConfigError, DataArguments, ModelArguments, NeighborLTTrainingArguments, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,patch_size=16"
+
+
+def load_recipe(name):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("train.yaml")))
+def test_every_train_yaml_parses(path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    model_args, data_args, training_args = parse_args(
+        (ModelArguments, DataArguments, NeighborLTTrainingArguments), ["--config", path, "--output_dir", "/tmp/x"]
+    )
+    text = (REPO / path).read_text()
+    assert text.startswith("#") and "launch" in text.splitlines()[0] + text.splitlines()[1]  # launch line on top
+    for key in ("seed:", "report_to:", "output_dir:", "hub_model_id:"):
+        assert key in text, f"{path} must set {key}"
+    assert training_args.loss in ("ce", "balanced_softmax", "neighbor_silencing", "bal_bce")
+
+
+def test_unknown_keys_fail(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 1e-4\nlerning_rate: 2\n")
+    with pytest.raises(ConfigError, match="unknown key.*lerning_rate"):
+        parse_args((ModelArguments, DataArguments, NeighborLTTrainingArguments), ["--config", str(bad)])
+    with pytest.raises(ConfigError, match="unknown command-line argument"):
+        parse_args((ModelArguments, DataArguments, NeighborLTTrainingArguments), ["--output_dir", "x", "--bogus", "1"])
+    good = tmp_path / "good.yaml"
+    good.write_text("learning_rate: 1e-4\noutput_dir: o\n")  # YAML reads 1e-4 as a string; it still parses
+    _, _, training_args = parse_args(
+        (ModelArguments, DataArguments, NeighborLTTrainingArguments), ["--config", str(good), "--learning_rate", "3e-4"]
+    )
+    assert training_args.learning_rate == pytest.approx(3e-4)  # the command line wins
+
+
+def _tiny_args(out, *extra):
+    return ["--config", str(REPO / "recipes/demo/train.yaml"), "--output_dir", str(out), "--config_overrides", TINY,
+            "--image_size", "32", "--max_steps", "3", "--per_device_train_batch_size", "16", "--logging_steps", "1",
+            "--dataloader_num_workers", "0", *extra]  # fmt: skip
+
+
+def test_train_main_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    results = load_recipe("train").main(_tiny_args(tmp_path / "run", "--save_unmasked", "true"))
+    out = tmp_path / "run"
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "eval_results.json",
+                 "per_class_accuracy.csv", "neighbor_lt.json", "args.yaml", "unmasked/model.safetensors"):  # fmt: skip
+        assert (out / name).exists(), name
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["id2label"]) == 20 and "tabby" in config["id2label"].values()
+    assert "Egyptian cat" not in config["id2label"].values()
+    unmasked = json.loads((out / "unmasked/config.json").read_text())
+    assert len(unmasked["id2label"]) == 32
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert set(saved) >= {"overall", "many", "medium", "few"} and saved["num_images"] == 500
+    assert saved["overall"] == pytest.approx(results["overall"])
+    assert saved["group_sizes"] == {"many": 3, "medium": 9, "few": 8}
+    info = json.loads((out / "neighbor_lt.json").read_text())
+    assert info["neighbor_of"]["Egyptian cat"] == ["tabby"]
+    printed = capsys.readouterr().out
+    assert "Overall" in printed and "Few" in printed
+    assert (out / "per_class_accuracy.csv").read_text().count("\n") == 21
+
+    from transformers import pipeline
+
+    preds = pipeline("image-classification", model=str(out), device="cpu")(Image.new("RGB", (64, 64), "green"), top_k=3)
+    assert len(preds) == 3 and all(p["label"] in config["id2label"].values() for p in preds)
+
+
+@pytest.mark.parametrize("loss", ["balanced_softmax", "ce", "bal_bce"])
+def test_train_main_other_losses_and_no_aux(tmp_path, monkeypatch, loss):
+    monkeypatch.chdir(REPO)
+    args = _tiny_args(tmp_path / loss, "--loss", loss, "--max_steps", "1", "--aux_dataset", "",
+                      "--max_eval_samples", "40")  # fmt: skip
+    results = load_recipe("train").main(args)
+    assert 0.0 <= results["overall"] <= 1.0
+
+
+def test_train_main_rejects_bad_config_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    train = load_recipe("train")
+    with pytest.raises(ConfigError, match=r"no column\(s\) \['picture'\]"):
+        train.main(_tiny_args(tmp_path / "a", "--image_column", "picture"))
+    with pytest.raises(ValueError, match="unknown loss"):
+        train.main(_tiny_args(tmp_path / "b", "--loss", "focal"))
+    assert not (tmp_path / "a" / "model.safetensors").exists()
