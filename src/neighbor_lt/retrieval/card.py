@@ -59,6 +59,7 @@ def render_dataset_card(
         license=license,
         task_categories=["image-classification"],
         tags=["neighbor-lt", "long-tail", "auxiliary-data", *(tags or [])],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
     )
+    # no `configs:` block on purpose: with one, datasets 5.x caches a local folder under the config's hash alone, so
+    # two folders (or two builds) with the same name load each other's stale rows; data/train-*.parquet resolves anyway
     return DatasetCard.from_template(card_data, template_path=str(template_path), **values)

@@ -1,0 +1,174 @@
+"""The offline chain on real Tiny-ImageNet images: pool retrieve -> filter (tiny random DINOv2) -> build -> load."""
+
+import hashlib
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+
+from neighbor_lt.retrieval import caption_matches, decide, render_dataset_card, select_per_class
+from neighbor_lt.retrieval.download import read_jsonl
+from neighbor_lt.retrieval.stages import run_build, run_filter, run_retrieve
+
+TARGETS = {2: "n01641577", 9: "n01774750", 26: "n02099601"}  # bullfrog, tarantula, golden retriever
+AUXILIARY = [
+    {"name": "tailed frog", "neighbor_of": ["n01641577"], "wnid": "n01644900"},  # matched by id
+    {"name": "black widow", "neighbor_of": ["n01774750"]},  # matched by name
+    {"name": "scorpion", "neighbor_of": ["n01774750", "n02099601"]},
+    {"name": "Labrador retriever", "neighbor_of": ["n02099601"], "wnid": "n02099712"},
+    {"name": "bullfrog", "neighbor_of": ["n01774750"]},  # a target class: the pool never returns it
+    {"name": "unicorn", "neighbor_of": ["n02099601"]},  # nothing in the pool
+]
+
+
+@pytest.fixture(scope="module")
+def valid_rows(tiny_imagenet_dir):
+    table = pq.read_table(tiny_imagenet_dir / "valid-00000-of-00001.parquet")
+    return table.to_pydict()
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory):
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    path = tmp_path_factory.mktemp("dinov2")
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    Dinov2Model(config).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return str(path)
+
+
+def make_target(rows) -> DatasetDict:
+    """3 target classes (10 train / 5 validation images each), plus one image of the 'tailed frog' pool class
+    planted in validation: the leak check must drop it from the auxiliary set."""
+    features = Features({"image": Image(), "label": ClassLabel(names=list(TARGETS.values()))})
+    splits = {"train": {"image": [], "label": []}, "validation": {"image": [], "label": []}}
+    for new, old in enumerate(TARGETS):
+        where = [i for i, label in enumerate(rows["label"]) if label == old]
+        for split, chosen in (("train", where[:10]), ("validation", where[10:15])):
+            splits[split]["image"] += [rows["image"][i] for i in chosen]
+            splits[split]["label"] += [new] * len(chosen)
+    leak = rows["wnid"].index("n01644900")
+    splits["validation"]["image"].append(rows["image"][leak])
+    splits["validation"]["label"].append(0)
+    target = DatasetDict({k: Dataset.from_dict(v, features=features) for k, v in splits.items()})
+    return target, rows["image"][leak]["bytes"]
+
+
+def test_caption_filter_and_decisions():
+    assert caption_matches("tailed frog", "tailed frog, bell toad")
+    assert not caption_matches("frog", "frogman in a suit")
+    assert decide({"caption_ok": False}, 0.5, 0.9, 0.95, 4) == (False, "caption")
+    assert decide({"caption_ok": True, "leak_phash_distance": 2}, None, None, None, 4) == (False, "leak_phash")
+    assert decide({"caption_ok": True, "leak_similarity": 0.99}, None, None, 0.95, 4) == (False, "leak_embedding")
+    assert decide({"caption_ok": True, "similarity": 0.2}, 0.5, 0.9, 0.95, 4) == (False, "similarity_low")
+    assert decide({"caption_ok": True, "similarity": 0.99}, 0.5, 0.9, 0.95, 4) == (False, "similarity_high")
+    assert decide({"caption_ok": True, "similarity": 0.7}, 0.5, 0.9, 0.95, 4) == (True, "kept")
+
+
+def test_select_per_class_caps_and_dedups():
+    items = [{"aux_name": "a", "sha256": str(i), "rank": i, "similarity": i / 10} for i in range(8)]
+    items += [{"aux_name": "b", "sha256": "3", "rank": 0}, {"aux_name": "c", "sha256": "x", "rank": 0}]
+    groups = select_per_class(items, max_per_class=3, selection="similarity", min_per_class=1)
+    assert [i["sha256"] for i in groups["a"]] == ["5", "6", "7"] and "b" not in groups and len(groups["c"]) == 1
+    assert select_per_class(items, 3, "random", seed=1) == select_per_class(items, 3, "random", seed=1)
+    assert "c" not in select_per_class(items, 3, "rank", min_per_class=2)
+
+
+def test_pool_filter_build_chain(tmp_path, tiny_imagenet_dir, valid_rows, tiny_dinov2):
+    target, leaked_bytes = make_target(valid_rows)
+    manifest = {
+        "version": 1,
+        "backend": "static",
+        "targets": [{"index": i, "name": name} for i, name in enumerate(TARGETS.values())],
+        "auxiliary": AUXILIARY,
+    }
+    (tmp_path / "neighbors").mkdir()
+    (tmp_path / "neighbors" / "neighbors.json").write_text(json.dumps(manifest))
+    context = SimpleNamespace(output_dir=str(tmp_path), target=target)
+
+    # retrieve from the pool (the shared validation split), excluding every target class
+    retrieve = {
+        "backend": "pool",
+        "backend_kwargs": {
+            "data_files": str(tiny_imagenet_dir / "valid-00000-of-00001.parquet"),
+            "caption_column": "words",
+            "id_column": "wnid",
+            "label_column": "label",
+        },
+        "max_results_per_query": 60,
+    }
+    summary = run_retrieve(retrieve, context)
+    assert summary["total"] == 200 and summary["ok"] + summary["duplicate"] == 200
+    records = read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")
+    assert {r["aux_name"] for r in records} == {"tailed frog", "black widow", "scorpion", "Labrador retriever"}
+    assert all(r["source_url"].startswith("pool://") for r in records)
+    assert run_retrieve(retrieve, context)["total"] == 200  # resumed, nothing added
+
+    # filter: caption + leak check only (no model)
+    summary = run_filter({"model_name_or_path": None}, context)
+    assert summary["leak_phash"] >= 1 and summary["kept"] == summary["images"] - summary["leak_phash"]
+    decisions = pd.read_parquet(tmp_path / "filter" / "decisions.parquet")
+    leaked_sha = hashlib.sha256(leaked_bytes).hexdigest()
+    assert decisions.set_index("sha256").loc[leaked_sha, "reason"] == "leak_phash"
+    assert decisions["caption_ok"].all() and decisions["similarity"].isna().all()
+
+    # filter with the tiny DINOv2: prototypes cached, thresholds changed without re-embedding
+    # (a random model maps all images close together: its embedding leak threshold must sit near 1)
+    section = {"model_name_or_path": tiny_dinov2, "gamma_low": None, "gamma_high": None, "leak_similarity": 0.99999}
+    section["batch_size"] = 32
+    run_filter(section, context)
+    decisions = pd.read_parquet(tmp_path / "filter" / "decisions.parquet")
+    assert decisions["similarity"].notna().all() and decisions["leak_similarity"].notna().all()
+    assert decisions.set_index("sha256").loc[leaked_sha, "reason"] == "leak_phash"
+    scorer_files = sorted((tmp_path / "filter").glob("scores-*.jsonl"))
+    lines = {p.name: p.read_text().count("\n") for p in scorer_files}
+    median = float(decisions.loc[decisions["reason"] == "kept", "similarity"].median())
+    summary = run_filter({**section, "gamma_low": median}, context)
+    assert summary["similarity_low"] > 0 and summary["kept"] > 0
+    assert {p.name: p.read_text().count("\n") for p in scorer_files} == lines  # nothing re-scored
+    assert len(list((tmp_path / "filter").glob("prototypes-*.npz"))) == 1
+
+    # build
+    summary = run_build({"max_images_per_class": 20, "hub_dataset_id": "me/tiny-aux"}, context)
+    aux = load_dataset(str(tmp_path / "aux_dataset"), split="train")
+    names = aux.features["label"].names
+    assert names == [n for n in ["tailed frog", "black widow", "scorpion", "Labrador retriever"] if n in names]
+    assert set(aux.column_names) == {"image", "label", "neighbor_of", "source_url", "page_url", "caption", "sha256",
+                                     "similarity"}  # fmt: skip
+    assert aux.features["similarity"].dtype == "float32"
+    counts = np.bincount(aux["label"], minlength=len(names))
+    assert counts.max() <= 20 and len(aux) == summary["images"] == counts.sum()
+    assert len(set(aux["sha256"])) == len(aux) and leaked_sha not in set(aux["sha256"])
+    parents = {a["name"]: a["neighbor_of"] for a in AUXILIARY}
+    for row in aux.select(range(0, len(aux), 7)):
+        assert row["image"].size == (64, 64) and not math.isnan(row["similarity"]) and row["similarity"] >= median
+        assert row["neighbor_of"] == parents[names[row["label"]]] and caption_matches(
+            names[row["label"]], row["caption"]
+        )
+    readme = (tmp_path / "aux_dataset" / "README.md").read_text()
+    assert "me/tiny-aux" in readme and "Opt-out" in readme and f"| {names[0]} | " in readme
+    assert run_build({"max_images_per_class": 20, "hub_dataset_id": "me/tiny-aux"}, context) == summary  # up to date
+
+    # what the trainer consumes
+    data = pytest.importorskip("neighbor_lt.data")
+    if hasattr(data, "load_aux_dataset"):
+        loaded = data.load_aux_dataset(str(tmp_path / "aux_dataset"))
+        space = data.merge_label_space(target["train"].features["label"].names, loaded)
+        assert space.aux_names == names
+
+
+def test_dataset_card_renders_with_defaults():
+    card = render_dataset_card(
+        "me/aux", num_images=3, num_classes=1, class_counts=[{"name": "koi", "neighbor_of": ["goldfish"], "count": 3}]
+    )
+    assert card.data.license == "other" and "image-classification" in card.data.task_categories
+    assert "| koi | goldfish | 3 |" in card.content and "n/a" in card.content
+    assert "configs" not in card.data.to_dict()  # see card.py: a configs block makes datasets serve stale cached rows
