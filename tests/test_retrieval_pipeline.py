@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -172,3 +173,19 @@ def test_dataset_card_renders_with_defaults():
     assert card.data.license == "other" and "image-classification" in card.data.task_categories
     assert "| koi | goldfish | 3 |" in card.content and "n/a" in card.content
     assert "configs" not in card.data.to_dict()  # see card.py: a configs block makes datasets serve stale cached rows
+
+
+@pytest.mark.parametrize("recipe", ["tiny_imagenet_lt", "demo"])
+def test_curate_yaml_sections_validate(recipe):
+    import yaml
+
+    from neighbor_lt.configs import from_dict
+    from neighbor_lt.retrieval.download import DownloadConfig
+    from neighbor_lt.retrieval.stages import BuildArguments, FilterArguments, RetrieveArguments
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / recipe / "curate.yaml"
+    config = yaml.safe_load(path.read_text())
+    retrieve = from_dict(RetrieveArguments, config["retrieve"], "retrieve")
+    from_dict(DownloadConfig, retrieve.download, "retrieve.download")
+    from_dict(FilterArguments, config["filter"], "filter")
+    from_dict(BuildArguments, config["build"], "build")

@@ -255,6 +255,8 @@ def decode_image(data: bytes, config: DownloadConfig) -> tuple[str, str, Image.I
         return "too_large", f"decompression bomb: {e}", None
     except Exception as e:  # Pillow raises many types for truncated or non-image bytes
         return "not_image", f"{type(e).__name__}: {e}"[:200], None
+    unchanged = image.format == "JPEG" and image.mode == "RGB" and max(image.size) <= config.max_side
+    unchanged = unchanged and image.size == (width, height)  # draft() may have shrunk it
     if image.mode in ("RGBA", "LA", "P", "PA"):
         rgba = image.convert("RGBA")
         image = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -262,6 +264,7 @@ def decode_image(data: bytes, config: DownloadConfig) -> tuple[str, str, Image.I
     else:
         image = image.convert("RGB")
     image.thumbnail((config.max_side, config.max_side), Image.Resampling.BICUBIC)
+    image.info["unchanged"] = unchanged
     return "ok", "", image
 
 
@@ -478,10 +481,12 @@ class Downloader:
                     else:
                         self._sha[sha] = self._phash[phash] = record["key"]
                 if record["outcome"] == "ok":
-                    buffer = io.BytesIO()
-                    image.save(buffer, "JPEG", quality=self.config.jpeg_quality)
                     record["path"] = os.path.join("images", sha[:2], f"{sha}.jpg")
-                    _atomic_write(os.path.join(self.output_dir, record["path"]), buffer.getvalue())
+                    if not (data[:3] == b"\xff\xd8\xff" and image.info.get("unchanged")):
+                        buffer = io.BytesIO()  # re-encode only what is not already a small enough RGB JPEG
+                        image.save(buffer, "JPEG", quality=self.config.jpeg_quality)
+                        data = buffer.getvalue()
+                    _atomic_write(os.path.join(self.output_dir, record["path"]), data)
         record["seconds"] = round(time.monotonic() - start, 4)
         if candidate.image_bytes is None:
             with self._lock:
