@@ -13,6 +13,8 @@ from neighbor_lt.retrieval import get_search_backend
 from neighbor_lt.retrieval.download import read_jsonl
 from neighbor_lt.retrieval.stages import run_retrieve
 
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # img2dataset imports albumentations, which would check PyPI
+
 RESULTS = {
     "goldfish": [(f"/img/{i}.jpg", f"/page/{i}", f"Goldfish number {i}") for i in range(25)],
     "axolotl": [("/img/30.jpg", "/page/30", "An axolotl"), ("/corrupt.jpg", "/page/c", "axolotl (broken)")],
@@ -93,7 +95,6 @@ def test_web_retrieve_stage_caches_searches_and_hands_off_to_img2dataset(server,
     assert len(read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")) == 14
 
     # the same URL list through img2dataset (what runs on Spark / Ray at web scale), then ingested
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from img2dataset import download
 
     urls = tmp_path / "retrieve" / "urls.parquet"
