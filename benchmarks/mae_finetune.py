@@ -53,6 +53,9 @@ def _parse():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output_dir", default="outputs/benchmarks/mae_finetune")
     parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
+    parser.add_argument(
+        "--machine_note", default="", help="Added to the machine line, e.g. 'shared with 3 other jobs'."
+    )
     parser.add_argument("--no_append", action="store_true", help="Print only; leave RESULTS.md alone.")
     return parser.parse_args()
 
@@ -109,7 +112,8 @@ def main():
 
     if not args.no_append:
         command = "python benchmarks/mae_finetune.py " + shlex.join(sys.argv[1:])
-        machine = f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with 3 other jobs), no GPU"
+        note = f" ({args.machine_note})" if args.machine_note else ""
+        machine = f"{platform.machine()}, {os.cpu_count()} CPU cores{note}, no GPU"
         minutes = {k: f"{v / 60:.1f} min" for k, v in timings.items()}
         section = f"""
 ## MAE pre-training vs random init, Tiny-ImageNet-LT (small-budget run)
