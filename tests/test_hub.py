@@ -13,11 +13,14 @@ from huggingface_hub import DatasetCard, HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import filter_repo_objects
+from transformers import AutoModelForImageClassification
 
 from neighbor_lt import hub
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,patch_size=16"
+# hidden_size 48, not 32: with 20 + 12 = 32 labels, a 32-wide MLP layer also has num_labels outputs, and the core's
+# find_classifier (modeling.py) then masks that layer instead of the classifier
+TINY = "hidden_size=48,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,patch_size=16"
 SECRET = "hf_not_a_real_token_123"
 WHOAMI = {"name": "me", "orgs": [{"name": "neighbor-lt"}], "auth": {"accessToken": {"role": "write"}}}
 
@@ -114,6 +117,8 @@ def test_push_uploads_exactly_the_masked_model_files(pushed):
     info = json.loads(main["files"]["neighbor_lt.json"])
     assert list(config["id2label"].values()) == info["target_classes"] and len(info["target_classes"]) == 20
     assert main["files"]["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    model = AutoModelForImageClassification.from_pretrained(out)  # what `pipeline(..., model=repo)` would load
+    assert model.classifier.out_features == 20
     # the token is in the local args.yaml but never leaves the machine
     assert all(SECRET.encode() not in content for c in fake.commits for content in c["files"].values())
     assert yaml.safe_load(main["files"]["args.yaml"])["hub_token"] == "<redacted>"

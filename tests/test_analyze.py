@@ -1,0 +1,130 @@
+"""recipes/analyze.py end to end on demo-shaped runs (tiny ViT, the demo data), and the plotting helpers."""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from PIL import Image
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+from neighbor_lt.metrics import long_tail_accuracy, write_per_class_csv
+from neighbor_lt.plots import load_run, plot_group_accuracy, plot_per_class_accuracy, project_2d
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "recipes" / "demo"
+
+
+def _demo_info() -> dict:
+    spec = importlib.util.spec_from_file_location("make_demo_data", DEMO / "make_demo_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    demo_args = yaml.safe_load((DEMO / "train.yaml").read_text())
+    counts = [150, 125, 104, 87, 73, 61, 51, 42, 35, 29, 25, 20, 17, 14, 12, 10, 8, 7, 5, 5]
+    return {
+        "target_classes": module.TARGETS, "target_train_counts": counts, "auxiliary_classes": list(module.AUX),
+        "neighbor_of": module.AUX, "loss": "neighbor_silencing", "lambda_s": 0.1,
+        "max_aux_per_class": demo_args["max_aux_per_class"],
+    }  # fmt: skip
+
+
+def _make_run(folder: Path, info: dict, seed: int) -> Path:
+    """A run folder as recipes/train.py leaves it, with a tiny random masked model and made-up predictions."""
+    folder.mkdir(parents=True)
+    names = info["target_classes"]
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=64, patch_size=16,
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+    )  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(folder)
+    (folder / "neighbor_lt.json").write_text(json.dumps(info))
+    demo_args = yaml.safe_load((DEMO / "train.yaml").read_text())
+    args = {
+        **demo_args,
+        "train_files": [str(DEMO / "data" / "target" / "train.parquet")],
+        "eval_files": [str(DEMO / "data" / "target" / "validation.parquet")],
+        "aux_dataset": str(DEMO / "data" / "aux"),
+        "eval_split": "validation",
+        "output_dir": str(folder),
+    }
+    (folder / "args.yaml").write_text(yaml.safe_dump(args))
+    rng = np.random.default_rng(seed)
+    references = np.repeat(np.arange(len(names)), 25)
+    predictions = np.where(rng.random(references.size) < 0.4 + 0.02 * seed, references, 0)
+    results = long_tail_accuracy(predictions, references, info["target_train_counts"])
+    out = {k: results[k] for k in ("overall", "many", "medium", "few")}
+    out.update(group_sizes=results["group_sizes"], split="validation", num_images=int(references.size))
+    (folder / "eval_results.json").write_text(json.dumps(out))
+    write_per_class_csv(str(folder / "per_class_accuracy.csv"), results, names, info["target_train_counts"])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analyze")
+    info = _demo_info()
+    return _make_run(root / "neighbors", info, seed=0), _make_run(root / "baseline", {**info, "loss": "ce"}, seed=1)
+
+
+def _load_analyze():
+    spec = importlib.util.spec_from_file_location("analyze_recipe", REPO / "recipes" / "analyze.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_analyze_writes_three_plots_and_card_links_them(runs, tmp_path):
+    first, second = (shutil.copytree(r, tmp_path / r.name) for r in runs)
+    written = _load_analyze().main(
+        [str(first), str(second), "--labels", "neighbors", "baseline", "--max_images_per_class", "8",
+         "--projection", "pca"]
+    )  # fmt: skip
+    names = [Path(p).name for p in written]
+    assert names == ["per_class_accuracy.png", "group_accuracy.png", "feature_map.png"]
+    for path in written:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 500 and image.height > 300
+    card = ModelCard.load(first / "README.md")
+    for name in names:
+        assert f"]({name})" in card.text
+    assert [r.metric_config for r in card.data.eval_results] == ["overall", "many", "medium", "few"]
+
+
+def test_feature_map_classes_can_be_chosen(runs, tmp_path):
+    analyze = _load_analyze()
+    out = tmp_path / "plots"
+    written = analyze.main(
+        [str(runs[0]), "--output_dir", str(out), "--head_class", "golden retriever", "--tail_class", "lemon",
+         "--before", str(runs[1]), "--max_images_per_class", "6", "--projection", "pca"]
+    )  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["feature_map.png", "group_accuracy.png", "per_class_accuracy.png"]
+    assert not (runs[0] / "README.md").exists()  # plots elsewhere: the run's card is left alone
+    assert len(written) == 3
+    with pytest.raises(ValueError, match="not a target class"):
+        analyze.main([str(runs[0]), "--output_dir", str(out), "--tail_class", "unicorn", "--projection", "pca"])
+
+
+def test_group_and_per_class_plots_handle_an_empty_group(runs, tmp_path):
+    run = load_run(str(runs[0]))
+    assert run.label == "neighbors (neighbor_silencing, 12 aux)"
+    run.results["many"] = float("nan")
+    run.per_class = [r for r in run.per_class if r["group"] != "many"]
+    for plot, name in ((plot_group_accuracy, "g.png"), (plot_per_class_accuracy, "p.png")):
+        assert Path(plot([run], str(tmp_path / name))).stat().st_size > 10_000
+
+
+def test_project_2d_falls_back_to_pca():
+    coords, method = project_2d(np.random.default_rng(0).normal(size=(30, 8)), "pca")
+    assert coords.shape == (30, 2) and method == "pca"
+
+
+def test_load_run_needs_an_evaluated_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="eval_results.json"):
+        load_run(str(tmp_path))
