@@ -69,7 +69,9 @@ def test_sampler_shards_are_disjoint_and_cover_the_epoch_under_accelerate():
     for rank in range(2):
         sampler = AuxiliaryCappedSampler(num_target, aux_labels, max_aux_per_class=50, seed=7)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler)
-        shard = prepare_data_loader(loader, num_processes=2, process_index=rank, put_on_device=False, even_batches=False)
+        shard = prepare_data_loader(
+            loader, num_processes=2, process_index=rank, put_on_device=False, even_batches=False
+        )
         shard.set_epoch(4)
         sampler.set_epoch(4)  # what Trainer does for the underlying sampler
         per_process.append([int(i) for (b,) in shard for i in b])
@@ -97,7 +99,9 @@ def test_long_tail_profile():
 
 @pytest.fixture(scope="module")
 def tiny_valid(tiny_imagenet_dir):
-    return load_dataset("parquet", data_files={"train": str(tiny_imagenet_dir / "valid-00000-of-00001.parquet")})["train"]
+    return load_dataset("parquet", data_files={"train": str(tiny_imagenet_dir / "valid-00000-of-00001.parquet")})[
+        "train"
+    ]
 
 
 def test_make_long_tailed_on_real_data(tiny_valid):
@@ -152,9 +156,9 @@ def _jpeg(color, size=(16, 16)):
 
 def test_zero_count_class_fails_before_training(tmp_path):
     features = Features({"image": Image(), "label": ClassLabel(names=["a", "b", "c"])})
-    Dataset.from_dict({"image": [{"bytes": _jpeg("red"), "path": None}] * 2, "label": [0, 1]}, features=features).to_parquet(
-        str(tmp_path / "t.parquet")
-    )
+    Dataset.from_dict(
+        {"image": [{"bytes": _jpeg("red"), "path": None}] * 2, "label": [0, 1]}, features=features
+    ).to_parquet(str(tmp_path / "t.parquet"))
     with pytest.raises(ConfigError, match="no training image, e.g. 'c'"):
         load_target_dataset(DataArguments(dataset_name="parquet", train_files=[str(tmp_path / "t.parquet")]))
 
@@ -226,15 +230,19 @@ def test_load_aux_dataset_checks_columns(tmp_path):
 def test_demo_aux_folder_loads_with_load_dataset():
     aux = load_aux_dataset("recipes/demo/data/aux")
     assert aux.features["label"].num_classes == 12
-    space = merge_label_space(load_dataset("parquet", data_files="recipes/demo/data/target/train.parquet")["train"]
-                              .features["label"].names, aux)
+    space = merge_label_space(
+        load_dataset("parquet", data_files="recipes/demo/data/target/train.parquet")["train"].features["label"].names,
+        aux,
+    )
     assert len(space.neighbor_pairs) == 12
 
 
 def test_merged_dataset_shifts_aux_labels():
     aux = _aux_dataset(["koi"], {"koi": ["goldfish"]}, per_class=2)
     features = Features({"image": Image(), "label": ClassLabel(names=["goldfish", "tabby"])})
-    target = Dataset.from_dict({"image": [{"bytes": _jpeg("red"), "path": None}] * 3, "label": [0, 1, 1]}, features=features)
+    target = Dataset.from_dict(
+        {"image": [{"bytes": _jpeg("red"), "path": None}] * 3, "label": [0, 1, 1]}, features=features
+    )
     merged = MergedImageDataset(target, aux, num_targets=2)
     assert len(merged) == 5
     assert [merged[i]["labels"] for i in range(5)] == [0, 1, 1, 2, 2]

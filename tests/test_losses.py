@@ -45,7 +45,9 @@ def test_balanced_softmax_hand_computed():
 def test_balanced_softmax_equal_counts_is_cross_entropy():
     logits = torch.randn(8, 5)
     targets = torch.randint(0, 5, (8,))
-    assert torch.allclose(balanced_softmax_loss(logits, targets, torch.full((5,), 7.0)), F.cross_entropy(logits, targets))
+    assert torch.allclose(
+        balanced_softmax_loss(logits, targets, torch.full((5,), 7.0)), F.cross_entropy(logits, targets)
+    )
 
 
 def test_neighbor_silencing_hand_computed():
@@ -56,9 +58,21 @@ def test_neighbor_silencing_hand_computed():
     targets = torch.tensor([0, 1, 2])
     lam = 0.1
     # Eq. 4: log(1 + sum_{j != y} lambda_yj exp(log n_j - log n_y + z_j - z_y)), written out term by term.
-    s0 = math.log(1 + 1.0 * math.exp(math.log(5) - math.log(50) + 0.0 - 1.0) + lam * math.exp(math.log(20) - math.log(50) + 2.0 - 1.0))
-    s1 = math.log(1 + 1.0 * math.exp(math.log(50) - math.log(5) + 0.0 - 1.0) + 1.0 * math.exp(math.log(20) - math.log(5) + 0.5 - 1.0))
-    s2 = math.log(1 + lam * math.exp(math.log(50) - math.log(20) + 0.3 - 1.5) + 1.0 * math.exp(math.log(5) - math.log(20) - 0.2 - 1.5))
+    s0 = math.log(
+        1
+        + 1.0 * math.exp(math.log(5) - math.log(50) + 0.0 - 1.0)
+        + lam * math.exp(math.log(20) - math.log(50) + 2.0 - 1.0)
+    )
+    s1 = math.log(
+        1
+        + 1.0 * math.exp(math.log(50) - math.log(5) + 0.0 - 1.0)
+        + 1.0 * math.exp(math.log(20) - math.log(5) + 0.5 - 1.0)
+    )
+    s2 = math.log(
+        1
+        + lam * math.exp(math.log(50) - math.log(20) + 0.3 - 1.5)
+        + 1.0 * math.exp(math.log(5) - math.log(20) - 0.2 - 1.5)
+    )
     expected = (s0 + s1 + s2) / 3
     got = neighbor_silencing_loss(logits, targets, counts, pairs, lambda_s=lam)
     assert got.item() == pytest.approx(expected, rel=1e-6)
@@ -157,7 +171,9 @@ def test_reductions_and_bad_inputs():
     pairs = torch.tensor([[0, 2]])
     none = neighbor_silencing_loss(logits, targets, counts, pairs, reduction="none")
     assert none.shape == (4,)
-    assert neighbor_silencing_loss(logits, targets, counts, pairs, reduction="sum").item() == pytest.approx(none.sum().item())
+    assert neighbor_silencing_loss(logits, targets, counts, pairs, reduction="sum").item() == pytest.approx(
+        none.sum().item()
+    )
     with pytest.raises(ValueError, match="positive"):
         balanced_softmax_loss(logits, targets, torch.tensor([5.0, 0.0, 1.0]))
     with pytest.raises(ValueError, match="class_counts has shape"):
@@ -168,3 +184,34 @@ def test_reductions_and_bad_inputs():
         neighbor_silencing_loss(logits, targets, counts, torch.tensor([[0, 7]]))
     with pytest.raises(ValueError, match="soft targets"):
         cross_entropy_loss(logits, torch.ones(4, 5))
+
+
+def test_soft_target_gradients_match_dense_reference():
+    torch.manual_seed(4)
+    pairs = torch.tensor([[0, 4], [1, 4], [2, 5], [0, 5]])
+    counts = torch.tensor([30.0, 10.0, 3.0, 1.0, 8.0, 8.0])
+    hard = torch.tensor([0, 4, 5, 3, 1])
+    soft = 0.6 * F.one_hot(hard, 6).float() + 0.4 * F.one_hot(hard.roll(1), 6).float()
+    soft = 0.9 * soft + 0.1 / 6
+    logits = (torch.randn(5, 6) * 4).requires_grad_(True)
+    neighbor_silencing_loss(logits, soft, counts, pairs, lambda_s=0.2, reduction="sum").backward()
+    ref_logits = logits.detach().clone().requires_grad_(True)
+    (dense_reference(ref_logits, soft, counts, pairs, 0.2) * 5).backward()
+    assert torch.allclose(logits.grad, ref_logits.grad.float(), atol=1e-5)
+
+
+def test_extreme_logits_stay_finite_and_exact():
+    logits = torch.tensor([[100.0, -100.0, 0.0]], requires_grad=True)
+    counts = torch.ones(3)
+    loss = neighbor_silencing_loss(logits, torch.tensor([1]), counts, torch.tensor([[0, 2]]), lambda_s=0.5)
+    # label 1 has no neighbor: exactly cross-entropy, about 200 (a float softmax would underflow to 0)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits.detach(), torch.tensor([1])).item(), rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_bf16_logits_give_bf16_gradients():
+    logits = torch.randn(4, 6).to(torch.bfloat16).requires_grad_(True)
+    loss = neighbor_silencing_loss(logits, torch.tensor([0, 1, 2, 3]), torch.ones(6), torch.tensor([[0, 4], [1, 5]]))
+    loss.backward()
+    assert loss.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16

@@ -72,7 +72,9 @@ def test_find_classifier_on_dinov2():
 def test_load_model_from_checkpoints(tmp_path):
     # DINOv2 and CLIP through the real from_pretrained path, from tiny random checkpoints saved locally.
     dino_dir = tmp_path / "dinov2"
-    Dinov2ForImageClassification(Dinov2Config(**TINY, image_size=32, patch_size=8, num_labels=7)).save_pretrained(dino_dir)
+    Dinov2ForImageClassification(Dinov2Config(**TINY, image_size=32, patch_size=8, num_labels=7)).save_pretrained(
+        dino_dir
+    )
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(dino_dir)
     model = load_model(ModelArguments(model_name_or_path=str(dino_dir)), LABELS)
     assert type(model).__name__ == "Dinov2ForImageClassification"
@@ -109,7 +111,9 @@ def test_layer_ids_on_real_vit_dinov2_and_clip_parameter_names():
     models = [
         tiny_vit(),
         Dinov2ForImageClassification(Dinov2Config(**vision, num_labels=4)),
-        CLIPForImageClassification(CLIPConfig(text_config={**TINY, "vocab_size": 99}, vision_config=vision, num_labels=4)),
+        CLIPForImageClassification(
+            CLIPConfig(text_config={**TINY, "vocab_size": 99}, vision_config=vision, num_labels=4)
+        ),
     ]
     for model in models:
         names = [n for n, _ in model.named_parameters()]

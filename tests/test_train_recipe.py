@@ -45,7 +45,8 @@ def test_unknown_keys_fail(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("learning_rate: 1e-4\noutput_dir: o\n")  # YAML reads 1e-4 as a string; it still parses
     _, _, training_args = parse_args(
-        (ModelArguments, DataArguments, NeighborLTTrainingArguments), ["--config", str(good), "--learning_rate", "3e-4"]
+        (ModelArguments, DataArguments, NeighborLTTrainingArguments),
+        ["--config", str(good), "--learning_rate", "3e-4"],
     )
     assert training_args.learning_rate == pytest.approx(3e-4)  # the command line wins
 
@@ -80,7 +81,9 @@ def test_train_main_end_to_end(tmp_path, monkeypatch, capsys):
 
     from transformers import pipeline
 
-    preds = pipeline("image-classification", model=str(out), device="cpu")(Image.new("RGB", (64, 64), "green"), top_k=3)
+    preds = pipeline("image-classification", model=str(out), device="cpu")(
+        Image.new("RGB", (64, 64), "green"), top_k=3
+    )
     assert len(preds) == 3 and all(p["label"] in config["id2label"].values() for p in preds)
 
 

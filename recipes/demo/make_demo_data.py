@@ -107,15 +107,12 @@ def main():
     print(f"target train {len(train)} images, validation {len(valid)}, auxiliary {len(aux)}; counts {counts}")
 
 
+# No `configs:` block: datasets 5.x caches a local folder by that block's hash alone, so two folders with the
+# same block would load each other's cached rows. `data/train-*` is found by the default layout.
 AUX_CARD = """---
 license: other
 task_categories:
 - image-classification
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: data/train-*
 ---
 # neighbor-lt demo auxiliary set
 

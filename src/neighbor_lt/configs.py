@@ -96,7 +96,9 @@ class DataArguments:
     lt_seed: int = field(default=0, metadata={"help": "Seed of the class subset and of the long-tail subsampling."})
     aux_dataset: str | None = field(
         default=None,
-        metadata={"help": "Auxiliary (neighbor) dataset: folder, Parquet file(s) or Hub id with image/label/neighbor_of."},
+        metadata={
+            "help": "Auxiliary (neighbor) dataset: folder, Parquet file(s) or Hub id with image/label/neighbor_of."
+        },
     )
     aux_split: str = field(default="train", metadata={"help": "Split of the auxiliary dataset."})
     neighbor_manifest: str | None = field(
@@ -109,7 +111,9 @@ class DataArguments:
     crop_min_scale: float = field(
         default=0.08, metadata={"help": "Smallest area fraction of the training random-resized crop."}
     )
-    crop_pct: float = field(default=0.875, metadata={"help": "Evaluation: resize to size / crop_pct, then center crop."})
+    crop_pct: float = field(
+        default=0.875, metadata={"help": "Evaluation: resize to size / crop_pct, then center crop."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the target training set."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
 

@@ -238,7 +238,9 @@ def load_target_dataset(args: DataArguments) -> DatasetDict:
             ds["train"], args.imbalance_factor, max_per_class=args.lt_max_per_class, seed=args.lt_seed
         )
     if args.max_train_samples:
-        ds["train"] = ds["train"].shuffle(seed=args.lt_seed).select(range(min(args.max_train_samples, len(ds["train"]))))
+        ds["train"] = (
+            ds["train"].shuffle(seed=args.lt_seed).select(range(min(args.max_train_samples, len(ds["train"]))))
+        )
     if args.max_eval_samples and "validation" in ds:
         n = min(args.max_eval_samples, len(ds["validation"]))
         ds["validation"] = ds["validation"].shuffle(seed=args.lt_seed).select(range(n))
@@ -265,7 +267,9 @@ def _expand(patterns: Sequence[str]) -> list[str]:
 
 def _builder_for(files: Sequence[str]) -> str:
     ext = os.path.splitext(files[0])[1].lstrip(".").lower()
-    return {"parquet": "parquet", "csv": "csv", "json": "json", "jsonl": "json", "arrow": "arrow"}.get(ext, "imagefolder")
+    return {"parquet": "parquet", "csv": "csv", "json": "json", "jsonl": "json", "arrow": "arrow"}.get(
+        ext, "imagefolder"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -428,8 +432,10 @@ class AuxiliaryCappedSampler(torch.utils.data.Sampler[int]):
         """The (shuffled) indices of one epoch."""
         rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
         parts = [np.arange(self.num_target)]
-        parts += [rng.choice(g, size=self.max_aux_per_class, replace=False) if len(g) > self.max_aux_per_class else g
-                  for g in self.aux_groups]
+        parts += [
+            rng.choice(g, size=self.max_aux_per_class, replace=False) if len(g) > self.max_aux_per_class else g
+            for g in self.aux_groups
+        ]
         return rng.permutation(np.concatenate(parts))
 
     def __iter__(self) -> Iterator[int]:

@@ -37,7 +37,9 @@ def _log_counts(class_counts: torch.Tensor, logits: torch.Tensor) -> torch.Tenso
     if counts.shape != logits.shape[-1:]:
         raise ValueError(f"class_counts has shape {tuple(counts.shape)}, expected ({logits.shape[-1]},)")
     if bool((counts <= 0).any()):
-        raise ValueError(f"class_counts must be positive; classes {torch.nonzero(counts <= 0).flatten().tolist()} are not")
+        raise ValueError(
+            f"class_counts must be positive; classes {torch.nonzero(counts <= 0).flatten().tolist()} are not"
+        )
     return counts.log()
 
 
@@ -135,41 +137,77 @@ def neighbor_silencing_loss(
     if lambda_s <= 0:
         raise ValueError(f"lambda_s must be positive, got {lambda_s}")
     _check_targets(targets, logits)
-    adjusted = logits.float() + _log_counts(class_counts, logits)
-    batch, num_classes = adjusted.shape
-    lse = torch.logsumexp(adjusted, dim=-1)
-    if targets.dim() == 1:
-        base = lse - adjusted.gather(1, targets[:, None]).squeeze(1)
-        rows = torch.arange(batch, device=adjusted.device)
-        cls, weights = targets, None
-    else:
-        targets = targets.to(adjusted.dtype)
-        base = targets.sum(-1) * lse - (targets * adjusted).sum(-1)
-        rows, cls = targets.nonzero(as_tuple=True)
-        weights = targets[rows, cls]
+    log_counts = _log_counts(class_counts, logits)
+    num_classes = logits.shape[-1]
     if lambda_s == 1.0:
-        return _reduce(base, reduction)
-
-    ptr, neighbors = csr if csr is not None else neighbor_csr(neighbor_pairs, num_classes, adjusted.device)
-    degree = ptr[cls + 1] - ptr[cls]
-    has = degree > 0
-    rows, cls, degree = rows[has], cls[has], degree[has]
-    if weights is not None:
-        weights = weights[has]
-    if rows.numel() == 0:
-        return _reduce(base, reduction)
-    # Expand every (sample, label) entry into its (sample, neighbor) entries, CSR style.
-    entry = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), degree)
-    first = torch.repeat_interleave(ptr[cls] - (degree.cumsum(0) - degree), degree)
-    nbr = neighbors[first + torch.arange(entry.numel(), device=rows.device)]
-    sample = rows[entry]
-    mass = torch.zeros(rows.numel(), device=adjusted.device, dtype=adjusted.dtype)
-    mass = mass.index_add(0, entry, torch.exp(adjusted[sample, nbr] - lse[sample]))
-    silence = torch.log1p(-(1.0 - lambda_s) * mass.clamp(max=1.0))
-    if weights is not None:
-        silence = silence * weights
-    per_sample = base.index_add(0, rows, silence)
+        return _reduce(_soft_or_hard_ce(logits.float() + log_counts, targets), reduction)
+    ptr, neighbors = csr if csr is not None else neighbor_csr(neighbor_pairs, num_classes, logits.device)
+    per_sample = _NeighborSilencing.apply(logits, log_counts, targets, ptr, neighbors, float(lambda_s))
     return _reduce(per_sample, reduction)
+
+
+class _NeighborSilencing(torch.autograd.Function):
+    """Per-sample eq. 4 with an analytic backward that reuses the softmax buffer for the gradient.
+
+    With ``p = softmax(a)``, ``r_e`` the neighbor mass of entry ``e = (i, c)`` (sample, label with weight ``t_ic``)
+    and ``k_e = t_ic (1 - lambda) / (1 - (1 - lambda) r_e)``:
+    ``dL_i / da_ij = p_ij (T_i + sum_e k_e r_e) - t_ij - sum_{e: j in N(c)} k_e p_ij``, where ``T_i = sum_c t_ic``.
+    So forward and backward hold one ``[B, C]`` buffer, as ``F.cross_entropy`` does.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, log_counts, targets, ptr, neighbors, lambda_s):
+        p = logits.float() + log_counts  # a = z + log n, turned into softmax(a) in place below
+        batch = p.shape[0]
+        hard = targets.dim() == 1
+        if hard:
+            rows = torch.arange(batch, device=p.device)
+            cls, weights = targets, torch.ones(batch, device=p.device)
+        else:
+            targets = targets.to(p.dtype)
+            rows, cls = targets.nonzero(as_tuple=True)
+            weights = targets[rows, cls]
+        a_label = p[rows, cls]  # a at every (sample, label) entry, before the buffer is overwritten
+        peak = p.amax(dim=1, keepdim=True)
+        lse = peak.squeeze(1) + p.sub_(peak).exp_().sum(1).log()
+        p.div_(torch.exp(lse - peak.squeeze(1))[:, None])
+        # sum_c t_c (lse - a_c): the balanced-softmax part
+        base = torch.zeros(batch, device=p.device).index_add_(0, rows, weights * (lse[rows] - a_label))
+        degree = ptr[cls + 1] - ptr[cls]
+        has = degree > 0
+        rows, cls, degree, weights = rows[has], cls[has], degree[has], weights[has]
+        # Expand every (sample, label) entry into its (sample, neighbor) pairs, CSR style.
+        entry = torch.repeat_interleave(torch.arange(rows.numel(), device=p.device), degree)
+        first = torch.repeat_interleave(ptr[cls] - (degree.cumsum(0) - degree), degree)
+        nbr = neighbors[first + torch.arange(entry.numel(), device=p.device)]
+        sample = rows[entry]
+        p_nb = p[sample, nbr]
+        mass = torch.zeros(rows.numel(), device=p.device).index_add_(0, entry, p_nb).clamp_(max=1.0)
+        damp = 1.0 - lambda_s
+        per_sample = base.index_add(0, rows, weights * torch.log1p(-damp * mass))
+        coef = weights * damp / (1.0 - damp * mass)
+        ctx.save_for_backward(p, targets, rows, coef, mass, entry, sample, nbr, p_nb)
+        ctx.hard, ctx.logits_dtype, ctx.used = hard, logits.dtype, False
+        return per_sample
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        if ctx.used:
+            raise RuntimeError("neighbor_silencing_loss reuses its buffer for the gradient: backward runs once")
+        ctx.used = True
+        p, targets, rows, coef, mass, entry, sample, nbr, p_nb = ctx.saved_tensors
+        batch = p.shape[0]
+        scale = targets.sum(1) if not ctx.hard else torch.ones(batch, device=p.device)
+        scale = scale.index_add(0, rows, coef * mass)
+        grad = p.mul_(scale[:, None])
+        if ctx.hard:
+            grad[torch.arange(batch, device=p.device), targets] -= 1.0
+        else:
+            grad.sub_(targets)
+        grad.index_put_((sample, nbr), -coef[entry] * p_nb, accumulate=True)
+        grad.mul_(grad_out[:, None])
+        return grad.to(ctx.logits_dtype), None, None, None, None, None
 
 
 def balanced_bce_loss(logits, targets, class_counts, reduction: str = "mean") -> torch.Tensor:

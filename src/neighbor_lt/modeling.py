@@ -52,7 +52,11 @@ def load_model(
     label2id = label2id or {v: k for k, v in id2label.items()}
     common = {"num_labels": len(id2label), "id2label": dict(id2label), "label2id": dict(label2id)}
     if args.model_name_or_path:
-        hub = {"cache_dir": args.cache_dir, "revision": args.model_revision, "trust_remote_code": args.trust_remote_code}
+        hub = {
+            "cache_dir": args.cache_dir,
+            "revision": args.model_revision,
+            "trust_remote_code": args.trust_remote_code,
+        }
         config = AutoConfig.from_pretrained(args.model_name_or_path, **common, **hub)
         _apply_overrides(config, args.config_overrides)
         if config.model_type == "vit_mae":
@@ -102,7 +106,10 @@ def load_image_processor(args: ModelArguments, model: PreTrainedModel):
     if size is None:
         raise ConfigError("set image_size: the model config has none")
     return ViTImageProcessorPil(
-        do_resize=True, size={"height": int(size), "width": int(size)}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+        do_resize=True,
+        size={"height": int(size), "width": int(size)},
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
     )
 
 

@@ -37,7 +37,9 @@ class NeighborSilencingTrainer(Trainer):
     # compute_loss below normalises by num_items_in_batch itself whenever the Trainer passes it.
     loss_is_scaled_for_ga = None
 
-    def __init__(self, *args, class_counts, neighbor_pairs=None, num_target_classes=None, train_sampler=None, **kwargs):
+    def __init__(
+        self, *args, class_counts, neighbor_pairs=None, num_target_classes=None, train_sampler=None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         if self.args.loss not in LOSS_FUNCTIONS:
             raise ValueError(f"unknown loss {self.args.loss!r}; choose from {list(LOSS_FUNCTIONS)}")
