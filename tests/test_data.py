@@ -247,3 +247,17 @@ def test_merged_dataset_shifts_aux_labels():
     assert len(merged) == 5
     assert [merged[i]["labels"] for i in range(5)] == [0, 1, 1, 2, 2]
     assert merged.labels.tolist() == [0, 1, 1, 2, 2]
+
+
+def test_imagefolder_source(tmp_path, tiny_valid):
+    # class sub-folders of real JPEGs, train/ and validation/ splits: the transformers-example layout
+    for split, rows in (("train", range(0, 6)), ("validation", range(6, 9))):
+        for i in rows:
+            row = tiny_valid[i]
+            folder = tmp_path / "folder" / split / ("cat" if i % 2 else "dog")
+            folder.mkdir(parents=True, exist_ok=True)
+            row["image"].save(folder / f"{i}.jpg")
+    ds = load_target_dataset(DataArguments(dataset_name=str(tmp_path / "folder")))
+    assert ds["train"].features["label"].names == ["cat", "dog"]
+    assert class_counts(ds["train"]).tolist() == [3, 3] and len(ds["validation"]) == 3
+    assert ds["train"][0]["image"].size == (64, 64)
