@@ -97,3 +97,25 @@ def test_layer_decay_optimizer_groups(tmp_path):
     lrs = sorted({g["lr"] for g in optimizer.param_groups})
     assert lrs == pytest.approx([0.1 * 0.25, 0.1 * 0.5, 0.1])  # embeddings, block 0, head
     assert optimizer.defaults["betas"] == (0.9, 0.95)
+
+
+class RecordingSampler(AuxiliaryCappedSampler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epochs_seen = []
+
+    def __iter__(self):
+        self.epochs_seen.append(self.epoch)
+        return super().__iter__()
+
+
+def test_trainer_draws_a_fresh_aux_subset_every_epoch(tmp_path):
+    # 10 target rows + 6 auxiliary rows of one class, cap 2: every epoch draws 2 of the 6, seeded by the epoch.
+    aux_labels = np.zeros(6, dtype=np.int64)
+    sampler = RecordingSampler(10, aux_labels, max_aux_per_class=2, seed=0)
+    trainer = make_trainer(tmp_path, tiny_model(), max_steps=-1, num_train_epochs=3, per_device_train_batch_size=4)
+    trainer.train_sampler = sampler
+    trainer.train()
+    assert sampler.epochs_seen == [0, 1, 2]  # the Trainer moves the sampler's epoch forward
+    draws = [set(sampler.epoch_indices(e)[sampler.epoch_indices(e) >= 10].tolist()) for e in range(3)]
+    assert all(len(d) == 2 for d in draws) and len({frozenset(d) for d in draws}) > 1
