@@ -117,7 +117,8 @@ def plot_per_class_accuracy(runs: Sequence[Run], path: str) -> str:
         colors = [GROUP_COLORS[r["group"]] for r in run.per_class]
         marker = RUN_MARKERS[i % len(RUN_MARKERS)]
         ax.scatter(x, y, c=colors, marker=marker, s=36, edgecolors="black", linewidths=0.4, zorder=3, alpha=0.9)
-        ax.scatter([], [], marker=marker, c="white", edgecolors="black", label=run.label)  # legend entry
+        linestyle = RUN_LINESTYLES[i % len(RUN_LINESTYLES)]
+        ax.plot([], [], marker=marker, ls=linestyle, color="black", mfc="white", label=run.label)  # legend entry
         groups = np.array([r["group"] for r in run.per_class])
         for group in GROUPS:
             keep = (groups == group) & ~np.isnan(y)
@@ -125,7 +126,7 @@ def plot_per_class_accuracy(runs: Sequence[Run], path: str) -> str:
                 (a, b) = bands[group]
                 ax.hlines(
                     y[keep].mean(), max(a, lo), min(b, hi), colors="black", zorder=2, lw=1.2,
-                    linestyles=RUN_LINESTYLES[i % len(RUN_LINESTYLES)],
+                    linestyles=linestyle,
                 )  # fmt: skip
     for group in GROUPS:
         ax.scatter([], [], c=GROUP_COLORS[group], s=36, label=f"{group.capitalize()} class")
