@@ -20,7 +20,7 @@ import transformers
 from transformers import set_seed
 
 import neighbor_lt
-from neighbor_lt.augment import ImageTransform
+from neighbor_lt.augment import ImageTransform, ProcessorTransform
 from neighbor_lt.configs import (
     ConfigError,
     DataArguments,
@@ -105,7 +105,7 @@ def main(argv=None):
     train_tf = ImageTransform(
         size, mean, std, train=True, rand_augment=training_args.rand_augment, crop_scale=(data_args.crop_min_scale, 1)
     )
-    eval_tf = ImageTransform(size, mean, std, train=False, crop_pct=data_args.crop_pct)
+    eval_tf = ProcessorTransform(processor)  # what the published model sees through pipeline(...)
     train_dataset = MergedImageDataset(target["train"], aux, space.num_targets, train_tf)
     eval_dataset = (
         MergedImageDataset(target["validation"], None, space.num_targets, eval_tf) if "validation" in target else None

@@ -59,7 +59,9 @@ def _tiny_args(out, *extra):
 
 def test_train_main_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
-    results = load_recipe("train").main(_tiny_args(tmp_path / "run", "--save_unmasked", "true"))
+    results = load_recipe("train").main(
+        _tiny_args(tmp_path / "run", "--save_unmasked", "true", "--hub_token", "secret-token")
+    )
     out = tmp_path / "run"
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "eval_results.json",
                  "per_class_accuracy.csv", "neighbor_lt.json", "args.yaml", "unmasked/model.safetensors"):  # fmt: skip
@@ -78,12 +80,21 @@ def test_train_main_end_to_end(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "Overall" in printed and "Few" in printed
     assert (out / "per_class_accuracy.csv").read_text().count("\n") == 21
+    args_yaml = (out / "args.yaml").read_text()
+    assert "hub_token" in args_yaml and "secret-token" not in args_yaml
 
+    from datasets import load_dataset
     from transformers import pipeline
 
-    preds = pipeline("image-classification", model=str(out), device="cpu")(
-        Image.new("RGB", (64, 64), "green"), top_k=3
-    )
+    # The reported accuracy is the published model's: the bare pipeline over the validation images agrees.
+    classifier = pipeline("image-classification", model=str(out), device="cpu")
+    valid = load_dataset("parquet", data_files=str(REPO / "recipes/demo/data/target/validation.parquet"))["train"]
+    names = valid.features["label"].names
+    top1 = [p[0]["label"] for p in classifier(list(valid["image"]), top_k=1, batch_size=100)]
+    accuracy = sum(t == names[y] for t, y in zip(top1, valid["label"])) / len(valid)
+    assert accuracy == pytest.approx(saved["overall"], abs=1e-9)
+
+    preds = classifier(Image.new("RGB", (64, 64), "green"), top_k=3)
     assert len(preds) == 3 and all(p["label"] in config["id2label"].values() for p in preds)
 
 

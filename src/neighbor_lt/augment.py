@@ -150,6 +150,25 @@ class ImageTransform:
         return (array - self.mean) / self.std
 
 
+class ProcessorTransform:
+    """PIL image -> ``pixel_values`` ``[3, H, W]`` through the model's own image processor.
+
+    Evaluation uses this, so the reported accuracy is measured on exactly the inputs that ``pipeline(...)`` and the
+    Space give the published model.
+
+    Example:
+        >>> t = ProcessorTransform(AutoImageProcessor.from_pretrained("outputs/demo"))
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, img) -> torch.Tensor:
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"expected a PIL image, got {type(img).__name__}")
+        return self.processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+
 class MixupCutmix:
     """Batch Mixup / CutMix with soft targets (timm's ``Mixup`` semantics, batch mode).
 

@@ -112,7 +112,11 @@ class DataArguments:
         default=0.08, metadata={"help": "Smallest area fraction of the training random-resized crop."}
     )
     crop_pct: float = field(
-        default=0.875, metadata={"help": "Evaluation: resize to size / crop_pct, then center crop."}
+        default=0.875,
+        metadata={
+            "help": "Resize to size / crop_pct, then center crop (MAE evaluation and feature plots; the classifier "
+            "is evaluated through its own image processor)."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the target training set."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
@@ -211,10 +215,11 @@ def save_args(path: str, *arg_objects) -> None:
             value = getattr(obj, f.name)
             if hasattr(value, "value"):  # enums
                 value = value.value
-            if isinstance(value, (str, int, float, bool, list, dict, type(None))):
-                resolved[f.name] = value
-            else:
-                resolved[f.name] = str(value)
+            if "token" in f.name and value:
+                value = "<redacted>"  # never write a credential next to the outputs
+            elif not isinstance(value, (str, int, float, bool, list, dict, type(None))):
+                value = str(value)
+            resolved[f.name] = value
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         yaml.safe_dump(resolved, f, sort_keys=True)
