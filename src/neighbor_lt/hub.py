@@ -28,7 +28,7 @@ from .metrics import GROUPS, group_of
 
 logger = logging.getLogger(__name__)
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "hub_cards" / "model_card.md"
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "hub_cards" / "model_card.md"  # ships in the wheel
 
 #: Files of the masked model folder that are pushed, as glob patterns relative to the folder (no subfolders).
 MODEL_FILE_PATTERNS = (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "hub_cards" / "dataset_card.md"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_cards" / "dataset_card.md"  # ships in the wheel
 
 LICENSE_NOTE = (
     "Per-image licenses are those of the source websites (see `source_url` / `page_url`); the collection is "
