@@ -367,7 +367,7 @@ def chart(table, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     width = 0.8 / len(table)
     for i, (v, row) in enumerate(table.items()):
         xs = np.arange(len(GROUPS)) + (i - (len(table) - 1) / 2) * width
@@ -377,9 +377,9 @@ def chart(table, path, title):
     ax.set_xticks(np.arange(len(GROUPS)), [g.capitalize() for g in GROUPS])
     ax.set_ylabel("top-1 accuracy on valid (%)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
