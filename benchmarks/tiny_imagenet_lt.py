@@ -25,7 +25,10 @@ Pipeline, all through the library:
 Every finished run is appended to <output_dir>/runs.jsonl and skipped on a rerun (resumable).
 
 Usage (from the repository root):
-    nohup python benchmarks/tiny_imagenet_lt.py --seeds 0 1 --epochs 4 > outputs/bench_tiny.log 2>&1 &
+    nohup python benchmarks/tiny_imagenet_lt.py --seeds 0 1 2 --epochs 4 > outputs/bench_tiny.log 2>&1 &
+    # 16 epochs (about 20 min on an idle 2-core machine, hours on a loaded one):
+    python benchmarks/tiny_imagenet_lt.py --seeds 0 1 2 --epochs 16 --output_dir outputs/benchmarks/tiny_imagenet_lt_e16 \
+        --figure benchmarks/figures/tiny_imagenet_lt_e16.png
     python benchmarks/tiny_imagenet_lt.py --quick          # 20 classes, few steps, 1 seed: about 2-3 minutes
 """
 
