@@ -18,13 +18,11 @@ import logging
 import os
 import sys
 
-import datasets
 import torch
-import transformers
 from transformers import ViTImageProcessorPil, set_seed
 
 from neighbor_lt.augment import ImageTransform
-from neighbor_lt.configs import ConfigError, DataArguments, parse_args, save_args
+from neighbor_lt.configs import ConfigError, DataArguments, parse_args, save_args, setup_logging
 from neighbor_lt.data import load_aux_dataset, load_target_dataset
 from neighbor_lt.mae import (
     MAEModelArguments,
@@ -51,12 +49,7 @@ def main(argv=None):
     # Seed & logging
     ################
     set_seed(training_args.seed)
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if training_args.should_log else logging.WARNING,
-    )
-    for lib in (datasets, transformers):
-        lib.utils.logging.set_verbosity_warning()
+    setup_logging(training_args)
     apply_base_learning_rate(training_args)
     logger.info("model %s | data %s | lr %.3g", model_args, data_args, training_args.learning_rate)
 

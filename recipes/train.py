@@ -13,10 +13,8 @@ import logging
 import os
 import sys
 
-import datasets
 import evaluate
 import numpy as np
-import transformers
 from transformers import set_seed
 
 import neighbor_lt
@@ -28,6 +26,7 @@ from neighbor_lt.configs import (
     NeighborLTTrainingArguments,
     parse_args,
     save_args,
+    setup_logging,
 )
 from neighbor_lt.data import (
     AuxiliaryCappedSampler,
@@ -62,12 +61,7 @@ def main(argv=None):
     # Seed & logging
     ################
     set_seed(training_args.seed)
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if training_args.should_log else logging.WARNING,
-    )
-    for lib in (datasets, transformers):
-        lib.utils.logging.set_verbosity_warning()
+    setup_logging(training_args)
     logger.info("model %s | data %s | loss %s", model_args, data_args, training_args.loss)
     if push_to_hub:
         check_hub_access(training_args.hub_model_id, training_args.hub_token)  # fail now, not after training

@@ -205,6 +205,19 @@ def parse_args(dataclass_types, args: list[str] | None = None):
     return tuple(outputs)
 
 
+def setup_logging(training_args) -> None:
+    """The recipes' logging: INFO on the main process (``training_args.should_log``), warnings from HF libraries."""
+    import datasets
+    import transformers
+
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+    )
+    for lib in (datasets, transformers):
+        lib.utils.logging.set_verbosity_warning()
+
+
 def save_args(path: str, *arg_objects) -> None:
     """Write the resolved arguments as one YAML mapping (what timm's ``args.yaml`` does)."""
     resolved: dict[str, Any] = {}
