@@ -261,3 +261,15 @@ def test_imagefolder_source(tmp_path, tiny_valid):
     assert ds["train"].features["label"].names == ["cat", "dog"]
     assert class_counts(ds["train"]).tolist() == [3, 3] and len(ds["validation"]) == 3
     assert ds["train"][0]["image"].size == (64, 64)
+
+
+def test_corrupt_image_names_its_row():
+    features = Features({"image": Image(), "label": ClassLabel(names=["goldfish"])})
+    rows = [{"bytes": _jpeg("red"), "path": None}, {"bytes": _jpeg("red")[:40], "path": None}]  # second: truncated
+    target = Dataset.from_dict({"image": rows, "label": [0, 0]}, features=features)
+    from neighbor_lt.augment import ImageTransform
+
+    merged = MergedImageDataset(target, None, num_targets=1, transform=ImageTransform(8, (0.5,) * 3, (0.5,) * 3))
+    assert merged[0]["pixel_values"].shape == (3, 8, 8)
+    with pytest.raises(ValueError, match="target image at row 1 cannot be decoded"):
+        merged[1]

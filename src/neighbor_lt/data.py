@@ -387,12 +387,14 @@ class MergedImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         n_t = len(self.target_labels)
-        if index < n_t:
-            row, label = self.target[int(index)], int(self.target_labels[index])
-        else:
-            row, label = self.aux[int(index - n_t)], int(self.aux_labels[index - n_t]) + self.num_targets
-        image = row["image"]
-        return {"pixel_values": self.transform(image) if self.transform else image, "labels": label}
+        source, row = ("target", int(index)) if index < n_t else ("auxiliary", int(index - n_t))
+        label = int(self.target_labels[row]) if source == "target" else int(self.aux_labels[row]) + self.num_targets
+        try:
+            image = (self.target if source == "target" else self.aux)[row]["image"]
+            pixel_values = self.transform(image) if self.transform else image
+        except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on corrupt or truncated bytes
+            raise ValueError(f"{source} image at row {row} cannot be decoded ({err}); remove or fix that row") from err
+        return {"pixel_values": pixel_values, "labels": label}
 
 
 class AuxiliaryCappedSampler(torch.utils.data.Sampler[int]):
