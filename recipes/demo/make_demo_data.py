@@ -18,7 +18,7 @@ import glob
 import os
 
 import numpy as np
-from datasets import ClassLabel, Dataset, Features, Image, List, Value, concatenate_datasets, load_dataset
+from datasets import ClassLabel, Features, Image, List, Value, concatenate_datasets, load_dataset
 
 from neighbor_lt.data import long_tail_profile
 
