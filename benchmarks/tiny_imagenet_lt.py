@@ -79,6 +79,12 @@ def _parse(argv=None):
     parser.add_argument("--model", default="embedding_size=32,hidden_sizes=[32,64,128,256],depths=[1,1,1,1]")
     parser.add_argument("--variants", nargs="+", default=["a", "c", "b", "d", "a_steps"], choices=list(VARIANTS))
     parser.add_argument("--max_results", type=int, default=100, help="Pool candidates per auxiliary class.")
+    parser.add_argument(
+        "--neighbor_max_distance", type=int, default=None, help="WordNet distance cutoff (curate.yaml's: 10)."
+    )
+    parser.add_argument(
+        "--max_targets_per_aux", type=int, default=None, help="Targets one aux class may serve (curate.yaml's: 5)."
+    )
     parser.add_argument("--no_filter", action="store_true", help="Skip the prototype filter (caption + leak only).")
     parser.add_argument("--drop_low", type=float, default=0.2, help="gamma_low: this quantile of the similarities.")
     parser.add_argument("--drop_high", type=float, default=0.01, help="gamma_high: this upper quantile.")
@@ -122,6 +128,10 @@ def curate_config(args, out_dir, filter_section=None):
     config["neighbors"]["vocabulary"] = os.path.join(DATA, "classes.tsv")
     config["retrieve"]["backend_kwargs"]["data_files"] = os.path.join(DATA, "train-*.parquet")
     config["retrieve"]["max_results_per_query"] = args.max_results
+    if args.neighbor_max_distance is not None:
+        config["neighbors"]["max_distance"] = args.neighbor_max_distance
+    if args.max_targets_per_aux is not None:
+        config["neighbors"]["max_targets_per_aux"] = args.max_targets_per_aux
     if filter_section:
         config["filter"].update(filter_section)
     path = os.path.join(out_dir, "curate.yaml")
