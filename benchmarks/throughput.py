@@ -51,15 +51,7 @@ from transformers import TrainerCallback, set_seed  # noqa: E402
 
 from neighbor_lt.augment import ImageTransform  # noqa: E402
 from neighbor_lt.configs import DataArguments, ModelArguments, NeighborLTTrainingArguments, parse_args  # noqa: E402
-from neighbor_lt.data import (  # noqa: E402
-    AuxiliaryCappedSampler,
-    MergedImageDataset,
-    class_counts,
-    load_aux_dataset,
-    load_target_dataset,
-    merge_label_space,
-    merged_class_counts,
-)
+from neighbor_lt.data import MergedImageDataset, load_target_dataset, merge_training_set  # noqa: E402
 from neighbor_lt.modeling import load_image_processor, load_model, processor_settings  # noqa: E402
 from neighbor_lt.trainer import NeighborSilencingTrainer  # noqa: E402
 
@@ -119,30 +111,20 @@ def build(args, workdir):
     training_args.remove_unused_columns = False
     set_seed(training_args.seed)
     target = load_target_dataset(data_args)
-    aux = load_aux_dataset(data_args.aux_dataset, data_args.aux_split)
-    from neighbor_lt.neighbors.manifest import neighbor_map as read_neighbor_map
-
-    neighbor_map = read_neighbor_map(data_args.neighbor_manifest) if data_args.neighbor_manifest else None
-    space = merge_label_space(target["train"].features["label"].names, aux, neighbor_map)
-    aux_labels = np.asarray(aux["label"])
-    counts = merged_class_counts(
-        class_counts(target["train"]), aux_labels, len(space.aux_names), data_args.max_aux_per_class
-    )
+    merged = merge_training_set(data_args, target, seed=training_args.seed)
+    space, sampler = merged.space, merged.sampler
     model = load_model(model_args, dict(enumerate(space.names)))
     processor = load_image_processor(model_args, model)
     size, mean, std = processor_settings(processor)
     train_tf = ImageTransform(
         size, mean, std, train=True, rand_augment=training_args.rand_augment, crop_scale=(data_args.crop_min_scale, 1)
     )
-    train_dataset = MergedImageDataset(target["train"], aux, space.num_targets, train_tf)
-    sampler = AuxiliaryCappedSampler(
-        len(target["train"]), aux_labels, data_args.max_aux_per_class, seed=training_args.seed
-    )
+    train_dataset = MergedImageDataset(target["train"], merged.aux, space.num_targets, train_tf)
     # the same samples as pre-made tensors: the pipeline's output for the first epochs' order, made once
     order = np.concatenate([sampler.epoch_indices(e) for e in range(-(-steps * args.batch_size // len(sampler)))])
     samples = [train_dataset[int(i)] for i in order[: steps * args.batch_size]]
     return {
-        "training_args": training_args, "model": model, "processor": processor, "counts": counts,
+        "training_args": training_args, "model": model, "processor": processor, "counts": merged.class_counts,
         "pairs": space.neighbor_pairs, "num_targets": space.num_targets, "train_dataset": train_dataset,
         "sampler": sampler, "samples": samples, "target": target, "mean": mean, "std": std, "size": size,
     }  # fmt: skip

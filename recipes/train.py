@@ -28,15 +28,7 @@ from neighbor_lt.configs import (
     save_args,
     setup_logging,
 )
-from neighbor_lt.data import (
-    AuxiliaryCappedSampler,
-    MergedImageDataset,
-    class_counts,
-    load_aux_dataset,
-    load_target_dataset,
-    merge_label_space,
-    merged_class_counts,
-)
+from neighbor_lt.data import MergedImageDataset, load_target_dataset, merge_training_set
 from neighbor_lt.hub import check_hub_access, push_model, write_model_card
 from neighbor_lt.metrics import format_table, write_per_class_csv
 from neighbor_lt.modeling import load_image_processor, load_model, mask_auxiliary_classes, processor_settings
@@ -71,22 +63,14 @@ def main(argv=None):
     ################
     target = load_target_dataset(data_args)
     target_names = target["train"].features["label"].names
-    aux = load_aux_dataset(data_args.aux_dataset, data_args.aux_split) if data_args.aux_dataset else None
-    neighbor_map = None
-    if data_args.neighbor_manifest:
-        from neighbor_lt.neighbors.manifest import neighbor_map as read_neighbor_map
-
-        neighbor_map = read_neighbor_map(data_args.neighbor_manifest)
-    space = merge_label_space(target_names, aux, neighbor_map)
-    target_counts = class_counts(target["train"])
-    aux_labels = np.asarray(aux["label"]) if aux is not None else np.zeros(0, dtype=np.int64)
-    counts = merged_class_counts(target_counts, aux_labels, len(space.aux_names), data_args.max_aux_per_class)
+    merged = merge_training_set(data_args, target, seed=training_args.seed)
+    space, aux, target_counts = merged.space, merged.aux, merged.target_counts
     pairs = space.neighbor_pairs
     if training_args.loss == "neighbor_silencing" and len(pairs) == 0:
         logger.warning("neighbor_silencing without neighbor pairs is balanced softmax")
     logger.info(
         "%d target classes (%d images), %d auxiliary classes (%d images), %d neighbor pairs",
-        space.num_targets, len(target["train"]), len(space.aux_names), len(aux_labels), len(pairs),
+        space.num_targets, len(target["train"]), len(space.aux_names), len(merged.aux_labels), len(pairs),
     )  # fmt: skip
 
     ################
@@ -103,9 +87,6 @@ def main(argv=None):
     train_dataset = MergedImageDataset(target["train"], aux, space.num_targets, train_tf)
     eval_dataset = (
         MergedImageDataset(target["validation"], None, space.num_targets, eval_tf) if "validation" in target else None
-    )
-    sampler = AuxiliaryCappedSampler(
-        len(target["train"]), aux_labels, data_args.max_aux_per_class, seed=training_args.seed
     )
 
     ################
@@ -125,10 +106,10 @@ def main(argv=None):
         eval_dataset=eval_dataset,
         processing_class=processor,
         compute_metrics=compute_metrics,
-        class_counts=counts,
+        class_counts=merged.class_counts,
         neighbor_pairs=pairs,
         num_target_classes=space.num_targets,
-        train_sampler=sampler,
+        train_sampler=merged.sampler,
     )
 
     ################

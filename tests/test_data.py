@@ -273,3 +273,22 @@ def test_corrupt_image_names_its_row():
     assert merged[0]["pixel_values"].shape == (3, 8, 8)
     with pytest.raises(ValueError, match="target image at row 1 cannot be decoded"):
         merged[1]
+
+
+def test_merge_training_set_on_the_demo_data():
+    from neighbor_lt.data import merge_training_set
+
+    args = DataArguments(
+        dataset_name="parquet",
+        train_files=["recipes/demo/data/target/train.parquet"],
+        aux_dataset="recipes/demo/data/aux",
+        max_aux_per_class=30,
+    )
+    target = load_target_dataset(args)
+    merged = merge_training_set(args, target, seed=3)
+    assert merged.space.num_targets == 20 and len(merged.space.aux_names) == 12
+    assert merged.class_counts[:20].tolist() == merged.target_counts.tolist()
+    assert merged.class_counts[20:].tolist() == [30.0] * 12  # 40 images each, 30 drawn per epoch
+    assert len(merged.sampler) == len(target["train"]) + 12 * 30 and merged.sampler.seed == 3
+    no_aux = merge_training_set(DataArguments(**{**vars(args), "aux_dataset": None}), target)
+    assert no_aux.aux is None and len(no_aux.class_counts) == 20 and len(no_aux.sampler) == len(target["train"])

@@ -456,3 +456,39 @@ def merged_class_counts(target_counts: Sequence[int], aux_labels: Sequence[int],
     return torch.tensor(
         np.concatenate([np.asarray(target_counts), np.minimum(aux_counts, max_aux_per_class)]), dtype=torch.float32
     )
+
+
+@dataclass
+class MergedTrainingSet:
+    """What training needs beyond the target set: the merged label space, the counts for the loss and the sampler."""
+
+    space: LabelSpace
+    aux: Dataset | None
+    target_counts: np.ndarray  # training images per target class (defines Many / Medium / Few)
+    aux_labels: np.ndarray  # auxiliary class of every auxiliary row
+    class_counts: torch.Tensor  # per merged class: target counts, then per-epoch auxiliary draws
+    sampler: AuxiliaryCappedSampler
+
+
+def merge_training_set(args: DataArguments, target: DatasetDict, seed: int = 0) -> MergedTrainingSet:
+    """Load the auxiliary set (and neighbor manifest) of ``args`` and merge it with ``target["train"]``.
+
+    Example:
+        >>> merged = merge_training_set(data_args, load_target_dataset(data_args), seed=training_args.seed)
+        >>> merged.space.neighbor_pairs, merged.class_counts, merged.sampler
+
+    Raises:
+        ConfigError: see :func:`load_aux_dataset`, :func:`merge_label_space` and :func:`merged_class_counts`.
+    """
+    aux = load_aux_dataset(args.aux_dataset, args.aux_split) if args.aux_dataset else None
+    neighbor_map = None
+    if args.neighbor_manifest:
+        from .neighbors.manifest import neighbor_map as read_neighbor_map
+
+        neighbor_map = read_neighbor_map(args.neighbor_manifest)
+    space = merge_label_space(target["train"].features["label"].names, aux, neighbor_map)
+    target_counts = class_counts(target["train"])
+    aux_labels = np.asarray(aux["label"], dtype=np.int64) if aux is not None else np.zeros(0, dtype=np.int64)
+    counts = merged_class_counts(target_counts, aux_labels, len(space.aux_names), args.max_aux_per_class)
+    sampler = AuxiliaryCappedSampler(len(target["train"]), aux_labels, args.max_aux_per_class, seed=seed)
+    return MergedTrainingSet(space, aux, target_counts, aux_labels, counts, sampler)
