@@ -1,0 +1,145 @@
+"""One redaction rule for every secret: API keys, tokens, credentials in URLs and key query parameters.
+
+Secrets must never leave memory: not in logs, error messages, manifests, saved configs, caches or cards. Every
+place that formats an error or writes a record passes the text through :func:`redact`; :func:`install_log_redaction`
+puts the same rule on the logging handlers and keeps HTTP clients' request logging (which prints full URLs, query
+keys included) at DEBUG.
+
+Example:
+    >>> register_secret("sk-abc123")
+    >>> redact("Illegal header value b'Bearer sk-abc123\\n' for http://user:pw@host/v1?key=K&q=cat")
+    "Illegal header value b'Bearer <redacted>\\n' for http://<redacted>@host/v1?key=<redacted>&q=cat"
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+
+REDACTED = "<redacted>"
+
+# Names whose values are secrets (config keys, environment variables, query parameters, header names).
+SECRET_NAME = re.compile(
+    r"(api[_-]?key|apikey|token|secret|password|passwd|credential|auth|subscription[_-]?key|^key$|^sig$|signature)",
+    re.IGNORECASE,
+)
+# key=... / token=... / api_key: ... inside free text (query strings, header dumps, reprs)
+_QUERY_SECRET = re.compile(
+    r"(?P<name>\b(?:key|api[_-]?key|apikey|access[_-]?token|token|auth|sig|signature|secret|password|"
+    r"subscription[_-]?key|client[_-]?secret)\b)(?P<sep>\s*[=:]\s*['\"]?)(?P<value>[^&\s'\",;)}\]]+)",
+    re.IGNORECASE,
+)
+# scheme://user:password@host and scheme://token@host
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s@'\"]+)@")
+# Authorization: Bearer xxx / "Bearer xxx"
+_BEARER = re.compile(r"(?P<prefix>\b(?:Bearer|Basic|Token)\s+)(?P<value>[^\s'\"\\]+)", re.IGNORECASE)
+# Environment variables whose values are treated as secrets when they are at least this long.
+_MIN_SECRET_LEN = 4
+
+_lock = threading.Lock()
+_registered: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret value (an API key read from config or environment) so :func:`redact` removes it anywhere.
+
+    Values are stripped (a key read with a trailing newline is the same key); values shorter than 4 characters
+    are not registered on their own (they would redact ordinary words) but the patterns still catch them in
+    ``key=`` / ``Bearer`` positions.
+    """
+    if not value:
+        return
+    with _lock:
+        for v in {value, value.strip()}:
+            if len(v) >= _MIN_SECRET_LEN:
+                _registered.add(v)
+
+
+def secret_env_values() -> list[str]:
+    """Values of environment variables whose names look secret (``*_API_KEY``, ``*TOKEN*``, ``*SECRET*`` ...)."""
+    return [v for k, v in os.environ.items() if SECRET_NAME.search(k) and v and len(v.strip()) >= _MIN_SECRET_LEN]
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a config key / header / parameter name holds a secret value (``api_key``, ``hub_token`` ...).
+
+    ``api_key_env`` (the *name* of an environment variable) is not a secret.
+    """
+    return bool(SECRET_NAME.search(name)) and not name.lower().endswith("_env")
+
+
+def redact(text) -> str:
+    """``text`` with every registered secret, secret-looking environment value, URL credential, ``key=`` value and
+    bearer token replaced by ``<redacted>``."""
+    text = str(text)
+    with _lock:
+        values = sorted(_registered | set(secret_env_values()), key=len, reverse=True)
+    for v in values:
+        if v in text:
+            text = text.replace(v, REDACTED)
+        stripped = v.strip()
+        if stripped and stripped in text:
+            text = text.replace(stripped, REDACTED)
+    text = _URL_USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
+    text = _BEARER.sub(lambda m: m.group("prefix") + REDACTED, text)
+    text = _QUERY_SECRET.sub(
+        lambda m: m.group(0) if m.group("value") == REDACTED else m.group("name") + m.group("sep") + REDACTED, text
+    )
+    return text
+
+
+def redact_url(url: str) -> str:
+    """A URL without its user-info and secret query parameters (for manifests, logs and errors)."""
+    return redact(url)
+
+
+def redact_mapping(values: dict) -> dict:
+    """A copy of a (nested) config mapping with secret-named keys' values redacted and every string redacted."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out[key] = redact_mapping(value)
+        elif value not in (None, "") and is_secret_name(str(key)):
+            out[key] = REDACTED
+        elif isinstance(value, str):
+            out[key] = redact(value)
+        elif isinstance(value, list):
+            out[key] = [redact(v) if isinstance(v, str) else v for v in value]
+        else:
+            out[key] = value
+    return out
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that formats the record's message, redacts it and freezes it (args cleared)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to the handler
+            return True
+        record.msg, record.args = redact(message), None
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+_QUIET_LOGGERS = ("httpx", "httpcore", "openai", "urllib3", "aiohttp.access")
+
+
+def install_log_redaction() -> None:
+    """Put :class:`RedactingFilter` on every handler of the root logger (idempotent) and move HTTP clients' request
+    logging to WARNING (it prints full request URLs, API keys in query strings included, and breaks progress bars).
+    """
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+    for name in _QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
