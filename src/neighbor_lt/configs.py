@@ -8,6 +8,7 @@ default. The resolved arguments are written next to the outputs (``args.yaml``).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import os
 import sys
@@ -17,9 +18,13 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from .secrets import REDACTED, is_secret_name
+
 logger = logging.getLogger(__name__)
 
 LOSSES = ("ce", "balanced_softmax", "neighbor_silencing", "bal_bce")
+#: Section of ``args.yaml`` with facts of the run that are not arguments (see :func:`save_args`).
+RUN_KEY = "run"
 
 
 @dataclass
@@ -157,6 +162,42 @@ def _known_fields(dataclass_types) -> set[str]:
     return {f.name for dc in dataclass_types for f in dataclasses.fields(dc) if f.init}
 
 
+#: The ways to name the target set; naming one on the command line replaces another one set in the YAML file.
+DATA_SOURCES = {
+    "dataset_name": ("dataset_name", "dataset_config_name"),
+    "train_files": ("train_files", "eval_files"),
+    "lt_train_list": ("lt_train_list", "lt_eval_list", "lt_image_root", "lt_class_names"),
+}
+
+
+def _command_line_keys(args: list[str]) -> set[str]:
+    return {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
+
+
+def _drop_replaced_source(values: dict, cli_keys: set[str], config_path: str) -> dict:
+    """YAML values without the keys of a data source that the command line replaces with another one.
+
+    ``--dataset_name my/folder`` over a YAML file with ``train_files`` would otherwise load the YAML's files
+    relative to ``my/folder``; ``--lt_train_list`` would be ignored beside a YAML ``dataset_name``.
+    """
+    chosen = [selector for selector in DATA_SOURCES if selector in cli_keys]
+    if not chosen:
+        return values
+    dropped = [
+        key
+        for selector, keys in DATA_SOURCES.items()
+        if selector not in chosen
+        for key in keys
+        if key in values and values[key] not in (None, "", []) and key not in cli_keys
+    ]
+    if dropped:
+        logger.info(
+            "--%s on the command line replaces the data source of %s: ignoring its %s",
+            " / --".join(chosen), config_path, ", ".join(dropped),
+        )  # fmt: skip
+    return {k: v for k, v in values.items() if k not in dropped}
+
+
 def parse_args(dataclass_types, args: list[str] | None = None):
     """Parse dataclasses from an optional ``--config`` YAML file, overridden by command-line flags.
 
@@ -187,6 +228,12 @@ def parse_args(dataclass_types, args: list[str] | None = None):
             values = yaml.safe_load(f) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{config_path} must hold a mapping of argument names to values")
+        values.pop(RUN_KEY, None)  # facts recorded by save_args (process count ...), not arguments
+        for key in [k for k, v in values.items() if v == REDACTED]:
+            # a saved args.yaml: the secret was not written; take it from the environment or the command line
+            logger.warning("%s: %s was redacted; it is left unset (pass --%s or set it in the environment)",
+                           config_path, key, key)  # fmt: skip
+            values[key] = None
         unknown = sorted(set(values) - _known_fields(dataclass_types))
         if unknown:
             raise ConfigError(f"unknown key(s) in {config_path}: {', '.join(unknown)}")
@@ -194,6 +241,7 @@ def parse_args(dataclass_types, args: list[str] | None = None):
         for action in parser._actions:
             if action.dest in values and isinstance(values[action.dest], str) and action.type in (int, float):
                 values[action.dest] = action.type(values[action.dest])
+        values = _drop_replaced_source(values, _command_line_keys(args), config_path)
         parser.set_defaults(**values)
     namespaces, remaining = parser.parse_known_args(args)
     if remaining:
@@ -218,21 +266,41 @@ def setup_logging(training_args) -> None:
         lib.utils.logging.set_verbosity_warning()
 
 
-def save_args(path: str, *arg_objects) -> None:
-    """Write the resolved arguments as one YAML mapping (what timm's ``args.yaml`` does)."""
+def _plain(value):
+    """A value YAML can write and ``parse_args`` can read back: enums by value, dataclasses (``accelerator_config``)
+    as mappings, containers element by element."""
+    if isinstance(value, enum.Enum):  # IntervalStrategy ... (also a str: test first)
+        return _plain(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    return str(value)
+
+
+def save_args(path: str, *arg_objects, extra: dict | None = None) -> None:
+    """Write the resolved arguments as one YAML mapping (what timm's ``args.yaml`` does).
+
+    Secrets (keys named like ``hub_token``, by :func:`neighbor_lt.secrets.is_secret_name`) are written as
+    ``<redacted>``; everything else is written as resolved, so ``--config args.yaml`` reruns the same configuration.
+    ``extra`` holds facts of the run that are not arguments (number of processes, global batch size); they are
+    written under ``run:`` and ignored when the file is read back as a config.
+    """
     resolved: dict[str, Any] = {}
     for obj in arg_objects:
         for f in dataclasses.fields(obj):
             if not f.init:
                 continue
-            value = getattr(obj, f.name)
-            if hasattr(value, "value"):  # enums
-                value = value.value
-            if "token" in f.name and value:
-                value = "<redacted>"  # never write a credential next to the outputs
-            elif not isinstance(value, (str, int, float, bool, list, dict, type(None))):
-                value = str(value)
+            value = _plain(getattr(obj, f.name))
+            if value not in (None, "") and is_secret_name(f.name):
+                value = REDACTED  # never write a credential next to the outputs; parse_args reads it back as unset
             resolved[f.name] = value
+    if extra:
+        resolved[RUN_KEY] = dict(extra)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         yaml.safe_dump(resolved, f, sort_keys=True)

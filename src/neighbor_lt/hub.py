@@ -25,6 +25,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .configs import ConfigError
 from .metrics import GROUPS, group_of
+from .secrets import redact_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ LOSS_NAMES = {
     "ce": "plain cross-entropy",
     "bal_bce": "balanced binary cross-entropy",
 }
-
-_SECRET_KEY = re.compile(r"token|secret|password|api_key", re.IGNORECASE)
 
 
 class HubAccessError(ConfigError):
@@ -437,13 +436,11 @@ def model_files(output_dir: str) -> list[str]:
 
 
 def redacted_args_yaml(path: str) -> bytes:
-    """``args.yaml`` with every token / secret value replaced by ``<redacted>`` (a ``hub_token`` must not leak)."""
+    """``args.yaml`` with every secret value replaced by ``<redacted>`` (a ``hub_token`` must not leak), by the one
+    rule of :mod:`neighbor_lt.secrets`; flags such as ``average_tokens_across_devices`` stay as they are."""
     with open(path, encoding="utf-8") as f:
         values = yaml.safe_load(f) or {}
-    for key, value in values.items():
-        if _SECRET_KEY.search(key) and value not in (None, ""):
-            values[key] = "<redacted>"
-    return yaml.safe_dump(values, sort_keys=True).encode()
+    return yaml.safe_dump(redact_mapping(values), sort_keys=True).encode()
 
 
 def _operations(folder: str, files: list[str]) -> list[CommitOperationAdd]:

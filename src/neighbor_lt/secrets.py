@@ -65,9 +65,14 @@ def secret_env_values() -> list[str]:
 def is_secret_name(name: str) -> bool:
     """Whether a config key / header / parameter name holds a secret value (``api_key``, ``hub_token`` ...).
 
-    ``api_key_env`` (the *name* of an environment variable) is not a secret.
+    ``api_key_env`` (the *name* of an environment variable) is not a secret, nor is a name where the secret word is
+    only the start of a longer word (``average_tokens_across_devices``, ``include_num_input_tokens_seen``,
+    ``author``): those hold flags and counts, and redacting them breaks a rerun from the saved config.
     """
-    return bool(SECRET_NAME.search(name)) and not name.lower().endswith("_env")
+    lowered = name.lower()
+    if lowered.endswith("_env"):
+        return False
+    return any(not lowered[m.end() : m.end() + 1].isalpha() for m in SECRET_NAME.finditer(lowered))
 
 
 def redact(text) -> str:
