@@ -1,7 +1,9 @@
 """The downloader against a real HTTP server on 127.0.0.1: every outcome, the address guard, kill and resume."""
 
+import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -111,7 +113,7 @@ def test_every_outcome(server, tmp_path, only_loopback):
         assert got[path] == expected, (path, [r for r in records if r["source_url"].endswith(path)])
     by_url = {r["source_url"]: r for r in records}
     assert by_url[f"http://localhost:{server.port}/img/9.jpg"]["outcome"] == "ok"
-    assert by_url["ftp://127.0.0.1/x.jpg"]["outcome"] == "http_error"
+    assert by_url["ftp://127.0.0.1/x.jpg"]["outcome"] == "bad_url"
     assert summary["ok"] == 6 and summary["total"] == len(candidates)
     assert server.requests["/status/500"] == 3  # retried twice
     assert server.requests["/private/7.jpg"] == 0  # robots.txt checked before fetching
@@ -181,5 +183,135 @@ def test_kill_midway_then_resume(jpegs, tmp_path):
         stored = [p for p in (out / "images").rglob("*") if p.is_file()]
         assert sorted(p.name for p in stored) == sorted(r["sha256"] + ".jpg" for r in ok)
         assert records[: len(first)] == first  # earlier lines untouched
+    finally:
+        server.stop()
+
+
+def no_dns_resolver(calls):
+    """A getaddrinfo that never queries DNS: ``*.invalid`` fails as a dead domain does, IP literals pass through."""
+
+    def resolve(host, port, *args, **kwargs):
+        calls.append(host)
+        if host.endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return socket.getaddrinfo(host, port, *args, flags=socket.AI_NUMERICHOST, **kwargs)
+
+    return resolve
+
+
+@pytest.mark.parametrize("num_workers", [1, 4])
+def test_bad_urls_are_recorded_and_never_stop_the_run(server, tmp_path, only_loopback, num_workers):
+    bad = {
+        "http://127.0.0.1:abc/x.jpg": "bad_url",  # httpx.InvalidURL
+        "http://[::1/x.jpg": "bad_url",  # ValueError: Invalid IPv6 URL
+        "http://127.0.0.1:99999/x.jpg": "bad_url",  # port out of range (was recorded as a robots.txt opt-out)
+        "http://dead-domain.invalid/x.jpg": "dns_error",  # socket.gaierror
+        "http://dead-domain.invalid/y.jpg": "dns_error",
+        "not a url at all": "bad_url",
+        "": "bad_url",
+    }
+    good = [server.url(f"/img/{i}.jpg") for i in range(6)]
+    urls = [u for pair in itertools.zip_longest(good, bad) for u in pair if u is not None]
+    candidates = [Candidate("goldfish", url, rank=i) for i, url in enumerate(urls)]
+    calls = []
+    config = loopback_config(num_workers=num_workers)
+    summary = Downloader(str(tmp_path), config, resolver=no_dns_resolver(calls)).run(candidates)
+    records = read_jsonl(tmp_path / "downloads.jsonl")
+    got = {r["source_url"]: r for r in records}
+    assert len(records) == len(urls) == len(got)  # each URL recorded exactly once
+    for url, outcome in bad.items():
+        assert got[url]["outcome"] == outcome, got[url]
+        assert got[url]["detail"]
+    assert all(got[url]["outcome"] == "ok" for url in good)
+    assert "Name or service not known" in got["http://dead-domain.invalid/x.jpg"]["detail"]
+    assert summary["ok"] == 6 and summary["bad_url"] == 5 and summary["dns_error"] == 2
+    assert summary["retryable"] == 2 and summary["total"] == len(urls)
+    assert calls.count("dead-domain.invalid") == 1  # one lookup per dead host (its robots.txt), not one per URL
+    # a rerun resumes: nothing is fetched again, nothing crashes
+    before = server.requests.copy()
+    again = Downloader(str(tmp_path), config, resolver=no_dns_resolver([])).run(candidates)
+    assert again == summary and server.requests == before
+
+
+def test_retry_failed_fetches_only_retryable_failures(jpegs, tmp_path, only_loopback):
+    main, no_robots = ImageServer(jpegs).start(), ImageServer(jpegs).start()
+    try:
+        main.outage, no_robots.robots_status = True, 503
+        urls = {
+            main.url("/img/0.jpg"): ("ok", "ok"),
+            main.url("/status/404"): ("http_error", "http_error"),  # not retryable: stays as it is
+            main.url("/outage/1.jpg"): ("http_error", "ok"),  # 503 after the retries
+            main.url("/slow/2.jpg"): ("timeout", "timeout"),  # retried, still too slow
+            main.url("/corrupt.jpg"): ("not_image", "not_image"),
+            no_robots.url("/img/3.jpg"): ("robots_unreachable", "ok"),  # RFC 9309: 5xx robots.txt = disallow all
+        }
+        candidates = [Candidate("goldfish", url, rank=i) for i, url in enumerate(urls)]
+        config = loopback_config(max_retries=1)
+        first = Downloader(str(tmp_path), config).run(candidates)
+        got = {r["source_url"]: r["outcome"] for r in read_jsonl(tmp_path / "downloads.jsonl")}
+        assert got == {url: outcome for url, (outcome, _) in urls.items()}
+        assert first["retryable"] == 3 and no_robots.requests["/img/3.jpg"] == 0
+
+        main.outage, no_robots.robots_status = False, 200
+        before_main, before_other = main.requests.copy(), no_robots.requests.copy()
+        assert Downloader(str(tmp_path), config).run(candidates) == first  # a plain rerun retries nothing
+        assert main.requests == before_main and no_robots.requests == before_other
+
+        second = Downloader(str(tmp_path), config).run(candidates, retry_failed=True)
+        records = read_jsonl(tmp_path / "downloads.jsonl")
+        assert len(records) == len(urls)  # one line per URL, the retried ones replaced
+        assert {r["source_url"]: r["outcome"] for r in records} == {url: new for url, (_, new) in urls.items()}
+        assert second["ok"] == 3 and second["retryable"] == 1 and second["total"] == len(urls)
+        fetched = main.requests - before_main
+        assert set(fetched) - {"/robots.txt"} == {"/outage/1.jpg", "/slow/2.jpg"}  # nothing else asked again
+        assert no_robots.requests["/img/3.jpg"] == 1
+        stored = sorted(p.name for p in (tmp_path / "images").rglob("*.jpg"))
+        assert stored == sorted(r["sha256"] + ".jpg" for r in records if r["outcome"] == "ok")
+    finally:
+        main.stop()
+        no_robots.stop()
+
+
+def test_ctrl_c_stops_within_two_seconds_and_loses_nothing(jpegs, tmp_path):
+    server = ImageServer(jpegs, delay=0.3).start()
+    try:
+        # URL 3 (and every 8th after it) takes 3 s: at the interrupt a download is certainly in flight
+        paths = [f"/slow/{i}.jpg" if i % 8 == 3 else f"/delay/{i}.jpg" for i in range(40)]
+        candidates = [Candidate("fish", server.url(p), rank=i) for i, p in enumerate(paths)]
+        spec = tmp_path / "candidates.json"
+        spec.write_text(json.dumps([{"query": c.query, "image_url": c.image_url, "rank": c.rank} for c in candidates]))
+        out = tmp_path / "out"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        command = [sys.executable, str(FIXTURES / "run_download.py"), str(spec), str(out)]
+        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        manifest = out / "downloads.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if manifest.exists() and manifest.read_text().count("\n") >= 4:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "the run ended before the interrupt"
+        time.sleep(0.1)  # slow downloads are in flight now
+        interrupted = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        took = time.monotonic() - interrupted
+        assert process.returncode == 130, stderr[-2000:]
+        assert took < 2.0, f"Ctrl-C took {took:.2f} s"
+        assert "interrupted" in stderr
+        first = read_jsonl(manifest)
+        assert 4 <= len(first) < len(candidates)
+        # every stored file has its line and every ok line its file
+        stored = sorted(p.name for p in (out / "images").rglob("*") if p.is_file())
+        assert stored == sorted(r["sha256"] + ".jpg" for r in first if r["outcome"] == "ok")
+        assert all(r["outcome"] == "ok" for r in first) and not any("/slow/3.jpg" in r["key"] for r in first)
+
+        subprocess.run(command, env=env, check=True, capture_output=True)
+        records = read_jsonl(manifest)
+        keys = [r["key"] for r in records]
+        assert len(keys) == len(set(keys)) == len(candidates)  # nothing lost, nothing twice
+        assert records[: len(first)] == first
+        ok = [r for r in records if r["outcome"] == "ok"]
+        assert len(ok) == 40 and len({r["sha256"] for r in ok}) == 40
     finally:
         server.stop()

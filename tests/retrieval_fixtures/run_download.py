@@ -1,6 +1,8 @@
-"""Run the downloader on a candidate list in its own process (the kill-and-resume test kills it midway).
+"""Run the downloader on a candidate list in its own process (the kill / Ctrl-C tests interrupt it midway).
 
-Usage: python run_download.py CANDIDATES.json OUTPUT_DIR
+Usage: python run_download.py CANDIDATES.json OUTPUT_DIR [retry]
+
+Exits 130 on Ctrl-C, like recipes/curate.py.
 """
 
 import json
@@ -14,4 +16,7 @@ if __name__ == "__main__":
     config = DownloadConfig(
         num_workers=4, allowed_networks=["127.0.0.1/32"], requests_per_second_per_host=0, backoff_base=0.01
     )
-    Downloader(sys.argv[2], config).run(candidates)
+    try:
+        Downloader(sys.argv[2], config).run(candidates, retry_failed=sys.argv[3:] == ["retry"])
+    except KeyboardInterrupt:
+        sys.exit(130)

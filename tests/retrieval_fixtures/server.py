@@ -20,9 +20,10 @@ Routes (GET):
   /tiny.png               a 4x4 image
   /noai.jpg               an image sent with X-Robots-Tag: noai
   /private/<i>.jpg        disallowed by robots.txt
-  /robots.txt             User-agent: * / Disallow: /private/
-  /customsearch/v1        Google Custom Search JSON API (image search)
-  /v7.0/images/search     Bing-style image search API
+  /robots.txt             User-agent: * / Disallow: /private/ (status ``robots_status``: 503 = unreachable)
+  /outage/<i>.jpg         503 while ``outage`` is set, else image i (for retrying failed URLs)
+  /customsearch/v1        Google Custom Search JSON API (image search); Google's error JSON for a wrong key
+  /v7.0/images/search     Bing-style image search API; Bing's error JSON for a wrong key
   /ddg, /ddg/i.js         DuckDuckGo token page and image results
 """
 
@@ -59,9 +60,14 @@ def _encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
 class ImageServer:
     """Start with ``ImageServer(jpegs).start()``; ``url(path)`` builds URLs; ``requests`` counts paths served."""
 
-    def __init__(self, jpegs: list[bytes], delay: float = 0.05, search_results: dict | None = None):
+    def __init__(
+        self, jpegs: list[bytes], delay: float = 0.05, search_results: dict | None = None, api_key: str = "test-key"
+    ):
         self.jpegs = jpegs
         self.delay = delay
+        self.api_key = api_key
+        self.robots_status = 200
+        self.outage = False
         self.requests: Counter = Counter()
         self.flaky: Counter = Counter()
         self.lock = threading.Lock()
@@ -104,7 +110,11 @@ class ImageServer:
                 name = path.rsplit("/", 1)[-1]
                 index = int(name.split(".")[0]) if name.split(".")[0].isdigit() else 0
                 if path == "/robots.txt":
-                    return self.send(200, b"User-agent: *\nDisallow: /private/\n", "text/plain")
+                    return self.send(server.robots_status, b"User-agent: *\nDisallow: /private/\n", "text/plain")
+                if path.startswith("/outage/"):
+                    if server.outage:
+                        return self.send(503, b"down for maintenance", "text/plain")
+                    return self.send(200, server.jpegs[index])
                 if path.startswith(("/img/", "/dup/", "/private/")):
                     return self.send(200, server.jpegs[index])
                 if path.startswith("/reenc/"):
@@ -166,12 +176,12 @@ class ImageServer:
                 self.send(200, json.dumps(value).encode(), "application/json")
 
             def google(self, query):
-                if (
-                    query.get("key") != ["test-key"]
-                    or query.get("cx") != ["test-cx"]
-                    or query.get("searchType") != ["image"]
-                ):
-                    return self.send(403, b'{"error": "bad key"}', "application/json")
+                if query.get("key") != [server.api_key]:  # what Google answers for a wrong key
+                    error = {"code": 400, "message": "API key not valid. Please pass a valid API key.",
+                             "status": "INVALID_ARGUMENT"}  # fmt: skip
+                    return self.send(400, json.dumps({"error": error}).encode(), "application/json")
+                if query.get("cx") != ["test-cx"] or query.get("searchType") != ["image"]:
+                    return self.send(403, b'{"error": "bad request"}', "application/json")
                 start, num = int(query["start"][0]), int(query["num"][0])
                 hits = self.results(query)[start - 1 : start - 1 + num]
                 items = [
@@ -181,8 +191,10 @@ class ImageServer:
                 self.json({"items": items} if items else {})
 
             def bing(self, query):
-                if self.headers.get("Ocp-Apim-Subscription-Key") != "test-key":
-                    return self.send(401, b"{}", "application/json")
+                if self.headers.get("Ocp-Apim-Subscription-Key") != server.api_key:  # Bing's answer
+                    error = {"code": "401", "message": "Access denied due to invalid subscription key or wrong API "
+                             "endpoint. Make sure to provide a valid key for an active subscription."}  # fmt: skip
+                    return self.send(401, json.dumps({"error": error}).encode(), "application/json")
                 offset, count = int(query["offset"][0]), int(query["count"][0])
                 hits = self.results(query)[offset : offset + count]
                 value = [{"contentUrl": server.url(i), "hostPageUrl": server.url(p), "name": t} for i, p, t in hits]

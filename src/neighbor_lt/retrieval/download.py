@@ -4,8 +4,22 @@ Every candidate URL gets exactly one line in ``downloads.jsonl`` (its outcome, h
 stored once, by SHA-256, under ``images/``. A rerun skips every URL that already has a line, so killing the process at
 any point and starting it again loses nothing and duplicates nothing.
 
-Outcomes: ``ok``, ``http_error``, ``timeout``, ``network_error``, ``not_image``, ``too_large``, ``too_small``,
-``duplicate``, ``blocked_address``, ``opted_out``.
+Outcomes: ``ok``, ``http_error``, ``timeout``, ``network_error``, ``dns_error`` (the name does not resolve),
+``bad_url`` (malformed URL, invalid port, unsupported scheme), ``robots_unreachable`` (robots.txt answered 5xx or could
+not be fetched: RFC 9309 says disallow all), ``not_image``, ``too_large``, ``too_small``, ``duplicate``,
+``blocked_address``, ``opted_out``, ``error`` (anything unexpected, with its type in ``detail``). Nothing raises out of
+:meth:`Downloader.run` for one URL. Timeouts, network and DNS errors, 429 / 5xx after the retries and an unreachable
+robots.txt are *retryable*: ``Downloader.run(..., retry_failed=True)`` (``recipes/curate.py --retry_failed``)
+fetches those again and nothing else.
+
+Ctrl-C stops the run within about a second: queued URLs are dropped, downloads still in flight get ``stop_grace``
+seconds to finish and be recorded, the rest are abandoned with nothing written for them. An image file is written only
+together with its record (a file left by ``kill -9`` between the two is removed on the next run), so a rerun resumes
+with nothing lost and nothing twice.
+
+Politeness: at most ``requests_per_second_per_host`` (default 4) requests per second and ``max_connections_per_host``
+at once to one host, which caps a single-host source at about that many images per second; the summary says how long
+the limit held requests back. Set it to 0 for your own servers.
 
 Safety by default: only http(s); any address that is private, loopback, link-local, multicast, reserved or unspecified
 is refused, checked on the IP a hostname resolves to at connect time (so redirects and DNS answers cannot sneak past),
@@ -20,14 +34,14 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import random
 import socket
 import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urljoin, urlsplit
@@ -36,6 +50,7 @@ from urllib.robotparser import RobotFileParser
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..secrets import redact
 from .search import DEFAULT_USER_AGENT, Candidate
 
 logger = logging.getLogger(__name__)
@@ -51,7 +66,21 @@ OUTCOMES = (
     "duplicate",
     "blocked_address",
     "opted_out",
+    "bad_url",
+    "dns_error",
+    "robots_unreachable",
+    "error",
 )
+RETRYABLE_OUTCOMES = ("timeout", "network_error", "dns_error", "robots_unreachable")
+
+
+def is_retryable(record: dict) -> bool:
+    """Whether a manifest record failed in a way that may succeed later (timeouts, network / DNS errors, 429 and
+    5xx after the retries, an unreachable robots.txt); ``--retry_failed`` fetches exactly these again."""
+    if record.get("outcome") in RETRYABLE_OUTCOMES:
+        return True
+    status = record.get("status")
+    return record.get("outcome") == "http_error" and isinstance(status, int) and (status == 429 or status >= 500)
 
 
 @dataclass
@@ -89,18 +118,38 @@ class DownloadConfig:
         default_factory=lambda: ["noai", "noimageai", "noindex", "none"],
         metadata={"help": "X-Robots-Tag directives that count as an opt-out."},
     )
+    stop_grace: float = field(
+        default=1.0, metadata={"help": "Seconds Ctrl-C waits for downloads in flight to finish and be recorded."}
+    )
 
 
 class BlockedAddress(Exception):
     """The URL's host is, or resolves to, an address the guard refuses."""
 
 
-class AddressGuard:
-    """Decides which IP addresses may be contacted; resolves hostnames and returns only allowed addresses."""
+class DnsError(Exception):
+    """The URL's host name does not resolve."""
 
-    def __init__(self, block_private: bool = True, allowed_networks: Iterable[str] = ()):
+
+class _Stopped(Exception):
+    """The run was interrupted (Ctrl-C) while this URL was in flight: nothing is recorded for it."""
+
+
+class AddressGuard:
+    """Decides which IP addresses may be contacted; resolves hostnames and returns only allowed addresses.
+
+    Args:
+        block_private: refuse private, loopback, link-local, multicast, reserved and unspecified addresses.
+        allowed_networks: CIDRs exempt from the rule.
+        resolver: ``getaddrinfo``-compatible function (tests inject one so that no real DNS lookup happens).
+    """
+
+    def __init__(
+        self, block_private: bool = True, allowed_networks: Iterable[str] = (), resolver: Callable | None = None
+    ):
         self.block_private = block_private
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
+        self.resolver = resolver or socket.getaddrinfo
 
     def is_allowed(self, ip: str) -> bool:
         """Whether one IP address may be contacted."""
@@ -131,7 +180,10 @@ class AddressGuard:
 
     def resolve(self, host: str, port: int) -> list[str]:
         """Resolve ``host`` and return its allowed addresses; raise BlockedAddress when none is allowed."""
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        try:
+            infos = self.resolver(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as e:
+            raise DnsError(f"{host}: {e}"[:200]) from None
         addresses = list(dict.fromkeys(info[4][0] for info in infos))
         allowed = [a for a in addresses if self.is_allowed(a)]
         if not allowed:
@@ -169,11 +221,13 @@ def _guarded_transport(guard: AddressGuard, limits, ssl_context=None):
 class _HostLimiter:
     """At most ``max_connections`` requests in flight and ``rate`` requests per second to one host."""
 
-    def __init__(self, max_connections: int, rate: float):
+    def __init__(self, max_connections: int, rate: float, stop: threading.Event):
         self.semaphore = threading.BoundedSemaphore(max(1, max_connections))
         self.lock = threading.Lock()
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.next_time = 0.0
+        self.waited = 0.0  # seconds requests were held back by the rate limit (summed over requests)
+        self.stop = stop
 
     @contextmanager
     def slot(self):
@@ -183,8 +237,9 @@ class _HostLimiter:
                     now = time.monotonic()
                     wait = max(0.0, self.next_time - now)
                     self.next_time = max(now, self.next_time) + self.interval
-                if wait:
-                    time.sleep(wait)
+                    self.waited += wait
+                if wait and self.stop.wait(wait):
+                    raise _Stopped()
             yield
 
 
@@ -268,6 +323,27 @@ def decode_image(data: bytes, config: DownloadConfig) -> tuple[str, str, Image.I
     return "ok", "", image
 
 
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be fetched at all (malformed, invalid port, unsupported scheme, no host), or None."""
+    import httpx
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError for a non-numeric or out-of-range port
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as e:
+        return f"{type(e).__name__}: {e}"[:200]
+    if parts.scheme not in ("http", "https"):
+        return f"unsupported scheme {parts.scheme!r}"
+    if not parts.hostname:
+        return "no host name"
+    return None
+
+
+class _RobotsUnreachable(Exception):
+    """robots.txt answered 5xx or could not be fetched (RFC 9309: disallow all until it can be read)."""
+
+
 class Downloader:
     """Fetch, validate, deduplicate and store candidate images; one manifest line per candidate.
 
@@ -276,42 +352,78 @@ class Downloader:
         >>> dl = Downloader("out/retrieve", DownloadConfig(num_workers=8))
         >>> summary = dl.run([Candidate("goldfish", "https://example.org/fish.jpg", aux_name="goldfish")])
         >>> summary["ok"]  # doctest: +SKIP
+        >>> dl.run(candidates, retry_failed=True)  # doctest: +SKIP  # timeouts, 5xx, DNS errors ... fetched again
 
     Args:
         output_dir: folder of ``downloads.jsonl``, ``images/`` and ``download_summary.json``.
         config: a :class:`DownloadConfig`.
+        resolver: ``getaddrinfo``-compatible name resolver (default ``socket.getaddrinfo``; tests inject one).
     """
 
-    def __init__(self, output_dir: str, config: DownloadConfig | None = None):
+    def __init__(self, output_dir: str, config: DownloadConfig | None = None, resolver: Callable | None = None):
         import httpx
         import imagehash  # noqa: F401  # now, not in 16+ worker threads at once on their first image (import lock)
 
         self.output_dir = output_dir
         self.config = config = config or DownloadConfig()
         self.manifest_path = os.path.join(output_dir, "downloads.jsonl")
-        self.guard = AddressGuard(config.block_private_addresses, config.allowed_networks)
+        self.guard = AddressGuard(config.block_private_addresses, config.allowed_networks, resolver)
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._ssl_context = httpx.create_ssl_context(trust_env=False)  # shared: building one costs ~30 ms of CPU
         self.ua_token = config.user_agent.split("/")[0].split()[0]
         self._limiters: dict[str, _HostLimiter] = {}
-        self._robots: dict[str, RobotFileParser | bool] = {}
+        self._robots: dict[str, object] = {}  # origin -> True (no rules), RobotFileParser, or the reason it failed
         self._robots_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._sha: dict[str, str] = {}  # sha256 -> key of the first record
         self._phash: dict[str, str] = {}
         self._url_results: dict[str, dict] = {}
+        self._stop = threading.Event()
+        self._commit_lock = threading.Lock()  # an image file and its manifest line are written together
+        self._writer: JsonlWriter | None = None
 
     # ---- resumption -------------------------------------------------------------------------------------------
-    def load_records(self) -> dict[str, dict]:
-        """Records already in the manifest, by key; also rebuilds the dedup indexes."""
+    def load_records(self, retry_failed: bool = False) -> dict[str, dict]:
+        """Records already in the manifest, by key (a key's last line wins); also rebuilds the dedup indexes.
+
+        With ``retry_failed``, the records of retryable failures (:func:`is_retryable`) are taken out of the manifest
+        (rewritten atomically), so their URLs are fetched again. Image files without a record (left by ``kill -9``
+        between writing a file and its line) are removed.
+        """
+        lines = read_jsonl(self.manifest_path)
         records = {}
-        for record in read_jsonl(self.manifest_path):
+        for record in lines:
             records[record["key"]] = record
+        if retry_failed:
+            retry = [key for key, record in records.items() if is_retryable(record)]
+            for key in retry:
+                del records[key]
+            if retry or len(lines) != len(records):
+                text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records.values())
+                _atomic_write(self.manifest_path, text.encode())
+            logger.info("retry_failed: %d failed URL(s) will be fetched again", len(retry))
+        for record in records.values():
             if record["outcome"] == "ok":
                 self._sha.setdefault(record["sha256"], record["key"])
                 self._phash.setdefault(record["phash"], record["key"])
+        self._remove_orphans(records)
         return records
+
+    def _remove_orphans(self, records: dict[str, dict]) -> None:
+        root = os.path.join(self.output_dir, "images")
+        if not os.path.isdir(root):
+            return
+        keep = {os.path.normpath(os.path.join(self.output_dir, r["path"])) for r in records.values() if r.get("path")}
+        removed = 0
+        for folder, _, files in os.walk(root):
+            for name in files:
+                path = os.path.normpath(os.path.join(folder, name))
+                if path not in keep:
+                    os.remove(path)
+                    removed += 1
+        if removed:
+            logger.info("removed %d image file(s) without a manifest line (left by an interrupted run)", removed)
 
     # ---- HTTP -------------------------------------------------------------------------------------------------
     @property
@@ -341,7 +453,7 @@ class Downloader:
         with self._lock:
             if host not in self._limiters:
                 self._limiters[host] = _HostLimiter(
-                    self.config.max_connections_per_host, self.config.requests_per_second_per_host
+                    self.config.max_connections_per_host, self.config.requests_per_second_per_host, self._stop
                 )
             return self._limiters[host]
 
@@ -352,12 +464,19 @@ class Downloader:
             lock = self._robots_locks.setdefault(origin, threading.Lock())
         with lock:
             if origin not in self._robots:
-                self._robots[origin] = self._fetch_robots(origin)
+                try:
+                    self._robots[origin] = self._fetch_robots(origin)
+                except DnsError as e:  # one lookup per host, not one per URL of a dead domain
+                    self._robots[origin] = e
         rules = self._robots[origin]
+        if isinstance(rules, DnsError):
+            raise DnsError(str(rules))
+        if isinstance(rules, str):
+            raise _RobotsUnreachable(rules)
         return rules if isinstance(rules, bool) else rules.can_fetch(self.ua_token, url)
 
-    def _fetch_robots(self, origin: str) -> RobotFileParser | bool:
-        """robots.txt per RFC 9309: 4xx means no rules, 5xx or unreachable means disallow all.
+    def _fetch_robots(self, origin: str) -> RobotFileParser | bool | str:
+        """robots.txt per RFC 9309: 4xx means no rules, 5xx or unreachable means disallow all (returned as the reason).
 
         A refused address raises BlockedAddress (not cached), so the URL is reported as blocked, not opted out.
         """
@@ -366,12 +485,12 @@ class Downloader:
         try:
             with self._limiter(urlsplit(origin).netloc).slot():
                 response = self.client.get(origin + "/robots.txt", follow_redirects=True)
-        except httpx.HTTPError:
-            return False
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
+            return f"robots.txt unreachable ({type(e).__name__})"
         if 400 <= response.status_code < 500:
             return True
         if response.status_code >= 500:
-            return False
+            return f"robots.txt answered HTTP {response.status_code}"
         parser = RobotFileParser()
         parser.parse(response.content[:500_000].decode("utf-8", "replace").splitlines())
         return parser
@@ -385,15 +504,19 @@ class Downloader:
         return None
 
     def fetch(self, url: str) -> dict:
-        """Fetch one URL with the guard, robots, retries and size limits; returns outcome, detail, data, status, final_url."""
+        """Fetch one URL with the guard, robots, retries and size limits; returns outcome, detail, data, status, final_url.
+
+        Every failure is an outcome (see the module docstring); only an interruption (Ctrl-C) raises.
+        """
         import httpx
 
         cfg = self.config
         seen = set()
         for _ in range(cfg.max_redirects + 1):
+            problem = _url_problem(url)
+            if problem:
+                return {"outcome": "bad_url", "detail": problem, "final_url": url}
             parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                return {"outcome": "http_error", "detail": f"unsupported URL {url[:200]}"}
             if url in seen:
                 return {"outcome": "http_error", "detail": "redirect loop", "final_url": url}
             seen.add(url)
@@ -404,11 +527,22 @@ class Downloader:
                 result = self._get(url, parts.netloc)
             except BlockedAddress as e:
                 return {"outcome": "blocked_address", "detail": str(e), "final_url": url}
+            except DnsError as e:
+                return {"outcome": "dns_error", "detail": str(e), "final_url": url}
+            except _RobotsUnreachable as e:
+                return {"outcome": "robots_unreachable", "detail": str(e), "final_url": url}
             except httpx.TimeoutException as e:
                 return {"outcome": "timeout", "detail": type(e).__name__, "final_url": url}
+            except httpx.InvalidURL as e:
+                return {"outcome": "bad_url", "detail": f"InvalidURL: {e}"[:200], "final_url": url}
+            except httpx.HTTPError as e:
+                return {"outcome": "network_error", "detail": f"{type(e).__name__}: {e}"[:200], "final_url": url}
             if "location" not in result:
                 return {**result, "final_url": url}
-            url = urljoin(url, result["location"])
+            try:
+                url = urljoin(url, result["location"])
+            except ValueError as e:
+                return {"outcome": "bad_url", "detail": f"redirect to a malformed URL: {e}"[:200], "final_url": url}
         return {"outcome": "http_error", "detail": f"more than {cfg.max_redirects} redirects", "final_url": url}
 
     def _get(self, url: str, host: str) -> dict:
@@ -435,7 +569,8 @@ class Downloader:
                 wait = cfg.backoff_base * 2**attempt * (1 + random.random() / 4)
                 if retry_after and retry_after.strip().isdigit():
                     wait = float(retry_after)
-                time.sleep(min(wait, cfg.backoff_max))
+                if self._stop.wait(min(wait, cfg.backoff_max)):
+                    raise _Stopped()
         return result
 
     def _read_body(self, response) -> dict:
@@ -451,6 +586,8 @@ class Downloader:
             return {"outcome": "too_large", "detail": f"content-length {length}", "status": status}
         chunks, size, deadline = [], 0, time.monotonic() + cfg.total_timeout
         for chunk in response.iter_bytes():
+            if self._stop.is_set():
+                raise _Stopped()
             size += len(chunk)
             if size > cfg.max_bytes:
                 return {"outcome": "too_large", "detail": f"body over {cfg.max_bytes} bytes", "status": status}
@@ -460,21 +597,52 @@ class Downloader:
         return {"outcome": "ok", "data": b"".join(chunks), "status": status, "content_type": content_type}
 
     # ---- one candidate ----------------------------------------------------------------------------------------
-    def process(self, candidate: Candidate) -> dict:
-        """Fetch (or take the pool's bytes), validate, dedup and store one candidate; returns its manifest record."""
-        import imagehash
+    def process(self, candidate: Candidate) -> dict | None:
+        """Fetch (or take the pool's bytes), validate, dedup and store one candidate; returns its manifest record
+        (None when the run was interrupted while it was in flight). Never raises for a bad URL or a bad response."""
+        prepared = self._prepare(candidate)
+        if prepared is None:
+            return None
+        record, data = prepared
+        if data is not None:
+            _atomic_write(os.path.join(self.output_dir, record["path"]), data)
+        return record
 
+    def _prepare(self, candidate: Candidate) -> tuple[dict, bytes | None] | None:
+        """The candidate's record and the bytes to store (for an ``ok``), or None when interrupted."""
+        local = candidate.image_bytes is not None
+        url = candidate.image_url if local else redact(candidate.image_url)  # no credential ever reaches a file
         record = {
-            "key": f"{candidate.aux_name}\t{candidate.image_url}",
+            "key": f"{candidate.aux_name}\t{url}",
             "aux_name": candidate.aux_name,
             "neighbor_of": list(candidate.neighbor_of),
             "query": candidate.query,
-            "source_url": candidate.image_url,
-            "page_url": candidate.page_url,
+            "source_url": url,
+            "page_url": candidate.page_url if local else redact(candidate.page_url),
             "caption": candidate.caption,
             "rank": candidate.rank,
         }
         start = time.monotonic()
+        try:
+            record, data = self._validate_and_dedup(candidate, record)
+        except _Stopped:
+            return None
+        except Exception as e:  # one URL must never stop the stage: an unexpected failure is recorded like any other
+            logger.debug("unexpected error on %s", url, exc_info=True)
+            record.update(outcome="error", detail=f"{type(e).__name__}: {e}"[:200])
+            data = None
+        for key in ("final_url", "detail"):
+            if key in record and not local:
+                record[key] = redact(record[key])
+        record["seconds"] = round(time.monotonic() - start, 4)
+        if not local:
+            with self._lock:
+                self._url_results.setdefault(candidate.image_url, record)
+        return record, data
+
+    def _validate_and_dedup(self, candidate: Candidate, record: dict) -> tuple[dict, bytes | None]:
+        import imagehash
+
         if candidate.image_bytes is not None:
             result = {"outcome": "ok", "data": candidate.image_bytes}
         else:
@@ -483,34 +651,34 @@ class Downloader:
             if previous is not None:  # the same URL found by another query
                 result = {"outcome": "duplicate" if previous["outcome"] == "ok" else previous["outcome"]}
                 result["detail"] = f"same URL as {previous['key']}"
+                if "status" in previous:
+                    result["status"] = previous["status"]
             else:
                 result = self.fetch(candidate.image_url)
         data = result.pop("data", None)
         record.update({k: v for k, v in result.items() if k != "content_type"})
-        if result["outcome"] == "ok":
-            outcome, detail, image = decode_image(data, self.config)
-            record.update(outcome=outcome, detail=detail)
-            if image is not None:
-                sha, phash = hashlib.sha256(data).hexdigest(), str(imagehash.phash(image))
-                record.update(sha256=sha, phash=phash, width=image.width, height=image.height, bytes=len(data))
-                with self._lock:
-                    first = self._sha.get(sha) or self._find_phash(phash)
-                    if first is not None:
-                        record.update(outcome="duplicate", detail=f"same image as {first}")
-                    else:
-                        self._sha[sha] = self._phash[phash] = record["key"]
-                if record["outcome"] == "ok":
-                    record["path"] = os.path.join("images", sha[:2], f"{sha}.jpg")
-                    if not (data[:3] == b"\xff\xd8\xff" and image.info.get("unchanged")):
-                        buffer = io.BytesIO()  # re-encode only what is not already a small enough RGB JPEG
-                        image.save(buffer, "JPEG", quality=self.config.jpeg_quality)
-                        data = buffer.getvalue()
-                    _atomic_write(os.path.join(self.output_dir, record["path"]), data)
-        record["seconds"] = round(time.monotonic() - start, 4)
-        if candidate.image_bytes is None:
-            with self._lock:
-                self._url_results.setdefault(candidate.image_url, record)
-        return record
+        if result["outcome"] != "ok":
+            return record, None
+        outcome, detail, image = decode_image(data, self.config)
+        record.update(outcome=outcome, detail=detail)
+        if image is None:
+            return record, None
+        sha, phash = hashlib.sha256(data).hexdigest(), str(imagehash.phash(image))
+        record.update(sha256=sha, phash=phash, width=image.width, height=image.height, bytes=len(data))
+        with self._lock:
+            first = self._sha.get(sha) or self._find_phash(phash)
+            if first is not None:
+                record.update(outcome="duplicate", detail=f"same image as {first}")
+            else:
+                self._sha[sha] = self._phash[phash] = record["key"]
+        if record["outcome"] != "ok":
+            return record, None
+        record["path"] = os.path.join("images", sha[:2], f"{sha}.jpg")
+        if not (data[:3] == b"\xff\xd8\xff" and image.info.get("unchanged")):
+            buffer = io.BytesIO()  # re-encode only what is not already a small enough RGB JPEG
+            image.save(buffer, "JPEG", quality=self.config.jpeg_quality)
+            data = buffer.getvalue()
+        return record, data
 
     def _find_phash(self, phash: str) -> str | None:
         if self.config.phash_distance < 0:
@@ -519,52 +687,136 @@ class Downloader:
             return self._phash.get(phash)
         return next((k for h, k in self._phash.items() if hamming(h, phash) <= self.config.phash_distance), None)
 
-    def run(self, candidates: Iterable[Candidate], desc: str = "download") -> dict[str, int]:
+    def _commit(self, prepared: tuple[dict, bytes | None] | None) -> None:
+        """Write a candidate's image file and its manifest line together; dropped once the run has stopped."""
+        if prepared is None:
+            return
+        record, data = prepared
+        with self._commit_lock:
+            if self._writer is None:
+                return
+            if data is not None:
+                _atomic_write(os.path.join(self.output_dir, record["path"]), data)
+            self._writer.write(record)
+
+    # ---- a run --------------------------------------------------------------------------------------------------
+    def run(
+        self, candidates: Iterable[Candidate], desc: str = "download", retry_failed: bool = False
+    ) -> dict[str, int]:
         """Process every candidate that has no manifest line yet; returns counts per outcome over the whole manifest.
+
+        Ctrl-C (KeyboardInterrupt) stops it within about ``stop_grace`` seconds: what finished is recorded, the
+        rest is not, and the KeyboardInterrupt is raised again for the caller.
 
         Example:
             >>> Downloader("out").run(candidates)  # doctest: +SKIP
-            {'ok': 812, 'http_error': 40, 'duplicate': 25, ...}
+            {'ok': 812, 'http_error': 40, 'duplicate': 25, ..., 'retryable': 31, 'total': 900}
 
         Args:
             candidates: :class:`Candidate` objects (their ``aux_name`` + URL is the resumption key).
             desc: progress-bar label.
+            retry_failed: fetch again the URLs whose record is a retryable failure (:func:`is_retryable`).
         """
-        done = self.load_records()
+        done = self.load_records(retry_failed)
         for record in done.values():
             if not record["source_url"].startswith("pool://"):
                 self._url_results.setdefault(record["source_url"], record)
         todo, keys = [], set(done)
         for candidate in candidates:
-            key = f"{candidate.aux_name}\t{candidate.image_url}"
+            url = candidate.image_url if candidate.image_bytes is not None else redact(candidate.image_url)
+            key = f"{candidate.aux_name}\t{url}"
             if key not in keys:
                 keys.add(key)
                 todo.append(candidate)
         logger.info("%s: %d candidate(s) already in %s, %d to do", desc, len(done), self.manifest_path, len(todo))
-        writer = JsonlWriter(self.manifest_path)
+        self._stop.clear()
+        self._writer = JsonlWriter(self.manifest_path)
         try:
             with tqdm(total=len(todo), desc=desc, unit="img") as bar:
                 if self.config.num_workers <= 1 or all(c.image_bytes is not None for c in todo):
                     for candidate in todo:
-                        writer.write(self.process(candidate))
+                        self._commit(self._prepare(candidate))
                         bar.update()
                 else:
-                    with ThreadPoolExecutor(self.config.num_workers) as pool:
-                        # written as they finish, so a kill loses at most the downloads in flight
-                        for future in as_completed([pool.submit(self.process, c) for c in todo]):
-                            writer.write(future.result())
-                            bar.update()
+                    self._run_threads(todo, bar)
+        except KeyboardInterrupt:
+            logger.warning("%s: interrupted; what finished is recorded, rerun to resume", desc)
+            raise
         finally:
-            writer.close()
+            self._stop.set()
+            with self._commit_lock:  # from here on, a late worker writes nothing (no file without its line)
+                writer, self._writer = self._writer, None
+                writer.close()
         return self.summary()
 
+    def _run_threads(self, todo: list[Candidate], bar) -> None:
+        """Process ``todo`` on ``num_workers`` daemon threads (they never hold up the interpreter's exit)."""
+        jobs: queue.SimpleQueue = queue.SimpleQueue()
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        for candidate in todo:
+            jobs.put(candidate)
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            while not self._stop.is_set():
+                try:
+                    candidate = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    self._commit(self._prepare(candidate))
+                except BaseException as e:  # writing failed (disk full ...): stop the run and report it
+                    errors.append(e)
+                    self._stop.set()
+                finally:
+                    finished.put(1)
+
+        threads = [
+            threading.Thread(target=work, name=f"download-{i}", daemon=True)
+            for i in range(min(self.config.num_workers, len(todo)))
+        ]
+        for thread in threads:
+            thread.start()
+        count = 0
+        try:
+            while count < len(todo) and not errors:
+                try:
+                    finished.get(timeout=0.2)
+                except queue.Empty:
+                    if not any(t.is_alive() for t in threads):
+                        break
+                    continue
+                count += 1
+                bar.update()
+        except KeyboardInterrupt:
+            self._stop.set()  # queued URLs are dropped; sleeping retries and rate-limit waits wake up and give up
+            deadline = time.monotonic() + self.config.stop_grace
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            raise
+        if errors:
+            raise errors[0]
+
     def summary(self) -> dict[str, int]:
-        """Counts per outcome over the whole manifest; also written to ``download_summary.json``."""
-        counts = Counter(r["outcome"] for r in read_jsonl(self.manifest_path))
+        """Counts per outcome over the whole manifest (one per key), the number of retryable failures and the seconds
+        the per-host rate limit held requests back; also written to ``download_summary.json``."""
+        records = {r["key"]: r for r in read_jsonl(self.manifest_path)}
+        counts = Counter(r["outcome"] for r in records.values())
         summary = {outcome: counts.get(outcome, 0) for outcome in OUTCOMES}
-        summary["total"] = sum(counts.values())
+        summary["retryable"] = sum(is_retryable(r) for r in records.values())
+        summary["total"] = len(records)
+        with self._lock:
+            throttled = {host: limiter.waited for host, limiter in self._limiters.items() if limiter.waited >= 1}
+        summary["throttled_seconds"] = round(sum(throttled.values()), 1)
         _atomic_write(os.path.join(self.output_dir, "download_summary.json"), json.dumps(summary, indent=2).encode())
-        logger.info("download summary: %s", summary)
+        if throttled:
+            worst = max(throttled, key=throttled.get)
+            logger.info(
+                "the per-host rate limit (requests_per_second_per_host=%s) held requests back %.0f s in all, %.0f s "
+                "on %s; raise it (or set 0) for a source that allows more",
+                self.config.requests_per_second_per_host, summary["throttled_seconds"], throttled[worst], worst,
+            )  # fmt: skip
+        logger.info("download summary: %s", {k: v for k, v in summary.items() if v})
         return summary
 
     def close(self) -> None:
