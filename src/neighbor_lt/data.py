@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -141,18 +142,94 @@ def load_lt_split_file(
     bad = [lab for lab in labels if lab < 0 or lab >= len(class_names)]
     if bad:
         raise ConfigError(f"{list_file}: label {bad[0]} is outside 0..{len(class_names) - 1}")
-    missing = [p for p in paths[:1000] if not os.path.exists(p)]
+    # Every row, up front: one missing file found at the first batch, or hours in, costs the run. stat is I/O-bound,
+    # so threads overlap it (a network file system answers many at once).
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [paths[i : i + 2048] for i in range(0, len(paths), 2048)]
+    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4)) as pool:
+        missing = [p for found in pool.map(lambda ps: [p for p in ps if not os.path.isfile(p)], chunks) for p in found]
     if missing:
-        raise ConfigError(f"{list_file}: image not found: {missing[0]} (is lt_image_root right?)")
+        shown = "\n  ".join(missing[:5])
+        raise ConfigError(
+            f"{list_file}: image not found for {len(missing)} of {len(paths)} rows under lt_image_root={image_root!r}, "
+            f"e.g.\n  {shown}\n(is lt_image_root right? are all the benchmark's images downloaded?)"
+        )
     features = Features({"image": Image(), "label": ClassLabel(names=list(class_names))})
     return Dataset.from_dict({"image": paths, "label": labels}, features=features)
 
 
+_WNID_LINE = re.compile(r"^(n\d{8})\s+(.+)$")  # ImageNet's LOC_synset_mapping.txt: "n01440764 tench, Tinca tinca"
+
+
 def _read_class_names(path: str | None) -> list[str] | None:
+    """Class names in label order from ``lt_class_names`` (see the README's "Class names" for each benchmark).
+
+    Formats: a ``.json`` list of names, a list of ``{"id", "name"}`` objects (iNaturalist 2018's
+    ``categories.json``) or an ``{id: name}`` mapping; a text file with one name per line in label order, or
+    ``name label`` / ``label name`` lines (Places365's ``categories_places365.txt``: ``/a/airfield 0``), or ImageNet's
+    ``wnid name, synonym, ...`` lines (``LOC_synset_mapping.txt``, label order = line order). Scene paths become
+    readable (``/a/apartment_building/outdoor`` -> ``apartment building outdoor``); a name used twice (ImageNet has
+    two *crane* and two *maillot* synsets) gets its WordNet id or label added.
+
+    Raises:
+        ConfigError: a missing file, a gap or a repeat in explicit labels, or numbers instead of names.
+    """
     if path is None:
         return None
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
+    if not os.path.isfile(path):
+        raise ConfigError(f"lt_class_names file not found: {path}")
+    by_label: dict[int, str] = {}
+    extra: dict[int, str] = {}  # a disambiguator per label (its wnid) for repeated names
+    if path.endswith(".json"):
+        import json
+
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+        if isinstance(values, dict):
+            values = [{"id": k, "name": v} for k, v in values.items()]
+        for i, value in enumerate(values):
+            if isinstance(value, dict):
+                by_label[int(value.get("id", i))] = str(value["name"])
+            else:
+                by_label[i] = str(value)
+    else:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip()]
+        split = [line.rsplit(maxsplit=1) for line in lines]
+        head_split = [line.split(maxsplit=1) for line in lines]
+        if lines and all(len(p) == 2 and p[1].isdigit() for p in split):  # "name label"
+            by_label = {int(label): name for name, label in split}
+        elif lines and all(len(p) == 2 and p[0].isdigit() for p in head_split):  # "label name"
+            by_label = {int(label): name for label, name in head_split}
+        else:
+            for i, line in enumerate(lines):
+                match = _WNID_LINE.match(line)
+                by_label[i] = match.group(2).split(",")[0].strip() if match else line
+                if match:
+                    extra[i] = match.group(1)
+    labels = sorted(by_label)
+    if labels != list(range(len(labels))):
+        gap = next(i for i, label in enumerate(labels) if label != i)
+        raise ConfigError(f"{path}: labels must be 0..{len(labels) - 1} once each; label {gap} is missing")
+    names = []
+    for i in labels:
+        name = by_label[i]
+        if name.startswith("/") and "/" in name[1:]:  # Places: /a/airfield, /a/apartment_building/outdoor
+            name = " ".join(name.split("/")[2:]).replace("_", " ")
+        names.append(name)
+    if all(n.lstrip("-").isdigit() for n in names):
+        raise ConfigError(f"{path} holds numbers, not class names: {_CLASS_NAMES_HELP}")
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    return [f"{n} ({extra.get(i, i)})" if counts[n] > 1 else n for i, n in enumerate(names)]
+
+
+_CLASS_NAMES_HELP = (
+    "set lt_class_names to a file of names in label order (one per line, 'name label' lines, or a JSON list); "
+    "the README's 'Class names' section says where ImageNet-LT, Places-LT and iNaturalist 2018 publish theirs"
+)
 
 
 def _standardize_columns(ds: Dataset, image_column: str, label_column: str, where: str) -> Dataset:
@@ -184,7 +261,7 @@ def _ensure_class_label(ds: DatasetDict) -> DatasetDict:
     return DatasetDict({k: v.cast_column("label", ClassLabel(names=names)) for k, v in ds.items()})
 
 
-def load_target_dataset(args: DataArguments) -> DatasetDict:
+def load_target_dataset(args: DataArguments, require_names: str | None = None) -> DatasetDict:
     """Load the long-tailed target set as a DatasetDict with ``train`` (and ``validation`` when configured).
 
     Sources: any ``datasets`` source (Hub id, ``parquet`` / ``imagefolder`` with files, a local folder), or the
@@ -194,8 +271,14 @@ def load_target_dataset(args: DataArguments) -> DatasetDict:
     Example:
         >>> splits = load_target_dataset(DataArguments(dataset_name="parquet", train_files=["train-*.parquet"]))
 
+    Args:
+        args: the ``# Data`` arguments.
+        require_names: what needs readable class names (e.g. ``"the openai neighbor backend"``): numeric labels
+            (split files without ``lt_class_names``) are then an error instead of a warning.
+
     Raises:
-        ConfigError: a missing column, a label out of range or a class without training images.
+        ConfigError: a missing column, a label out of range, a class without training images, or numeric class
+            names when ``require_names`` is set.
     """
     if args.lt_train_list:
         if not args.lt_image_root:
@@ -252,6 +335,12 @@ def load_target_dataset(args: DataArguments) -> DatasetDict:
             f"{len(empty)} target class(es) have no training image, e.g. {names[empty[0]]!r}; "
             "drop them from the label set or add images"
         )
+    names = ds["train"].features["label"].names
+    if all(str(n).lstrip("-").isdigit() for n in names):
+        problem = f"the {len(names)} target class names are numbers ({names[0]!r} .. {names[-1]!r})"
+        if require_names:
+            raise ConfigError(f"{require_names} asks about classes by name, but {problem}: {_CLASS_NAMES_HELP}")
+        logger.warning("%s, so a trained model's id2label will be numbers: %s", problem, _CLASS_NAMES_HELP)
     return ds
 
 
