@@ -22,7 +22,7 @@ def test_rand_augment_spec_and_every_op(real_image):
     with pytest.raises(ValueError, match="unknown RandAugment spec part"):
         RandAugment.from_spec("rand-x9")
     for name, op in _OPS.items():
-        out = op(real_image, 0.9)
+        out = op.pil(real_image, float(op.level(0.9)))
         assert out.size == real_image.size and out.mode == "RGB", name
     changed = 0
     random.seed(0)

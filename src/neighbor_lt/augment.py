@@ -1,7 +1,9 @@
-"""Image transforms without torchvision: random-resized crop, flip, RandAugment (PIL) and Mixup / CutMix (torch).
+"""Image transforms without torchvision: random-resized crop, flip, RandAugment (PIL and batched tensors) and Mixup /
+CutMix (torch).
 
 RandAugment follows timm's ``rand-m9-mstd0.5`` spec (the paper's RandAugment(9, 0.5)): two ops per image, each
-applied with probability 0.5, magnitude drawn from N(9, 0.5) on a 0..10 scale.
+applied with probability 0.5, magnitude drawn from N(9, 0.5) on a 0..10 scale. :class:`RandAugment` works on one PIL
+image; :class:`BatchRandAugment` applies the same ops, magnitudes and signs to a whole float batch on its device.
 """
 
 from __future__ import annotations
@@ -9,67 +11,201 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 
-_FILL = (128, 128, 128)
+_FILL = 128  # grey outside the image after a geometric op
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
+_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13  # PIL's ImageFilter.SMOOTH
+
+# PIL ops: function(img, level) -> img
 
 
-def _signed(v: float) -> float:
-    return -v if random.random() < 0.5 else v
+def _affine_pil(img, matrix):
+    return img.transform(img.size, Image.AFFINE, matrix, resample=Image.BILINEAR, fillcolor=(_FILL,) * 3)
 
 
-def _affine(img, matrix):
-    return img.transform(img.size, Image.AFFINE, matrix, resample=Image.BILINEAR, fillcolor=_FILL)
-
-
-# op name -> function(img, magnitude in [0, 1])
-_OPS = {
-    "AutoContrast": lambda img, m: ImageOps.autocontrast(img),
-    "Equalize": lambda img, m: ImageOps.equalize(img),
-    "Invert": lambda img, m: ImageOps.invert(img),
-    "Rotate": lambda img, m: img.rotate(_signed(30.0 * m), resample=Image.BILINEAR, fillcolor=_FILL),
-    "Posterize": lambda img, m: ImageOps.posterize(img, max(1, 8 - int(round(4 * m)))),
-    "Solarize": lambda img, m: ImageOps.solarize(img, int(256 - 256 * m)),
-    "SolarizeAdd": lambda img, m: _solarize_add(img, int(110 * m)),
-    "Color": lambda img, m: ImageEnhance.Color(img).enhance(1.0 + _signed(0.9 * m)),
-    "Contrast": lambda img, m: ImageEnhance.Contrast(img).enhance(1.0 + _signed(0.9 * m)),
-    "Brightness": lambda img, m: ImageEnhance.Brightness(img).enhance(1.0 + _signed(0.9 * m)),
-    "Sharpness": lambda img, m: ImageEnhance.Sharpness(img).enhance(1.0 + _signed(0.9 * m)),
-    "ShearX": lambda img, m: _affine(img, (1, _signed(0.3 * m), 0, 0, 1, 0)),
-    "ShearY": lambda img, m: _affine(img, (1, 0, 0, _signed(0.3 * m), 1, 0)),
-    "TranslateXRel": lambda img, m: _affine(img, (1, 0, _signed(0.45 * m) * img.size[0], 0, 1, 0)),
-    "TranslateYRel": lambda img, m: _affine(img, (1, 0, 0, 0, 1, _signed(0.45 * m) * img.size[1])),
-}
-
-
-def _solarize_add(img, add: int, threshold: int = 128):
+def _solarize_add_pil(img, add: int, threshold: int = 128):
     lut = [min(255, i + add) if i < threshold else i for i in range(256)]
     return img.point(lut * len(img.getbands()))
 
 
-class RandAugment:
-    """RandAugment on PIL images.
+# tensor ops: function(x, level) on float x [n, 3, H, W] in 0..255 and a level per image [n]
 
-    Example:
-        >>> aug = RandAugment.from_spec("rand-m9-mstd0.5")
-        >>> out = aug(Image.new("RGB", (32, 32)))
 
-    Args:
-        num_ops: ops applied per image.
-        magnitude: magnitude on the 0..10 scale.
-        magnitude_std: std of the per-op magnitude noise.
-        prob: probability of applying each chosen op.
-    """
+def _per_image(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+def _blend(degenerate, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageEnhance``: ``degenerate + factor * (x - degenerate)``, clipped to 0..255."""
+    return (degenerate + _per_image(factor) * (x - degenerate)).clamp_(0, 255)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * luma).sum(1, keepdim=True)
+
+
+def _smooth(x: torch.Tensor) -> torch.Tensor:
+    """PIL's SMOOTH filter: 3x3 kernel on the interior, border pixels unchanged."""
+    kernel = _SMOOTH.to(x.device, x.dtype).expand(x.shape[1], 1, 3, 3)
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=x.shape[1])
+    return out
+
+
+def _autocontrast(x: torch.Tensor) -> torch.Tensor:
+    """Per image and channel, stretch min..max to 0..255 (constant channels unchanged)."""
+    lo, hi = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
+    return torch.where(hi > lo, (x - lo) * (255 / (hi - lo).clamp(min=1e-6)), x).clamp_(0, 255)  # float rounding
+
+
+def _equalize(x: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageOps.equalize`` per image and channel, on the values rounded to integers."""
+    n, c, h, w = x.shape
+    values = x.round().clamp(0, 255).long().reshape(n * c, h * w)
+    hist = torch.zeros(n * c, 256, dtype=torch.long, device=x.device).scatter_add_(1, values, torch.ones_like(values))
+    step = (h * w - hist.gather(1, values.amax(1, keepdim=True))) // 255  # PIL leaves out the highest value's count
+    lut = (step // 2 + hist.cumsum(1) - hist) // step.clamp(min=1)
+    lut = torch.where(step > 0, lut, torch.arange(256, device=x.device)).clamp(max=255)
+    return lut.gather(1, values).reshape(n, c, h, w).to(x.dtype)
+
+
+def _posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    div = _per_image(torch.pow(2.0, 8 - bits))
+    return torch.floor(x / div) * div
+
+
+def _solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    return torch.where(x < _per_image(threshold), x, 255 - x)
+
+
+def _solarize_add(x: torch.Tensor, add: torch.Tensor, threshold: float = 128) -> torch.Tensor:
+    return torch.where(x < threshold, (x + _per_image(add)).clamp(max=255), x)
+
+
+def _affine(x: torch.Tensor, a=1.0, b=0.0, c=0.0, d=0.0, e=1.0, f=0.0) -> torch.Tensor:
+    """PIL's ``Image.transform(AFFINE, (a, b, c, d, e, f), BILINEAR, fillcolor=128)`` for each image.
+
+    Output pixel centre ``(x, y)`` samples the input at ``(a x + b y + c, d x + e y + f)`` (pixel units, per-image
+    coefficients or scalars); as PIL, a point outside the image is the fill and a point inside interpolates with
+    edge-clamped neighbours, so the fill boundary is sharp (``padding_mode="border"`` plus a mask from the grid)."""
+    n, _, h, w = x.shape
+    a, b, c, d, e, f = (torch.as_tensor(v, dtype=x.dtype, device=x.device).expand(n) for v in (a, b, c, d, e, f))
+    # the same map in affine_grid's normalised coordinates (u = 2 x / W - 1, align_corners=False)
+    row_x = torch.stack([a, b * h / w, a + b * h / w + 2 * c / w - 1], 1)
+    row_y = torch.stack([d * w / h, e, d * w / h + e + 2 * f / h - 1], 1)
+    grid = F.affine_grid(torch.stack([row_x, row_y], 1), [n, 3, h, w], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    inside = ((grid >= -1) & (grid < 1)).all(-1, keepdim=True).permute(0, 3, 1, 2)
+    return out.clamp_(0, 255).masked_fill_(~inside, _FILL)  # float rounding may step just outside 0..255
+
+
+def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Counter-clockwise about the image centre, as PIL's ``Image.rotate``."""
+    h, w = x.shape[-2:]
+    cos, sin = torch.cos(torch.deg2rad(degrees)), torch.sin(torch.deg2rad(degrees))
+    cx, cy = w / 2, h / 2
+    return _affine(x, cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy)
+
+
+# the op table: magnitude mapping, sign, PIL op and tensor op of each of the 15 ops
+
+
+def _no_level(m):
+    return 0 * m
+
+
+def _enhance_level(m):
+    return 0.9 * m  # the enhance factor is 1 + level
+
+
+class _Op(NamedTuple):
+    level: Callable  # magnitude in [0, 1] (float or numpy array) -> the op's argument
+    signed: bool  # whether the level takes a random sign
+    pil: Callable  # (PIL image, level) -> PIL image
+    tensor: Callable  # (float [n, 3, H, W] in 0..255, level [n]) -> the same
+
+
+_OPS = {
+    "AutoContrast": _Op(_no_level, False, lambda img, v: ImageOps.autocontrast(img), lambda x, v: _autocontrast(x)),
+    "Equalize": _Op(_no_level, False, lambda img, v: ImageOps.equalize(img), lambda x, v: _equalize(x)),
+    "Invert": _Op(_no_level, False, lambda img, v: ImageOps.invert(img), lambda x, v: 255 - x),
+    "Rotate": _Op(
+        lambda m: 30.0 * m,
+        True,
+        lambda img, v: img.rotate(v, resample=Image.BILINEAR, fillcolor=(_FILL,) * 3),
+        _rotate,
+    ),
+    "Posterize": _Op(
+        lambda m: np.maximum(1, 8 - np.round(4 * m)), False, lambda img, v: ImageOps.posterize(img, int(v)), _posterize
+    ),
+    "Solarize": _Op(
+        lambda m: np.trunc(256 - 256 * m), False, lambda img, v: ImageOps.solarize(img, int(v)), _solarize
+    ),
+    "SolarizeAdd": _Op(
+        lambda m: np.trunc(110 * m), False, lambda img, v: _solarize_add_pil(img, int(v)), _solarize_add
+    ),
+    "Color": _Op(
+        _enhance_level,
+        True,
+        lambda img, v: ImageEnhance.Color(img).enhance(1 + v),
+        lambda x, v: _blend(_gray(x), x, 1 + v),
+    ),
+    "Contrast": _Op(
+        _enhance_level,
+        True,
+        lambda img, v: ImageEnhance.Contrast(img).enhance(1 + v),
+        lambda x, v: _blend(_gray(x).mean((2, 3), keepdim=True), x, 1 + v),
+    ),
+    "Brightness": _Op(
+        _enhance_level,
+        True,
+        lambda img, v: ImageEnhance.Brightness(img).enhance(1 + v),
+        lambda x, v: _blend(0, x, 1 + v),
+    ),
+    "Sharpness": _Op(
+        _enhance_level,
+        True,
+        lambda img, v: ImageEnhance.Sharpness(img).enhance(1 + v),
+        lambda x, v: _blend(_smooth(x), x, 1 + v),
+    ),
+    "ShearX": _Op(
+        lambda m: 0.3 * m, True, lambda img, v: _affine_pil(img, (1, v, 0, 0, 1, 0)), lambda x, v: _affine(x, b=v)
+    ),
+    "ShearY": _Op(
+        lambda m: 0.3 * m, True, lambda img, v: _affine_pil(img, (1, 0, 0, v, 1, 0)), lambda x, v: _affine(x, d=v)
+    ),
+    "TranslateXRel": _Op(
+        lambda m: 0.45 * m,
+        True,
+        lambda img, v: _affine_pil(img, (1, 0, v * img.size[0], 0, 1, 0)),
+        lambda x, v: _affine(x, c=v * x.shape[-1]),
+    ),
+    "TranslateYRel": _Op(
+        lambda m: 0.45 * m,
+        True,
+        lambda img, v: _affine_pil(img, (1, 0, 0, 0, 1, v * img.size[1])),
+        lambda x, v: _affine(x, f=v * x.shape[-2]),
+    ),
+}
+
+
+class _RandAugmentParams:
+    """The arguments and spec parsing shared by :class:`RandAugment` and :class:`BatchRandAugment`."""
 
     def __init__(self, num_ops: int = 2, magnitude: float = 9, magnitude_std: float = 0.5, prob: float = 0.5):
         self.num_ops, self.magnitude, self.magnitude_std, self.prob = num_ops, magnitude, magnitude_std, prob
         self.ops = list(_OPS)
 
     @classmethod
-    def from_spec(cls, spec: str) -> RandAugment:
+    def from_spec(cls, spec: str):
         """Parse timm's ``rand-m9-n2-mstd0.5-p0.5`` style spec."""
         parts = spec.split("-")
         if parts[0] != "rand":
@@ -83,13 +219,84 @@ class RandAugment:
             kwargs[key] = int(match.group(2)) if key == "num_ops" else float(match.group(2))
         return cls(**kwargs)
 
+
+class RandAugment(_RandAugmentParams):
+    """RandAugment on PIL images (Python's ``random``).
+
+    Example:
+        >>> aug = RandAugment.from_spec("rand-m9-mstd0.5")
+        >>> out = aug(Image.new("RGB", (32, 32)))
+
+    Args:
+        num_ops: ops applied per image.
+        magnitude: magnitude on the 0..10 scale.
+        magnitude_std: std of the per-op magnitude noise.
+        prob: probability of applying each chosen op.
+    """
+
     def __call__(self, img):
         for name in random.choices(self.ops, k=self.num_ops):
             if random.random() > self.prob:
                 continue
             m = self.magnitude + (random.gauss(0, self.magnitude_std) if self.magnitude_std > 0 else 0.0)
-            img = _OPS[name](img, min(max(m, 0.0), 10.0) / 10.0)
+            op = _OPS[name]
+            level = float(op.level(min(max(m, 0.0), 10.0) / 10.0))
+            if op.signed and random.random() < 0.5:
+                level = -level
+            img = op.pil(img, level)
         return img
+
+
+class BatchRandAugment(_RandAugmentParams):
+    """RandAugment on a float ``[B, 3, H, W]`` batch in 0..255, on its device (``torch`` RNG).
+
+    Every image draws its own ops, magnitudes and signs, as :class:`RandAugment` does per PIL image; each op is then
+    applied at once to the images that drew it. The ops follow PIL's definitions (see ``_OPS``) on continuous
+    values: no rounding to integers between ops, except where the op is defined on integers (Equalize, Posterize).
+
+    Example:
+        >>> aug = BatchRandAugment.from_spec("rand-m9-mstd0.5")
+        >>> out = aug(torch.rand(8, 3, 64, 64) * 255)
+
+    Args:
+        num_ops: ops applied per image.
+        magnitude: magnitude on the 0..10 scale.
+        magnitude_std: std of the per-op magnitude noise.
+        prob: probability of applying each chosen op.
+    """
+
+    def sample(self, batch: int, generator: torch.Generator | None = None):
+        """Random choices for a batch, on the CPU: op index, applied (bool), signed level, each ``[num_ops, B]``."""
+        device = generator.device if generator is not None else "cpu"
+        shape = (self.num_ops, batch)
+        op = torch.randint(len(self.ops), shape, generator=generator, device=device).cpu()
+        applied = (torch.rand(shape, generator=generator, device=device) < self.prob).cpu()
+        noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float64).cpu()
+        negative = (torch.rand(shape, generator=generator, device=device) < 0.5).cpu()
+        magnitude = (self.magnitude + max(self.magnitude_std, 0.0) * noise).clamp(0, 10) / 10
+        level = torch.zeros(shape, dtype=torch.float64)
+        for k, name in enumerate(self.ops):
+            rows = op == k
+            level[rows] = torch.as_tensor(_OPS[name].level(magnitude[rows].numpy()), dtype=torch.float64)
+            if _OPS[name].signed:
+                level[rows & negative] *= -1
+        return op, applied, level
+
+    def apply(self, x: torch.Tensor, op: torch.Tensor, applied: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Apply the choices of :meth:`sample` to ``x`` (a new tensor; ``x`` is left alone)."""
+        x = x.clone()
+        for slot in range(op.shape[0]):
+            for k in op[slot][applied[slot]].unique().tolist():
+                rows = torch.nonzero(applied[slot] & (op[slot] == k)).squeeze(1)
+                index = rows.to(x.device)
+                x[index] = _OPS[self.ops[k]].tensor(x[index], level[slot, rows].to(x.device, x.dtype))
+        return x
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A new batch of the same shape and dtype, in 0..255; ``generator`` (optional) seeds the draws."""
+        if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise TypeError(f"expected a float [B, 3, H, W] batch in 0..255, got {x.dtype} {tuple(x.shape)}")
+        return self.apply(x, *self.sample(x.shape[0], generator))
 
 
 def _random_resized_crop_box(width, height, scale, ratio=(3 / 4, 4 / 3)):
