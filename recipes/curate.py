@@ -3,10 +3,14 @@
 Usage:
     python recipes/curate.py --config recipes/tiny_imagenet_lt/curate.yaml
     python recipes/curate.py --config recipes/tiny_imagenet_lt/curate.yaml --stages neighbors
+    python recipes/curate.py --config recipes/tiny_imagenet_lt/curate.yaml --stages retrieve --retry_failed
 
 The YAML file has a top-level `output_dir`, `stages`, a `target` section (the target set, same keys as the
 `# Data` keys of recipes/*/train.yaml) and one section per stage. Every stage reads what the previous one wrote
 under `output_dir` and is resumable: rerunning a finished stage does no new work.
+
+Exit status: 0 when every stage produced something (a partial failure is logged with how to retry it), 1 when a stage
+produced nothing usable (its one-line reason is logged), 130 on Ctrl-C (a rerun resumes).
 """
 
 import argparse
@@ -18,6 +22,8 @@ import sys
 import yaml
 
 from neighbor_lt.configs import ConfigError, DataArguments, from_dict
+from neighbor_lt.retrieval.stages import StageError
+from neighbor_lt.secrets import install_log_redaction
 
 logger = logging.getLogger("curate")
 
@@ -54,12 +60,19 @@ def main(argv=None):
     parser.add_argument("--config", required=True, help="Curation YAML file.")
     parser.add_argument("--stages", nargs="+", default=None, help=f"Stages to run, from {list(STAGES)}.")
     parser.add_argument("--output_dir", default=None, help="Override the YAML's output_dir.")
+    parser.add_argument(
+        "--retry_failed",
+        action="store_true",
+        help="retrieve: ask again the searches with zero results and fetch again only the URLs that failed with a "
+        "retryable outcome (timeout, 429 / 5xx, network or DNS error, robots.txt unreachable).",
+    )
     args = parser.parse_args(argv)
 
     ################
     # Logging
     ################
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    install_log_redaction()  # API keys and URL credentials never reach the log; HTTP request lines at WARNING
 
     ################
     # Config
@@ -77,6 +90,8 @@ def main(argv=None):
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise ConfigError(f"unknown stage(s) {bad}; choose from {list(STAGES)}")
+    if args.retry_failed:
+        config["retrieve"] = {**(config.get("retrieve") or {}), "retry_failed": True}
     os.makedirs(output_dir, exist_ok=True)
     context = CurateContext(output_dir, from_dict(DataArguments, config.get("target"), "target"), args.config)
 
@@ -87,7 +102,15 @@ def main(argv=None):
         module_name, func_name = STAGES[name].split(":")
         run = getattr(importlib.import_module(module_name), func_name)
         logger.info("stage %s", name)
-        run(config.get(name) or {}, context)
+        try:
+            run(config.get(name) or {}, context)
+        except StageError as e:
+            logger.error("stage %s failed: %s", name, e)
+            return 1
+        except KeyboardInterrupt:
+            logger.error("stage %s interrupted: what finished is recorded; rerun the same command to resume", name)
+            return 130
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dat
 
 from neighbor_lt.retrieval import caption_matches, decide, render_dataset_card, select_per_class
 from neighbor_lt.retrieval.download import read_jsonl
-from neighbor_lt.retrieval.stages import run_build, run_filter, run_retrieve
+from neighbor_lt.retrieval.stages import StageError, run_build, run_filter, run_retrieve
 
 TARGETS = {2: "n01641577", 9: "n01774750", 26: "n02099601"}  # bullfrog, tarantula, golden retriever
 AUXILIARY = [
@@ -142,8 +142,9 @@ def test_pool_filter_build_chain(tmp_path, tiny_imagenet_dir, valid_rows, tiny_d
     aux = load_dataset(str(tmp_path / "aux_dataset"), split="train")
     names = aux.features["label"].names
     assert names == [n for n in ["tailed frog", "black widow", "scorpion", "Labrador retriever"] if n in names]
-    assert set(aux.column_names) == {"image", "label", "neighbor_of", "source_url", "page_url", "caption", "sha256",
-                                     "similarity"}  # fmt: skip
+    assert set(aux.column_names) == {"image", "label", "neighbor_of", "source_url", "page_url", "caption", "query",
+                                     "sha256", "similarity"}  # fmt: skip
+    assert [aux["query"][i] for i in range(len(aux))] == [names[label] for label in aux["label"]]
     assert aux.features["similarity"].dtype == "float32"
     counts = np.bincount(aux["label"], minlength=len(names))
     assert counts.max() <= 20 and len(aux) == summary["images"] == counts.sum()
@@ -158,12 +159,48 @@ def test_pool_filter_build_chain(tmp_path, tiny_imagenet_dir, valid_rows, tiny_d
     assert "me/tiny-aux" in readme and "Opt-out" in readme and f"| {names[0]} | " in readme
     assert run_build({"max_images_per_class": 20, "hub_dataset_id": "me/tiny-aux"}, context) == summary  # up to date
 
+    # a filter that keeps nothing fails loudly, and the build that follows leaves the good dataset as it was
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "aux_dataset").rglob("*") if p.is_file()}
+    with pytest.raises(StageError, match="no image passed the filters"):
+        run_filter({**section, "gamma_low": 1.5}, context)
+    assert not pd.read_parquet(tmp_path / "filter" / "decisions.parquet")["keep"].any()
+    with pytest.raises(StageError, match="left untouched"):
+        run_build({"max_images_per_class": 20, "hub_dataset_id": "me/tiny-aux"}, context)
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "aux_dataset").rglob("*") if p.is_file()}
+    assert after == before and len(load_dataset(str(tmp_path / "aux_dataset"), split="train")) == len(aux)
+    assert not (tmp_path / "aux_dataset.tmp").exists()
+
     # what the trainer consumes
     data = pytest.importorskip("neighbor_lt.data")
     if hasattr(data, "load_aux_dataset"):
         loaded = data.load_aux_dataset(str(tmp_path / "aux_dataset"))
         space = data.merge_label_space(target["train"].features["label"].names, loaded)
         assert space.aux_names == names
+
+
+def test_stages_refuse_to_run_on_nothing(tmp_path):
+    context = SimpleNamespace(output_dir=str(tmp_path), target=None)
+    with pytest.raises(StageError, match="run the retrieve stage first"):
+        run_filter({"model_name_or_path": None, "leak_check": False}, context)
+    (tmp_path / "retrieve").mkdir()
+    (tmp_path / "retrieve" / "downloads.jsonl").write_text(
+        json.dumps({"key": "a\thttp://x", "aux_name": "a", "source_url": "http://x", "outcome": "timeout"}) + "\n"
+    )
+    with pytest.raises(StageError, match="no retrieved image to filter"):
+        run_filter({"model_name_or_path": None, "leak_check": False}, context)
+    with pytest.raises(StageError, match="run the filter stage first"):
+        run_build({}, context)
+    assert not (tmp_path / "aux_dataset").exists()
+
+
+def test_write_aux_dataset_refuses_an_empty_set(tmp_path):
+    from neighbor_lt.retrieval import write_aux_dataset
+
+    (tmp_path / "aux" / "data").mkdir(parents=True)
+    (tmp_path / "aux" / "data" / "train-00000-of-00001.parquet").write_bytes(b"previous")
+    with pytest.raises(ValueError, match="no image"):
+        write_aux_dataset({}, str(tmp_path), str(tmp_path / "aux"))
+    assert (tmp_path / "aux" / "data" / "train-00000-of-00001.parquet").read_bytes() == b"previous"
 
 
 def test_dataset_card_renders_with_defaults():

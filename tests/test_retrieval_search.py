@@ -3,6 +3,7 @@ img2dataset hand-off."""
 
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -11,7 +12,7 @@ from retrieval_fixtures.server import ImageServer, load_jpegs
 
 from neighbor_lt.retrieval import get_search_backend
 from neighbor_lt.retrieval.download import read_jsonl
-from neighbor_lt.retrieval.stages import run_retrieve
+from neighbor_lt.retrieval.stages import StageError, run_retrieve
 
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # img2dataset imports albumentations, which would check PyPI
 
@@ -117,3 +118,122 @@ def test_web_retrieve_stage_caches_searches_and_hands_off_to_img2dataset(server,
     assert {r.get("sha256") for r in ingested if r["outcome"] == "ok"} == {
         r["sha256"] for r in records if r["outcome"] == "ok"
     }
+
+
+def write_manifest(folder, auxiliary, targets=("tench",)):
+    (folder / "neighbors").mkdir(parents=True, exist_ok=True)
+    manifest = {"version": 1, "backend": "static", "targets": [{"index": i, "name": t} for i, t in enumerate(targets)]}
+    (folder / "neighbors" / "neighbors.json").write_text(json.dumps({**manifest, "auxiliary": auxiliary}))
+
+
+@pytest.mark.parametrize(
+    "auxiliary, message",
+    [
+        (
+            [{"name": "goldfish", "neighbor_of": ["tench"]}, {"neighbor_of": ["tench"]}],
+            r"auxiliary\[1\] has no 'name'",
+        ),
+        (
+            [{"name": "goldfish", "neighbor_of": ["trout"]}],
+            r"'goldfish' is a neighbor of unknown target\(s\) \['trout'\]",
+        ),
+        ([{"name": "goldfish"}], "'goldfish' has no 'neighbor_of' list"),
+    ],
+)
+def test_a_bad_manifest_fails_before_any_request(server, tmp_path, auxiliary, message):
+    write_manifest(tmp_path, auxiliary)
+    before = server.requests.copy()
+    section = {"backend": "google", "backend_kwargs": api_kwargs(server, "google"), "download": LOOPBACK}
+    with pytest.raises(StageError, match=message):
+        run_retrieve(section, SimpleNamespace(output_dir=str(tmp_path), target=None))
+    assert server.requests == before
+
+
+def test_zero_results_are_recorded_and_asked_again_with_retry_failed(server, tmp_path, caplog):
+    write_manifest(tmp_path, [{"name": n, "neighbor_of": ["tench"]} for n in ("axolotl", "unicorn")])
+    context = SimpleNamespace(output_dir=str(tmp_path), target=None)
+    section = {"backend": "bing", "backend_kwargs": api_kwargs(server, "bing"), "download": LOOPBACK}
+    with caplog.at_level("INFO"):
+        summary = run_retrieve(section, context)
+    assert summary["ok"] == 1 and summary["not_image"] == 1
+    searches = {r["aux_name"]: r for r in read_jsonl(tmp_path / "retrieve" / "searches.jsonl")}
+    assert searches["unicorn"]["status"] == "empty" and searches["unicorn"]["candidates"] == []
+    assert "1 with zero results ('unicorn')" in caplog.text and "--retry_failed" in caplog.text
+    calls = server.requests["/v7.0/images/search"]
+    run_retrieve(section, context)
+    assert server.requests["/v7.0/images/search"] == calls  # cached: a plain rerun asks nothing
+    run_retrieve({**section, "retry_failed": True}, context)
+    assert server.requests["/v7.0/images/search"] == calls + 1  # only the empty query is asked again
+
+
+CANARIES = {"env": "canary-env-7f3a9c1e", "inline": "canary-inline-5b2d8e40", "url": "canary-url-91c4f7aa"}
+
+
+def run_curate(tmp_path, name, retrieve, env_key=None):
+    """Run recipes/curate.py --stages retrieve in a subprocess; returns (exit status, stdout + stderr)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = {"output_dir": str(tmp_path / name), "stages": ["retrieve"], "target": {}, "retrieve": retrieve}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_API_KEY", "GOOGLE_CSE_ID")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    if env_key:
+        env["GOOGLE_API_KEY"] = env_key
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "recipes" / "curate.py"), "--config", str(path)],
+        env=env, capture_output=True, text=True, timeout=300, cwd=root,
+    )  # fmt: skip
+    return done.returncode, done.stdout + done.stderr
+
+
+def leaks(folder, text, secrets):
+    """The canaries found in ``text`` or in any file under ``folder``."""
+    found = {s for s in secrets if s in text}
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found |= {f"{s} in {path.name}" for s in secrets if s.encode() in data}
+    return found
+
+
+def test_api_keys_never_leave_memory_and_all_failed_searches_exit_non_zero(tiny_imagenet_dir, tmp_path):
+    server = ImageServer(load_jpegs(tiny_imagenet_dir, 40), search_results=RESULTS, api_key=CANARIES["env"]).start()
+    try:
+        auxiliary = [
+            {"name": n, "neighbor_of": ["tench"]} for n in ["goldfish", "axolotl"] + [f"x{i}" for i in range(8)]
+        ]
+        write_manifest(tmp_path, auxiliary)
+        endpoint = server.url("/customsearch/v1").replace("http://", f"http://user:{CANARIES['url']}@")
+        retrieve = {
+            "backend": "google",
+            "backend_kwargs": {"cx": "test-cx", "endpoint": endpoint},
+            "neighbor_manifest": str(tmp_path / "neighbors" / "neighbors.json"),
+            "max_results_per_query": 12,
+            "download": LOOPBACK,
+        }
+        # the right key, from the environment: works, and the key is in no stream and no file
+        status, output = run_curate(tmp_path, "good", retrieve, env_key=CANARIES["env"])
+        assert status == 0, output[-3000:]
+        assert "retrieve (google): 14 candidate(s): 13 ok" in output
+        assert "8 with zero results" in output
+        assert not leaks(tmp_path / "good", output, CANARIES.values())
+
+        # a wrong key inline in the config: the API's own message once, queries stop, exit status 1, no key anywhere
+        calls = server.requests["/customsearch/v1"]
+        bad = {**retrieve, "backend_kwargs": {**retrieve["backend_kwargs"], "api_key": CANARIES["inline"]}}
+        status, output = run_curate(tmp_path, "bad", bad)
+        assert status == 1, output[-3000:]
+        assert (
+            output.count("API key not valid. Please pass a valid API key. (INVALID_ARGUMENT, 400)") == 2
+        )  # + last line
+        assert "stage retrieve failed: search (google): all 10 search(es) failed (5 not sent)" in output
+        assert server.requests["/customsearch/v1"] == calls + 5  # max_consecutive_search_errors, not all 10
+        assert "<redacted>" in (tmp_path / "bad" / "retrieve" / "config.json").read_text()
+        assert not leaks(tmp_path / "bad", output, CANARIES.values())
+    finally:
+        server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ def aux_features(class_names: list[str]):
             "source_url": Value("string"),
             "page_url": Value("string"),
             "caption": Value("string"),
+            "query": Value("string"),
             "sha256": Value("string"),
             "similarity": Value("float32"),
         }
@@ -80,8 +82,12 @@ def write_aux_dataset(
 ) -> int:
     """Write ``groups`` (class name -> items) as ``output_dir/data/train-XXXXX-of-YYYYY.parquet`` plus README.md.
 
-    The folder is written beside the old one and swapped in at the end, so an interrupted build leaves the previous
-    dataset intact.
+    The folder is written beside the old one and swapped in only once it is complete, non-empty and its shards read
+    back with the expected row count, so an interrupted or failed build leaves the previous dataset intact.
+
+    Columns: ``query`` is the search query that found the image; ``sha256`` is the SHA-256 of the image bytes as the
+    downloader received them (for an img2dataset ingest: of the bytes img2dataset stored, which are the downloaded
+    bytes only with ``disable_all_reencoding=True``; for a local pool: of the pool's bytes).
 
     Example:
         >>> n = write_aux_dataset(groups, "out/retrieve", "out/aux_dataset", card)  # doctest: +SKIP
@@ -96,12 +102,18 @@ def write_aux_dataset(
 
     Returns:
         The number of images written.
+
+    Raises:
+        ValueError: ``groups`` holds no image (nothing is written or replaced).
     """
+    import pyarrow.parquet as pq
     from datasets import Dataset
 
     names = list(groups)
     features = aux_features(names)
     rows = [(label, item) for label, name in enumerate(names) for item in groups[name]]
+    if not rows:
+        raise ValueError(f"no image to write: {output_dir} is left as it is")
     tmp = output_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "data"))
@@ -116,10 +128,13 @@ def write_aux_dataset(
             columns["label"].append(label)
             columns["neighbor_of"].append(list(item.get("neighbor_of") or []))
             columns["similarity"].append(float("nan") if similarity is None else float(similarity))
-            for key in ("source_url", "page_url", "caption", "sha256"):
+            for key in ("source_url", "page_url", "caption", "query", "sha256"):
                 columns[key].append(str(item.get(key) or ""))
         path = os.path.join(tmp, "data", f"train-{shard:05d}-of-{num_shards:05d}.parquet")
         Dataset.from_dict(columns, features=features).to_parquet(path)
+    written = sum(pq.read_metadata(p).num_rows for p in glob.glob(os.path.join(tmp, "data", "*.parquet")))
+    if written != len(rows):
+        raise ValueError(f"{tmp}: {written} row(s) read back, {len(rows)} written; {output_dir} is left as it is")
     if card is not None:
         card.save(os.path.join(tmp, "README.md"))
     old = output_dir.rstrip("/") + ".old"

@@ -14,6 +14,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..secrets import redact, register_secret
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_USER_AGENT = (
@@ -55,7 +57,45 @@ def _api_key(value: str | None, env: str | None, what: str) -> str:
     key = value or (os.environ.get(env) if env else None)
     if not key:
         raise ValueError(f"{what}: set the API key in backend_kwargs or the environment variable {env}")
+    register_secret(key)  # from here on redact() removes it from every log line, error and file
     return key
+
+
+class SearchError(Exception):
+    """A search request failed; the message is the API's own error (redacted), never the request URL."""
+
+
+def _get_json(client, url: str, what: str, **kwargs) -> dict:
+    """GET ``url`` and return its JSON; any failure is a :class:`SearchError` carrying the API's own message."""
+    import httpx
+
+    try:
+        response = client.get(url, **kwargs)
+    except httpx.HTTPError as e:  # the message of a connection error may hold the URL: keep only its type and reason
+        raise SearchError(redact(f"{what}: {type(e).__name__}: {e}")) from None
+    if response.status_code >= 400:
+        raise SearchError(redact(f"{what}: HTTP {response.status_code}: {_api_message(response)}"))
+    try:
+        return response.json()
+    except ValueError:
+        raise SearchError(f"{what}: the answer is not JSON ({response.headers.get('content-type')})") from None
+
+
+def _api_message(response) -> str:
+    """The error text of Google's ``{"error": {"message"}}``, Bing's ``{"error"}`` / ``{"errors": [...]}`` or the body."""
+    try:
+        data = response.json()
+    except ValueError:
+        return " ".join(response.text.split())[:300] or response.reason_phrase
+    errors = data.get("errors") if isinstance(data, dict) else None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        error = errors[0]
+    if isinstance(error, dict):
+        parts = [str(error.get(k)) for k in ("status", "code") if error.get(k) not in (None, "")]
+        message = error.get("message") or ""
+        return f"{message} ({', '.join(parts)})" if parts else message or str(error)[:300]
+    return str(error or data)[:300]
 
 
 class GoogleImageSearch:
@@ -96,9 +136,7 @@ class GoogleImageSearch:
             while len(out) < max_results and start <= 91:  # the API serves at most 100 results
                 params = {"key": self.api_key, "cx": self.cx, "q": query, "searchType": "image"}
                 params.update(num=min(10, max_results - len(out)), start=start, **self.extra_params)
-                response = client.get(self.endpoint, params=params)
-                response.raise_for_status()
-                items = response.json().get("items") or []
+                items = _get_json(client, self.endpoint, "google", params=params).get("items") or []
                 for item in items:
                     image = item.get("image") or {}
                     out.append(
@@ -149,9 +187,7 @@ class BingImageSearch:
             offset = 0
             while len(out) < max_results:
                 params = {"q": query, "count": min(self.page_size, max_results - len(out)), "offset": offset}
-                response = client.get(self.endpoint, params={**params, **self.extra_params})
-                response.raise_for_status()
-                data = response.json()
+                data = _get_json(client, self.endpoint, "bing", params={**params, **self.extra_params})
                 items = data.get("value") or []
                 for item in items:
                     url = item.get("contentUrl", "")

@@ -8,6 +8,12 @@ Files under ``output_dir``:
 - ``filter/scores-<scorer>.jsonl``: per-image scores; ``filter/decisions.parquet``: scores plus keep and reason;
   ``filter/prototypes-*.npz`` and ``filter/eval-*.npz``: cached prototypes and evaluation embeddings / hashes.
 - ``aux_dataset/``: the published dataset (``data/train-*.parquet`` + README.md); ``build/summary.json``.
+
+Each stage logs a one-line summary and raises :class:`StageError` (``recipes/curate.py`` exits 1 with its message)
+when it produced nothing usable: every search failed, no image was retrieved, none passed the filters, none was kept
+for the dataset (the previous ``aux_dataset/`` is then left untouched). A partial failure says how many failed and
+how to retry them (``retry_failed: true`` in the ``retrieve:`` section, or ``recipes/curate.py --retry_failed``).
+API keys never reach a file or a log line: ``retrieve/config.json`` is redacted, request logging is kept at WARNING.
 """
 
 from __future__ import annotations
@@ -25,9 +31,18 @@ from typing import Any
 import numpy as np
 
 from ..configs import from_dict
+from ..secrets import install_log_redaction, redact, redact_mapping
 from .builder import push_aux_dataset, select_per_class, write_aux_dataset
 from .card import render_dataset_card
-from .download import DownloadConfig, Downloader, JsonlWriter, candidate_to_dict, iter_img2dataset, read_jsonl
+from .download import (
+    OUTCOMES,
+    DownloadConfig,
+    Downloader,
+    JsonlWriter,
+    candidate_to_dict,
+    iter_img2dataset,
+    read_jsonl,
+)
 from .filters import (
     ImageEmbedder,
     cached_array,
@@ -40,9 +55,13 @@ from .filters import (
     min_hamming,
     phash_to_int,
 )
-from .search import Candidate, get_search_backend
+from .search import Candidate, SearchError, get_search_backend
 
 logger = logging.getLogger(__name__)
+
+
+class StageError(RuntimeError):
+    """A stage produced nothing usable (or cannot start); the message is one line saying why and what to do."""
 
 
 @dataclass
@@ -69,6 +88,17 @@ class RetrieveArguments:
     )
     search_only: bool = field(
         default=False, metadata={"help": "Stop after writing retrieve/urls.parquet (for img2dataset)."}
+    )
+    retry_failed: bool = field(
+        default=False,
+        metadata={
+            "help": "Ask again the searches that returned nothing and fetch again the URLs that failed with a "
+            "retryable outcome (timeout, 429 / 5xx, network or DNS error, robots.txt unreachable); nothing else."
+        },
+    )
+    max_consecutive_search_errors: int = field(
+        default=5,
+        metadata={"help": "Stop sending queries after this many failed searches in a row (bad key, quota); 0: never."},
     )
 
 
@@ -138,13 +168,41 @@ def _load_json(path: str, default=None):
 
 
 def load_neighbor_manifest(path: str) -> dict:
-    """Read the neighbors stage's manifest (``{"version", "backend", "targets", "auxiliary"}``)."""
+    """Read and validate the neighbors stage's manifest (``{"version", "backend", "targets", "auxiliary"}``).
+
+    Every auxiliary entry needs a ``name`` and a ``neighbor_of`` list naming targets of the ``targets`` list; a problem
+    is a :class:`StageError` naming the entries, raised before any request is sent.
+    """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"neighbor manifest {path} not found: run the neighbors stage first")
-    with open(path) as f:
-        manifest = json.load(f)
-    if not isinstance(manifest.get("auxiliary"), list):
-        raise ValueError(f"{path}: no 'auxiliary' list")
+        raise StageError(f"neighbor manifest {path} not found: run the neighbors stage first")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as e:
+        raise StageError(f"neighbor manifest {path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("auxiliary"), list):
+        raise StageError(f"neighbor manifest {path} has no 'auxiliary' list")
+    targets = manifest.get("targets") or []
+    known = {str(t["name"]) for t in targets if isinstance(t, dict) and t.get("name") not in (None, "")}
+    problems, names = [], set()
+    for i, entry in enumerate(manifest["auxiliary"]):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"auxiliary[{i}] has no 'name' ({json.dumps(entry)[:80]})")
+            continue
+        if name in names:
+            logger.warning("neighbor manifest: auxiliary class %r appears more than once; its images are merged", name)
+        names.add(name)
+        neighbor_of = entry.get("neighbor_of")
+        if not isinstance(neighbor_of, list) or not neighbor_of:
+            problems.append(f"auxiliary class {name!r} has no 'neighbor_of' list")
+        elif known and (unknown := [t for t in neighbor_of if t not in known]):
+            problems.append(f"auxiliary class {name!r} is a neighbor of unknown target(s) {unknown[:3]}")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise StageError(f"neighbor manifest {path}: {'; '.join(problems[:3])}{more}")
+    if not known:
+        logger.warning("neighbor manifest %s has no 'targets' list: 'neighbor_of' names are not checked", path)
     return manifest
 
 
@@ -171,13 +229,16 @@ def run_retrieve(section: dict, context) -> dict[str, int]:
 
     Returns:
         Counts per download outcome (also in ``retrieve/download_summary.json``).
+
+    Raises:
+        StageError: a bad neighbor manifest, every search failed or returned nothing, or no image was retrieved.
     """
+    install_log_redaction()  # idempotent; keeps API keys in request URLs out of the logs even outside the recipe
     args = from_dict(RetrieveArguments, section, "retrieve")
     download = from_dict(DownloadConfig, args.download, "retrieve.download")
     out = _dir(context, "retrieve")
-    _save_json(
-        os.path.join(out, "config.json"), {**dataclasses.asdict(args), "download": dataclasses.asdict(download)}
-    )
+    config = {**dataclasses.asdict(args), "download": dataclasses.asdict(download)}
+    _save_json(os.path.join(out, "config.json"), redact_mapping(config))
     manifest = load_neighbor_manifest(
         args.neighbor_manifest or os.path.join(context.output_dir, "neighbors", "neighbors.json")
     )
@@ -185,7 +246,8 @@ def run_retrieve(section: dict, context) -> dict[str, int]:
     downloader = Downloader(out, download)
     try:
         if args.img2dataset_dir:
-            return downloader.run(iter_img2dataset(args.img2dataset_dir), desc="img2dataset ingest")
+            summary = downloader.run(iter_img2dataset(args.img2dataset_dir), desc="img2dataset ingest")
+            return _report_downloads(summary, "img2dataset ingest", args.retry_failed)
         kwargs = dict(args.backend_kwargs)
         if args.backend == "pool" and args.exclude_target_classes:
             excluded = set(kwargs.get("exclude_names") or [])
@@ -193,11 +255,21 @@ def run_retrieve(section: dict, context) -> dict[str, int]:
                 excluded.update(str(target[k]) for k in ("name", "query") if target.get(k))
             excluded.update(_target_names_safe(context))
             kwargs["exclude_names"] = sorted(excluded)
-        backend = get_search_backend(args.backend, **kwargs)
-        candidates = _search_all(backend, args, aux, out)
+        try:
+            backend = get_search_backend(args.backend, **kwargs)
+        except (ValueError, TypeError) as e:  # unknown backend, missing key, unknown option: one line, no secret
+            raise StageError(redact(f"retrieve: cannot start the {args.backend!r} backend: {e}")) from None
+        candidates, searches = _search_all(backend, args, aux, out)
         if args.search_only:
             return {"candidates": len(candidates)}
-        return downloader.run(candidates, desc=f"retrieve ({args.backend})")
+        summary = downloader.run(candidates, desc=f"retrieve ({args.backend})", retry_failed=args.retry_failed)
+        summary = _report_downloads(summary, f"retrieve ({args.backend})", args.retry_failed)
+        if searches["failed"] or searches["not_sent"]:
+            logger.warning(
+                "retrieve: %d of %d search(es) failed or were not sent; rerun the stage to retry them",
+                searches["failed"] + searches["not_sent"], len(aux),
+            )  # fmt: skip
+        return summary
     finally:
         downloader.close()
 
@@ -210,41 +282,103 @@ def _target_names_safe(context) -> list[str]:
         return []
 
 
-def _search_all(backend, args: RetrieveArguments, aux: list[dict], out: str) -> list[Candidate]:
-    """Run every query once; web results are cached in searches.jsonl (pool hits carry bytes and are recomputed)."""
+def _report_downloads(summary: dict, desc: str, retried: bool) -> dict:
+    """Log the one-line download summary; raise StageError when no image was retrieved."""
+    failed = {k: summary[k] for k in OUTCOMES if k not in ("ok", "duplicate") and summary.get(k)}
+    detail = ", ".join(f"{v} {k}" for k, v in sorted(failed.items(), key=lambda kv: -kv[1]))
+    logger.info(
+        "%s: %d candidate(s): %d ok, %d duplicate, %d failed%s",
+        desc, summary["total"], summary["ok"], summary["duplicate"], sum(failed.values()), f" ({detail})" if detail else "",
+    )  # fmt: skip
+    if summary["ok"] == 0:
+        what = f"all {summary['total']} candidate(s) failed ({detail})" if summary["total"] else "no candidate"
+        raise StageError(f"{desc}: no image retrieved: {what}; see retrieve/downloads.jsonl")
+    if summary.get("retryable"):
+        logger.warning(
+            "%s: %d URL(s) failed in a way that may pass later (timeout, 429 / 5xx, network or DNS error, robots.txt "
+            "unreachable)%s; fetch only those again with: recipes/curate.py ... --stages retrieve --retry_failed",
+            desc, summary["retryable"], " even after this retry" if retried else "",
+        )  # fmt: skip
+    return summary
+
+
+def _search_all(backend, args: RetrieveArguments, aux: list[dict], out: str) -> tuple[list[Candidate], Counter]:
+    """Run every query once; web results are cached in searches.jsonl (pool hits carry bytes and are recomputed).
+
+    A failed search is not cached (the next run asks again); a search with zero results is cached as ``empty`` and
+    asked again with ``retry_failed``. Returns the candidates and counts (ok, empty, failed, not_sent, cached).
+    """
     from tqdm.auto import tqdm
 
     cache_path = os.path.join(out, "searches.jsonl")
     cacheable = args.backend != "pool"
     cached = {r["aux_name"]: r for r in read_jsonl(cache_path)} if cacheable else {}
     writer = JsonlWriter(cache_path) if cacheable else None
-    candidates, errors = [], 0
+    candidates, stats = [], Counter()
+    errors: dict[str, list[str]] = {}  # distinct error message -> the queries that got it
+    empty, consecutive = [], 0
     try:
-        for entry in tqdm(aux, desc=f"search ({args.backend})", unit="query"):
+        for position, entry in enumerate(tqdm(aux, desc=f"search ({args.backend})", unit="query")):
             name = entry["name"]
             neighbor_of = list(entry.get("neighbor_of") or [])
             query = args.query_template.format(name=name)
-            if name in cached:
-                hits = [Candidate(**c) for c in cached[name]["candidates"]]
+            previous = cached.get(name)
+            if previous is not None and (previous["candidates"] or not args.retry_failed):
+                hits = [Candidate(**c) for c in previous["candidates"]]
+                stats["cached"] += 1
             else:
                 try:
                     hits = backend.search(query, max_results=args.max_results_per_query, wnid=entry.get("wnid"))
                 except Exception as e:  # one failing query must not stop the others; it is retried on the next run
-                    logger.warning("search %r failed: %s", query, e)
-                    errors += 1
+                    message = redact(e if isinstance(e, SearchError) else f"{type(e).__name__}: {e}")
+                    if message not in errors:  # each distinct error once, with the API's own words
+                        logger.error("search %r failed: %s", query, message)
+                    errors.setdefault(message, []).append(name)
+                    stats["failed"] += 1
+                    consecutive += 1
+                    if args.max_consecutive_search_errors and consecutive >= args.max_consecutive_search_errors:
+                        stats["not_sent"] = len(aux) - position - 1
+                        logger.error(
+                            "%d searches failed in a row: %d query(ies) not sent (fix the key / quota / endpoint, "
+                            "then rerun the stage)", consecutive, stats["not_sent"],
+                        )  # fmt: skip
+                        break
                     continue
+                consecutive = 0
                 for hit in hits:
                     hit.aux_name, hit.neighbor_of = name, neighbor_of
                 if writer:
                     writer.write(
-                        {"aux_name": name, "query": query, "candidates": [candidate_to_dict(h) for h in hits]}
-                    )
+                        {"aux_name": name, "query": query, "status": "ok" if hits else "empty",
+                         "candidates": [candidate_to_dict(h) for h in hits]}
+                    )  # fmt: skip
+            stats["ok" if hits else "empty"] += 1
+            if not hits:
+                empty.append(name)
             candidates.extend(hits)
     finally:
         if writer:
             writer.close()
-    if errors:
-        logger.warning("%d search(es) failed; rerun the stage to retry them", errors)
+    shown = ", ".join(repr(n) for n in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+    logger.info(
+        "search (%s): %d query(ies): %d with results, %d with zero results%s, %d failed%s (%d from the cache); "
+        "%d candidate(s)",
+        args.backend, len(aux), stats["ok"], stats["empty"], f" ({shown})" if empty else "", stats["failed"],
+        f", {stats['not_sent']} not sent" if stats["not_sent"] else "", stats["cached"], len(candidates),
+    )  # fmt: skip
+    if empty and cacheable:
+        logger.warning("%d search(es) returned zero results; ask them again with --retry_failed", len(empty))
+    if stats["failed"] and not stats["ok"] + stats["empty"]:
+        reasons = "; ".join(errors)
+        raise StageError(
+            f"search ({args.backend}): all {stats['failed'] + stats['not_sent']} search(es) failed "
+            f"({stats['not_sent']} not sent): {reasons}"[:1000]
+        )
+    if not candidates:
+        raise StageError(
+            f"search ({args.backend}): no candidate for any of the {len(aux)} auxiliary class(es) "
+            f"({stats['empty']} with zero results, {stats['failed']} failed)"
+        )
     if cacheable:
         import pandas as pd
 
@@ -253,8 +387,7 @@ def _search_all(backend, args: RetrieveArguments, aux: list[dict], out: str) -> 
             row["neighbor_of"] = json.dumps(row["neighbor_of"])
         frame = pd.DataFrame(rows, columns=["url", "caption", "aux_name", "neighbor_of", "page_url", "rank", "query"])
         frame.to_parquet(os.path.join(out, "urls.parquet"), index=False)
-    logger.info("%d candidate(s) for %d auxiliary class(es)", len(candidates), len(aux))
-    return candidates
+    return candidates, stats
 
 
 # ---- filter -----------------------------------------------------------------------------------------------------
@@ -271,15 +404,27 @@ def run_filter(section: dict, context) -> dict[str, int]:
 
     Returns:
         Counts per reason (``kept`` or the reason for dropping), also in ``filter/summary.json``.
+
+    Raises:
+        StageError: nothing was retrieved, or no image passed the filters (the decisions are written first).
     """
     import pandas as pd
     from PIL import Image
 
     args = from_dict(FilterArguments, section, "filter")
-    out = _dir(context, "filter")
-    _save_json(os.path.join(out, "config.json"), dataclasses.asdict(args))
     retrieve_dir = os.path.join(context.output_dir, "retrieve")
-    items = [r for r in read_jsonl(os.path.join(retrieve_dir, "downloads.jsonl")) if r["outcome"] == "ok"]
+    manifest_path = os.path.join(retrieve_dir, "downloads.jsonl")
+    if not os.path.exists(manifest_path):
+        raise StageError(f"filter: {manifest_path} not found: run the retrieve stage first")
+    records = {r["key"]: r for r in read_jsonl(manifest_path)}  # a key's last line wins (retried URLs)
+    items = [r for r in records.values() if r["outcome"] == "ok"]
+    if not items:
+        raise StageError(
+            f"filter: no retrieved image to filter ({len(records)} record(s) in {manifest_path}, none ok): "
+            "rerun the retrieve stage"
+        )
+    out = _dir(context, "filter")
+    _save_json(os.path.join(out, "config.json"), redact_mapping(dataclasses.asdict(args)))
     need_target = args.model_name_or_path or args.leak_check
     target = context.target if need_target else None
     embedder = None
@@ -367,7 +512,8 @@ def run_filter(section: dict, context) -> dict[str, int]:
         reasons[reason] += 1
         rows.append(
             {
-                **{k: record.get(k) for k in ("key", "aux_name", "sha256", "phash", "path", "caption", "rank")},
+                **{k: record.get(k) for k in ("key", "aux_name", "query", "sha256", "phash", "path", "caption")},
+                "rank": record.get("rank"),
                 **{k: record.get(k) for k in ("source_url", "page_url")},
                 "neighbor_of": json.dumps(record.get("neighbor_of") or []),
                 **{k: score.get(k) for k in ("caption_ok", "similarity", "parent")},
@@ -376,15 +522,19 @@ def run_filter(section: dict, context) -> dict[str, int]:
                 "reason": reason,
             }
         )
-    columns = (
-        "key aux_name sha256 phash path caption rank source_url page_url neighbor_of caption_ok similarity parent"
-    )
+    columns = "key aux_name query sha256 phash path caption rank source_url page_url neighbor_of caption_ok similarity parent"
     columns += " leak_similarity leak_match leak_phash_distance keep reason"
     frame = pd.DataFrame(rows, columns=columns.split())
     frame.to_parquet(os.path.join(out, "decisions.parquet"), index=False)
     summary = {"images": len(items), **dict(reasons)}
     _save_json(os.path.join(out, "summary.json"), summary)
-    logger.info("filter summary: %s", summary)
+    dropped = ", ".join(f"{v} {k}" for k, v in reasons.most_common() if k != "kept") or "none"
+    logger.info("filter: %d image(s): %d kept, dropped: %s", len(items), reasons["kept"], dropped)
+    if not reasons["kept"]:
+        raise StageError(
+            f"filter: no image passed the filters ({len(items)} scored; dropped: {dropped}); "
+            "see filter/decisions.parquet and loosen the thresholds"
+        )
     return summary
 
 
@@ -411,16 +561,25 @@ def run_build(section: dict, context) -> dict[str, Any]:
 
     Returns:
         The build summary (images, classes, counts per class and per stage), also in ``build/summary.json``.
+
+    Raises:
+        StageError: no decisions, or no image left to publish; the previous ``aux_dataset/`` is then left untouched
+            (a new one is written beside it and swapped in only when it is complete and non-empty).
     """
     import pandas as pd
 
     args = from_dict(BuildArguments, section, "build")
-    out = _dir(context, "build")
     decisions_path = os.path.join(context.output_dir, "filter", "decisions.parquet")
     if not os.path.exists(decisions_path):
-        raise FileNotFoundError(f"{decisions_path} not found: run the filter stage first")
+        raise StageError(f"build: {decisions_path} not found: run the filter stage first")
     frame = pd.read_parquet(decisions_path)
     kept = frame[frame["keep"]]
+    if kept.empty:
+        raise StageError(
+            f"build: no image passed the filters ({len(frame)} decided, see {decisions_path}); "
+            "the previous aux_dataset, if any, is left untouched"
+        )
+    out = _dir(context, "build")
     items = []
     for row in kept.to_dict("records"):
         row["neighbor_of"] = json.loads(row["neighbor_of"])
@@ -437,6 +596,11 @@ def run_build(section: dict, context) -> dict[str, Any]:
         return previous
 
     groups = select_per_class(items, args.max_images_per_class, args.selection, args.seed, args.min_images_per_class)
+    if not groups:
+        raise StageError(
+            f"build: no auxiliary class has min_images_per_class={args.min_images_per_class} image(s) "
+            f"({len(items)} kept image(s)); the previous aux_dataset, if any, is left untouched"
+        )
     manifest = _load_json(os.path.join(context.output_dir, "neighbors", "neighbors.json"), {}) or {}
     order = [a["name"] for a in manifest.get("auxiliary", [])]
     groups = dict(sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
