@@ -8,7 +8,6 @@ Usage:
 Any key of the YAML can be overridden on the command line, e.g. `--num_train_epochs 1 --loss balanced_softmax`.
 """
 
-import json
 import logging
 import os
 import sys
@@ -25,13 +24,13 @@ from neighbor_lt.configs import (
     ModelArguments,
     NeighborLTTrainingArguments,
     parse_args,
-    save_args,
     setup_logging,
 )
 from neighbor_lt.data import MergedImageDataset, load_target_dataset, merge_training_set
 from neighbor_lt.hub import check_hub_access, push_model, write_model_card
-from neighbor_lt.metrics import format_table, write_per_class_csv
+from neighbor_lt.metrics import format_table
 from neighbor_lt.modeling import load_image_processor, load_model, mask_auxiliary_classes, processor_settings
+from neighbor_lt.run_folder import RunFolder, RunInfo
 from neighbor_lt.trainer import NeighborSilencingTrainer
 
 logger = logging.getLogger("train")
@@ -48,6 +47,8 @@ def main(argv=None):
     training_args.remove_unused_columns = False  # the collator needs pixel_values and labels only
     # The Trainer itself would push unmasked checkpoints; this recipe pushes the masked model once, at the end.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    if training_args.dataloader_pin_memory and training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
 
     ################
     # Seed & logging
@@ -62,7 +63,6 @@ def main(argv=None):
     # Data
     ################
     target = load_target_dataset(data_args)
-    target_names = target["train"].features["label"].names
     merged = merge_training_set(data_args, target, seed=training_args.seed)
     space, aux, target_counts = merged.space, merged.aux, merged.target_counts
     pairs = space.neighbor_pairs
@@ -93,10 +93,13 @@ def main(argv=None):
     # Trainer
     ################
     metric = evaluate.load(neighbor_lt.LONG_TAIL_ACCURACY)
+    groups = {"many_threshold": data_args.many_threshold, "few_threshold": data_args.few_threshold}
 
     def compute_metrics(eval_pred):
         predictions = np.argmax(eval_pred.predictions, axis=-1)
-        result = metric.compute(predictions=predictions, references=eval_pred.label_ids, class_counts=target_counts)
+        result = metric.compute(
+            predictions=predictions, references=eval_pred.label_ids, class_counts=target_counts, **groups
+        )
         return {k: result[k] for k in ("overall", "many", "medium", "few")}
 
     trainer = NeighborSilencingTrainer(
@@ -115,7 +118,14 @@ def main(argv=None):
     ################
     # Train
     ################
-    save_args(os.path.join(training_args.output_dir, "args.yaml"), model_args, data_args, training_args)
+    run = RunFolder(training_args.output_dir)
+    world = training_args.world_size  # recorded: `accelerate launch --cpu --num_processes 2` runs one process
+    batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
+    if trainer.is_world_process_zero():
+        run.write_args(
+            model_args, data_args, training_args, extra={"num_processes": world, "global_train_batch_size": batch}
+        )
+    logger.info("%d process(es), %d training images a step", world, batch)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -125,24 +135,22 @@ def main(argv=None):
     ################
     if training_args.save_unmasked:
         trainer.save_model(os.path.join(training_args.output_dir, "unmasked"))
+    info = RunInfo(
+        target_classes=space.target_names,
+        target_train_counts=target_counts.tolist(),
+        auxiliary_classes=space.aux_names,
+        neighbor_of=space.neighbor_of,
+        loss=training_args.loss,
+        lambda_s=training_args.lambda_s,
+        max_aux_per_class=data_args.max_aux_per_class,
+        many_threshold=data_args.many_threshold,
+        few_threshold=data_args.few_threshold,
+    )
     masked = mask_auxiliary_classes(trainer.accelerator.unwrap_model(trainer.model), space.num_targets)
     if trainer.is_world_process_zero():
         masked.save_pretrained(training_args.output_dir)
         processor.save_pretrained(training_args.output_dir)
-        with open(os.path.join(training_args.output_dir, "neighbor_lt.json"), "w") as f:
-            json.dump(
-                {
-                    "target_classes": space.target_names,
-                    "target_train_counts": target_counts.tolist(),
-                    "auxiliary_classes": space.aux_names,
-                    "neighbor_of": space.neighbor_of,
-                    "loss": training_args.loss,
-                    "lambda_s": training_args.lambda_s,
-                    "max_aux_per_class": data_args.max_aux_per_class,
-                },
-                f,
-                indent=2,
-            )
+        run.write_info(info)
 
     ################
     # Evaluate (target rows only, i.e. the masked model)
@@ -151,15 +159,12 @@ def main(argv=None):
     if eval_dataset is not None:
         prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
         predictions = np.argmax(prediction.predictions, axis=-1)
-        results = metric.compute(predictions=predictions, references=prediction.label_ids, class_counts=target_counts)
+        results = metric.compute(
+            predictions=predictions, references=prediction.label_ids, class_counts=target_counts, **groups
+        )
         if trainer.is_world_process_zero():
-            out = {k: results[k] for k in ("overall", "many", "medium", "few")}
-            out.update(group_sizes=results["group_sizes"], split=data_args.eval_split, num_images=len(predictions))
-            with open(os.path.join(training_args.output_dir, "eval_results.json"), "w") as f:
-                json.dump(out, f, indent=2)
-            write_per_class_csv(
-                os.path.join(training_args.output_dir, "per_class_accuracy.csv"), results, target_names, target_counts
-            )
+            run.write_eval_results(results, split=data_args.eval_split, num_images=len(predictions))
+            run.write_per_class(results, info)
             print(format_table(results, title=f"Evaluation on {data_args.eval_split} ({len(predictions)} images)"))
 
     ################
@@ -178,7 +183,7 @@ def main(argv=None):
                 private=training_args.hub_private_repo,
                 unmasked_revision=unmasked_revision,
             )
-    print(f"Masked target-only model saved to {training_args.output_dir}")
+        print(f"Masked target-only model saved to {training_args.output_dir}")  # once, also under torchrun
     return results
 
 

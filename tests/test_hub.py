@@ -273,3 +273,45 @@ def test_push_aux_dataset_keeps_an_existing_card(monkeypatch, tmp_path):
     before = (folder / "README.md").read_bytes()
     hub.push_aux_dataset(str(folder), "neighbor-lt/demo-aux")
     assert fake.folders[0]["files"]["README.md"] == before
+
+
+def _card_with_args(tmp_path, out, **changes):
+    run = tmp_path / "run"
+    if not run.exists():
+        shutil.copytree(out, run, ignore=shutil.ignore_patterns("*.safetensors", "unmasked"))
+    args = yaml.safe_load((out / "args.yaml").read_text())
+    args.update(changes)
+    (run / "args.yaml").write_text(yaml.safe_dump(args))
+    return ModelCard(str(hub.render_model_card(str(run))))
+
+
+def test_card_names_the_dataset_never_a_local_path(tmp_path, pushed):
+    out, _ = pushed
+    data_dir = str(REPO / "recipes/demo/data/target")
+    card = _card_with_args(tmp_path, out, train_files=[f"{data_dir}/train.parquet"])  # an absolute path
+    index = card.data.to_dict()["model-index"][0]["results"][0]["dataset"]
+    assert index == {"name": "target", "type": "target", "split": "validation"}
+    assert data_dir not in str(card) and card.data.datasets is None
+    assert card.data.license == "other" and card.data.license_name == "training-data-terms"
+
+    card = _card_with_args(tmp_path, out, dataset_id="ImageNet-LT", model_license_name="imagenet-terms",
+                           model_license_link="https://image-net.org/download.php")  # fmt: skip
+    index = card.data.to_dict()["model-index"][0]["results"][0]["dataset"]
+    assert (index["name"], index["type"]) == ("ImageNet-LT", "imagenet-lt") and card.data.datasets is None
+    assert (card.data.license_name, card.data.license_link) == ("imagenet-terms", "https://image-net.org/download.php")
+
+    card = _card_with_args(tmp_path, out, dataset_id="me/my-lt-set", aux_dataset="me/my-lt-aux")
+    index = card.data.to_dict()["model-index"][0]["results"][0]["dataset"]
+    assert (index["name"], index["type"]) == ("me/my-lt-set", "me/my-lt-set")
+    assert card.data.datasets == ["me/my-lt-set", "me/my-lt-aux"]
+
+
+def test_card_of_a_small_dataset_leaves_out_the_empty_group(tmp_path, pushed):
+    out, _ = pushed
+    run = tmp_path / "run"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("*.safetensors", "unmasked"))
+    results = {"overall": 0.5, "many": math.nan, "medium": 0.4, "few": 0.6,
+               "group_sizes": {"many": 0, "medium": 12, "few": 8}}  # fmt: skip
+    text = str(hub.render_model_card(str(run), results=results))
+    assert "| | Overall | Medium | Few |" in text and "| top-1 % | 50.00 | 40.00 | 60.00 |" in text
+    assert "(Many: no class)" in text and "| n/a |" not in text

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from neighbor_lt.configs import ConfigError, DataArguments, ModelArguments, NeighborLTTrainingArguments, parse_args
@@ -96,6 +97,27 @@ def test_train_main_end_to_end(tmp_path, monkeypatch, capsys):
 
     preds = classifier(Image.new("RGB", (64, 64), "green"), top_k=3)
     assert len(preds) == 3 and all(p["label"] in config["id2label"].values() for p in preds)
+
+
+def test_a_run_is_reproduced_from_its_own_args_yaml(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    train = load_recipe("train")
+    first = train.main(_tiny_args(tmp_path / "first", "--max_steps", "2", "--max_eval_samples", "60",
+                                  "--hub_token", "hf_canary_456"))  # fmt: skip
+    saved = yaml.safe_load((tmp_path / "first" / "args.yaml").read_text())
+    assert saved["run"] == {"num_processes": 1, "global_train_batch_size": 16}
+    assert saved["average_tokens_across_devices"] is True and saved["hub_token"] == "<redacted>"
+    assert "Masked target-only model saved" in capsys.readouterr().out
+    # the README's "reproduce with --config args.yaml", only the output folder changed
+    again = train.main(["--config", str(tmp_path / "first" / "args.yaml"), "--output_dir", str(tmp_path / "again")])
+    for key in ("overall", "many", "medium", "few"):
+        assert again[key] == pytest.approx(first[key], abs=1e-12, nan_ok=True), key
+    resaved = yaml.safe_load((tmp_path / "again" / "args.yaml").read_text())
+    changed = ("output_dir", "logging_dir", "hub_token")  # the secret was not saved, so the rerun has none
+    assert {k: v for k, v in resaved.items() if k not in changed} == {
+        k: v for k, v in saved.items() if k not in changed
+    }
+    assert resaved["hub_token"] is None
 
 
 @pytest.mark.parametrize("loss", ["balanced_softmax", "ce", "bal_bce"])

@@ -83,7 +83,26 @@ class DataArguments:
     lt_eval_list: str | None = field(default=None, metadata={"help": "Long-tail evaluation split file."})
     lt_image_root: str | None = field(default=None, metadata={"help": "Folder the split-file paths are relative to."})
     lt_class_names: str | None = field(
-        default=None, metadata={"help": "Optional text file with one class name per line, in label order."}
+        default=None,
+        metadata={
+            "help": "Class names of the split-file labels, in label order: one name per line, 'name label' lines "
+            "(Places365 categories_places365.txt), 'wnid name, ...' lines (ImageNet LOC_synset_mapping.txt) or a JSON "
+            "list / categories.json (iNaturalist 2018). Without it the labels are named '0'..'C-1'."
+        },
+    )
+    dataset_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "The target set's name on the model card and in its model-index: a Hub dataset id "
+            "('me/my-lt-set', also listed under `datasets:`) or a plain name ('ImageNet-LT'). Default: dataset_name "
+            "when it is a Hub id, else the data folder's name (never a local path)."
+        },
+    )
+    many_threshold: int = field(
+        default=100, metadata={"help": "Many-shot classes have more than this many training images (paper: 100)."}
+    )
+    few_threshold: int = field(
+        default=20, metadata={"help": "Few-shot classes have fewer than this many training images (paper: 20)."}
     )
     num_classes: int | None = field(
         default=None, metadata={"help": "Keep a seeded random subset of this many target classes."}
@@ -151,6 +170,16 @@ class NeighborLTTrainingArguments(TrainingArguments):
     )
     push_unmasked_revision: str | None = field(
         default=None, metadata={"help": "Also push the unmasked checkpoint to this revision of hub_model_id."}
+    )
+    model_license: str = field(
+        default="other",
+        metadata={"help": "License of the model card; the training data's terms usually decide it (e.g. 'other')."},
+    )
+    model_license_name: str | None = field(
+        default=None, metadata={"help": "With model_license 'other': a short id of the terms, e.g. 'imagenet-terms'."}
+    )
+    model_license_link: str | None = field(
+        default=None, metadata={"help": "With model_license 'other': a URL of the terms the model is under."}
     )
 
 

@@ -23,8 +23,9 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .configs import ConfigError
-from .metrics import GROUPS, group_of
+from .configs import RUN_KEY, ConfigError
+from .metrics import GROUPS, present_groups
+from .run_folder import RunFolder
 from .secrets import redact_mapping
 
 logger = logging.getLogger(__name__)
@@ -156,13 +157,9 @@ def _read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-def _resolved_args(output_dir: str, *arg_objects) -> dict:
+def _resolved_args(run: RunFolder, *arg_objects) -> dict:
     """``args.yaml`` of a run, overridden by the argument dataclasses when given."""
-    values: dict = {}
-    path = os.path.join(output_dir, "args.yaml")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
+    values = run.read_args()
     for obj in arg_objects:
         if obj is None:
             continue
@@ -178,16 +175,33 @@ def _is_hub_id(name: str | None) -> bool:
     return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not os.path.exists(name)
 
 
-def _target_dataset(args: dict) -> tuple[str, str]:
-    """(id for model-index, readable name) of the target set."""
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "dataset"
+
+
+def _target_dataset(args: dict) -> tuple[str, str, str, str | None]:
+    """(model-index dataset type, model-index dataset name, readable text, Hub id or None) of the target set.
+
+    Never a local path: a card is published, and ``/home/me/data`` says nothing to its readers. The name comes from
+    ``dataset_id``, a Hub ``dataset_name``, or the data folder's own name.
+    """
+    given = args.get("dataset_id")
+    if given and _is_hub_id(given):
+        return given, given, f"[{given}](https://huggingface.co/datasets/{given})", given
+    if given:
+        return _slug(given), given, given, None
     name = args.get("dataset_name")
     if _is_hub_id(name):
-        return name, f"[{name}](https://huggingface.co/datasets/{name})"
+        return name, name, f"[{name}](https://huggingface.co/datasets/{name})", name
     files = args.get("train_files") or ([args["lt_train_list"]] if args.get("lt_train_list") else [])
+    if name and os.path.isdir(name):  # a local folder (imagefolder / saved dataset): its name only
+        files = [os.path.join(name, "x")]
     if files:
-        where = os.path.commonpath([os.path.dirname(f) or "." for f in files])
-        return where, f"`{where}` (local {name + ' ' if name else ''}files)"
-    return name or "local", f"`{name or 'a local dataset'}`"
+        folder = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+        label = os.path.basename(folder) or "local data"
+        return _slug(label), label, f"a local dataset (`{label}`; set `dataset_id` to name it)", None
+    label = name or "local data"
+    return _slug(label), label, f"`{label}`", None
 
 
 def _manifest_for(args: dict) -> dict | None:
@@ -232,6 +246,10 @@ def _neighbor_source(args: dict, manifest: dict | None) -> str:
     return "No auxiliary set was used: this is a target-only baseline."
 
 
+def _first_set(*values):
+    return next((v for v in values if v is not None), None)
+
+
 def _percent(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
@@ -263,7 +281,11 @@ def _training_settings(args: dict, train_results: dict | None) -> list[tuple[str
         rows.append(("warmup", str(warmup)))
     batch = args.get("per_device_train_batch_size")
     accumulation = args.get("gradient_accumulation_steps") or 1
-    rows.append(("batch size", f"{batch} per device x {accumulation} accumulation step(s)"))
+    batch_text = f"{batch} per device x {accumulation} accumulation step(s)"
+    run = args.get(RUN_KEY) or {}
+    if run.get("num_processes"):
+        batch_text += f" x {run['num_processes']} process(es) = {run.get('global_train_batch_size')} images a step"
+    rows.append(("batch size", batch_text))
     rows.append(
         (
             "optimizer",
@@ -290,20 +312,31 @@ def render_model_card(
     template_path: str | os.PathLike | None = None,
 ) -> ModelCard:
     """Render the model card of a run folder (see :func:`write_model_card`) without saving it."""
-    args = _resolved_args(output_dir, model_args, data_args, training_args)
-    info = _read_json(os.path.join(output_dir, "neighbor_lt.json"))
+    run = RunFolder(output_dir)
+    args = _resolved_args(run, model_args, data_args, training_args)
+    info = run.read_info()
     if info is None:
         raise FileNotFoundError(f"{output_dir} has no neighbor_lt.json: is it the output_dir of recipes/train.py?")
-    saved = _read_json(os.path.join(output_dir, "eval_results.json")) or {}
-    train_results = _read_json(os.path.join(output_dir, "train_results.json"))
+    saved = run.read_eval_results() or {}
+    train_results = run.read_train_results()
     if results is None and saved:
         results = saved
     split = saved.get("split") or args.get("eval_split") or "validation"
 
     repo_id = args.get("hub_model_id") or os.path.basename(os.path.abspath(output_dir))
-    dataset_id, dataset_text = _target_dataset(args)
+    dataset_type, dataset_name, dataset_text, dataset_hub_id = _target_dataset(args)
     base_model = args.get("model_name_or_path") if _is_hub_id(args.get("model_name_or_path")) else None
-    hub_datasets = [d for d in (args.get("dataset_name"), args.get("aux_dataset")) if _is_hub_id(d)]
+    hub_datasets = list(dict.fromkeys(d for d in (dataset_hub_id, args.get("aux_dataset")) if _is_hub_id(d)))
+    license = args.get("model_license") or license
+    license_name = license_link = None
+    if license == "other":
+        license_name = args.get("model_license_name") or "training-data-terms"
+        license_link = args.get("model_license_link")
+        if not license_link:
+            logger.warning(
+                "license 'other' without model_license_link: set model_license_link (and model_license_name) to "
+                "the terms of the training data before pushing"
+            )
 
     eval_results = []
     if results:
@@ -316,8 +349,8 @@ def render_model_card(
                 EvalResult(
                     task_type="image-classification",
                     task_name="Long-tail image classification",
-                    dataset_type=dataset_id,
-                    dataset_name=dataset_id,
+                    dataset_type=dataset_type,
+                    dataset_name=dataset_name,
                     dataset_split=split,
                     metric_type="accuracy",
                     metric_name=f"{'Overall' if key == 'overall' else key.capitalize()} top-1 accuracy",
@@ -330,6 +363,8 @@ def render_model_card(
         base_model=base_model,
         datasets=hub_datasets or None,
         license=license,
+        license_name=license_name,
+        license_link=license_link,
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=["image-classification", "vision", "long-tail", "neighbor-lt", str(args.get("loss") or "")],
@@ -337,33 +372,40 @@ def render_model_card(
         eval_results=eval_results or None,
     )
 
-    counts = info.get("target_train_counts") or []
-    neighbor_of = info.get("neighbor_of") or {}
     rows = []
-    for i, name in enumerate(info.get("target_classes") or []):
-        count = int(counts[i]) if i < len(counts) else None
+    for name in info.target_classes:
+        count, group = info.count_of(name), info.group_of(name)
         rows.append(
             {
                 "name": name,
                 "count": count if count is not None else "n/a",
-                "group": group_of(count).capitalize() if count is not None else "n/a",
-                "neighbors": [aux for aux, targets in neighbor_of.items() if name in targets],
+                "group": group.capitalize() if group else "n/a",
+                "neighbors": info.neighbors_of(name),
             }
         )
     max_rows = 100
-    loss = args.get("loss") or info.get("loss")
+    loss = args.get("loss") or info.loss
     loss_name = LOSS_NAMES.get(loss, f"`{loss}` loss")
     if loss == "neighbor_silencing":
-        loss_name += f" (lambda_s = {info.get('lambda_s', args.get('lambda_s'))})"
+        loss_name += f" (lambda_s = {_first_set(info.lambda_s, args.get('lambda_s'))})"
+    group_sizes = (results or {}).get("group_sizes") or saved.get("group_sizes") or {}
+    shown = present_groups({**(results or {}), "group_sizes": group_sizes}) if results else []
     variables = {
         "model_name": repo_id.split("/")[-1],
         "repo_id": repo_id,
-        "num_targets": len(info.get("target_classes") or []),
-        "num_aux": len(info.get("auxiliary_classes") or []),
+        "num_targets": len(info.target_classes),
+        "num_aux": len(info.auxiliary_classes),
         "target_dataset": dataset_text,
         "loss_name": loss_name,
         "results": {k: _percent((results or {}).get(k)) for k in ("overall", *GROUPS)} if results else None,
-        "group_sizes": (results or {}).get("group_sizes") or saved.get("group_sizes") or {},
+        "result_groups": [
+            {"title": g.capitalize(), "value": _percent(results.get(g)), "classes": group_sizes.get(g, "n/a")}
+            for g in shown
+        ],
+        "empty_groups": ", ".join(g.capitalize() for g in GROUPS if g not in shown) if results else "",
+        "many_threshold": info.many_threshold,
+        "few_threshold": info.few_threshold,
+        "group_sizes": group_sizes,
         "eval_split": split,
         "num_eval_images": saved.get("num_images", "n/a"),
         "plots": [
@@ -373,7 +415,7 @@ def render_model_card(
         ],
         "training_settings": _training_settings(args, train_results),
         "neighbor_source": _neighbor_source(args, _manifest_for(args)),
-        "max_aux_per_class": info.get("max_aux_per_class", args.get("max_aux_per_class")),
+        "max_aux_per_class": _first_set(info.max_aux_per_class, args.get("max_aux_per_class")),
         "neighbor_rows": rows[:max_rows],
         "neighbor_rows_omitted": max(0, len(rows) - max_rows),
     }

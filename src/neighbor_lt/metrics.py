@@ -8,32 +8,46 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Many: more than 100 training images; Medium: 20 to 100; Few: fewer than 20 (counts of the target training set).
+# The paper's groups: Many, more than 100 training images; Medium, 20 to 100; Few, fewer than 20 (counts of the
+# target training set). A small dataset can set its own (``many_threshold`` / ``few_threshold`` of the train recipe).
 MANY_THRESHOLD = 100
 FEW_THRESHOLD = 20
 GROUPS = ("many", "medium", "few")
 
 
-def group_of(count: int) -> str:
-    """The long-tail group of a class with ``count`` training images."""
-    if count > MANY_THRESHOLD:
+def group_of(count: int, many_threshold: int = MANY_THRESHOLD, few_threshold: int = FEW_THRESHOLD) -> str:
+    """The long-tail group of a class with ``count`` training images: Many above ``many_threshold``, Few below
+    ``few_threshold``, Medium in between."""
+    if few_threshold > many_threshold + 1:
+        raise ValueError(f"few_threshold {few_threshold} is above many_threshold {many_threshold}")
+    if count > many_threshold:
         return "many"
-    if count < FEW_THRESHOLD:
+    if count < few_threshold:
         return "few"
     return "medium"
 
 
-def class_groups(class_counts: Sequence[int]) -> list[str]:
+def class_groups(
+    class_counts: Sequence[int], many_threshold: int = MANY_THRESHOLD, few_threshold: int = FEW_THRESHOLD
+) -> list[str]:
     """Group name per class, from the target training counts.
 
     Example:
         >>> class_groups([500, 60, 5])
         ['many', 'medium', 'few']
+        >>> class_groups([40, 12, 3], many_threshold=20, few_threshold=5)
+        ['many', 'medium', 'few']
     """
-    return [group_of(int(c)) for c in class_counts]
+    return [group_of(int(c), many_threshold, few_threshold) for c in class_counts]
 
 
-def long_tail_accuracy(predictions, references, class_counts: Sequence[int]) -> dict:
+def long_tail_accuracy(
+    predictions,
+    references,
+    class_counts: Sequence[int],
+    many_threshold: int = MANY_THRESHOLD,
+    few_threshold: int = FEW_THRESHOLD,
+) -> dict:
     """Top-1 accuracy overall and per Many / Medium / Few group, plus per-class accuracy.
 
     Example:
@@ -44,6 +58,8 @@ def long_tail_accuracy(predictions, references, class_counts: Sequence[int]) -> 
         predictions: predicted target class per image.
         references: true target class per image.
         class_counts: training-image count per target class (defines the groups).
+        many_threshold, few_threshold: Many is more than ``many_threshold`` images, Few fewer than
+            ``few_threshold`` (the paper's 100 and 20 by default).
 
     Returns:
         ``overall``, ``many``, ``medium``, ``few`` (fractions; NaN for an empty group), ``per_class`` (list,
@@ -61,7 +77,7 @@ def long_tail_accuracy(predictions, references, class_counts: Sequence[int]) -> 
     hits = np.bincount(references, weights=correct, minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = hits / totals
-    groups = np.array(class_groups(class_counts))
+    groups = np.array(class_groups(class_counts, many_threshold, few_threshold))
     result = {"overall": float(correct.mean()) if correct.size else float("nan")}
     for g in GROUPS:
         in_group = np.isin(references, np.flatnonzero(groups == g))
@@ -71,19 +87,47 @@ def long_tail_accuracy(predictions, references, class_counts: Sequence[int]) -> 
     return result
 
 
+def present_groups(results: dict) -> list[str]:
+    """The groups of ``results`` that have classes (an empty group, e.g. Many on a small dataset, is left out)."""
+    sizes = results.get("group_sizes") or {}
+    out = []
+    for g in GROUPS:
+        value = results.get(g)
+        empty = sizes.get(g) == 0 or value is None or (isinstance(value, float) and np.isnan(value))
+        if not empty:
+            out.append(g)
+    return out
+
+
 def format_table(results: dict, title: str | None = None) -> str:
-    """A plain-text Overall / Many / Medium / Few table in percent."""
-    header = f"{'':<10}{'Overall':>9}{'Many':>9}{'Medium':>9}{'Few':>9}"
-    cells = "".join(f"{100 * results[k]:>9.2f}" for k in ("overall", "many", "medium", "few"))
+    """A plain-text Overall / Many / Medium / Few table in percent; a group without classes is left out.
+
+    Example:
+        >>> print(format_table({"overall": 0.5, "many": float("nan"), "medium": 0.6, "few": 0.4,
+        ...                     "group_sizes": {"many": 0, "medium": 4, "few": 6}}))
+                    Overall   Medium      Few
+        top-1 %       50.00    60.00    40.00
+    """
+    keys = ["overall", *present_groups(results)]
+    header = f"{'':<10}" + "".join(f"{k.capitalize():>9}" for k in keys)
+    cells = "".join(f"{100 * results[k]:>9.2f}" for k in keys)
     lines = [title] if title else []
     return "\n".join(lines + [header, f"{'top-1 %':<10}{cells}"])
 
 
-def write_per_class_csv(path: str, results: dict, class_names: Sequence[str], class_counts: Sequence[int]) -> None:
+def write_per_class_csv(
+    path: str,
+    results: dict,
+    class_names: Sequence[str],
+    class_counts: Sequence[int],
+    many_threshold: int = MANY_THRESHOLD,
+    few_threshold: int = FEW_THRESHOLD,
+) -> None:
     """Per-class accuracy with each class's training count and group, one row per class."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["label", "name", "train_count", "group", "accuracy"])
         for i, (name, count, acc) in enumerate(zip(class_names, class_counts, results["per_class"])):
-            writer.writerow([i, name, int(count), group_of(int(count)), "" if np.isnan(acc) else f"{acc:.6f}"])
+            group = group_of(int(count), many_threshold, few_threshold)
+            writer.writerow([i, name, int(count), group, "" if np.isnan(acc) else f"{acc:.6f}"])

@@ -20,6 +20,8 @@ Args:
     predictions (`list` of `int`): predicted target labels.
     references (`list` of `int`): ground-truth target labels.
     class_counts (`list` of `int`): training images per target class; defines the groups.
+    many_threshold (`int`, 100): Many is more than this many training images.
+    few_threshold (`int`, 20): Few is fewer than this many training images.
 Returns:
     overall, many, medium, few (`float`, fraction; NaN for an empty group), per_class (`list` of `float`),
     group_sizes (`dict`).
@@ -48,7 +50,7 @@ class LongTailAccuracy(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references, class_counts=None):
+    def _compute(self, predictions, references, class_counts=None, many_threshold=100, few_threshold=20):
         if class_counts is None:
             raise ValueError("long_tail_accuracy needs class_counts (training images per target class)")
-        return long_tail_accuracy(predictions, references, class_counts)
+        return long_tail_accuracy(predictions, references, class_counts, many_threshold, few_threshold)

@@ -1,0 +1,213 @@
+"""The output folder of a training run: one owner for the files ``recipes/train.py`` writes and others read.
+
+A run folder holds the masked model (``config.json``, ``*.safetensors``, ``preprocessor_config.json``) and:
+
+- ``neighbor_lt.json``: the label space of the run (:class:`RunInfo`): target classes and their training counts,
+  the auxiliary classes with the targets each was queried from, the loss and the Many / Few thresholds.
+- ``eval_results.json``: Overall / Many / Medium / Few accuracy of the masked model, group sizes, split, image count.
+- ``per_class_accuracy.csv``: one row per target class (label, name, train_count, group, accuracy).
+- ``args.yaml``: the resolved arguments, secrets redacted (:func:`neighbor_lt.configs.save_args`); a rerun is
+  ``--config args.yaml``.
+- ``train_results.json``: the Trainer's training metrics.
+
+The recipe, the model card (:mod:`neighbor_lt.hub`), the plots (:mod:`neighbor_lt.plots`) and the Space read these
+files through :class:`RunFolder` only.
+
+Example:
+    >>> run = RunFolder("outputs/demo")  # doctest: +SKIP
+    >>> run.read_info().group_of("tabby"), run.read_eval_results()["few"]  # doctest: +SKIP
+    ('many', 0.24)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+from .metrics import FEW_THRESHOLD, GROUPS, MANY_THRESHOLD, group_of
+
+INFO_FILE = "neighbor_lt.json"
+EVAL_FILE = "eval_results.json"
+TRAIN_FILE = "train_results.json"
+PER_CLASS_FILE = "per_class_accuracy.csv"
+ARGS_FILE = "args.yaml"
+
+
+@dataclass
+class RunInfo:
+    """The contents of ``neighbor_lt.json``: what a target-only model was trained beside.
+
+    Args:
+        target_classes: target class names, in label order (the model's ``id2label``).
+        target_train_counts: training images per target class (they define Many / Medium / Few).
+        auxiliary_classes: auxiliary (neighbor) class names, whose classifier rows were removed.
+        neighbor_of: auxiliary class -> the target classes it was queried from.
+        loss, lambda_s, max_aux_per_class: the training settings that shaped the label space.
+        many_threshold, few_threshold: Many is more than ``many_threshold`` images, Few fewer than ``few_threshold``.
+    """
+
+    target_classes: list[str] = field(default_factory=list)
+    target_train_counts: list[int] = field(default_factory=list)
+    auxiliary_classes: list[str] = field(default_factory=list)
+    neighbor_of: dict[str, list[str]] = field(default_factory=dict)
+    loss: str | None = None
+    lambda_s: float | None = None
+    max_aux_per_class: int | None = None
+    many_threshold: int = MANY_THRESHOLD
+    few_threshold: int = FEW_THRESHOLD
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunInfo:
+        """From the JSON mapping; keys this version does not know are ignored (a newer writer)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def count_of(self, name: str) -> int | None:
+        """Training images of a target class; None when unknown."""
+        if name not in self.target_classes:
+            return None
+        i = self.target_classes.index(name)
+        return int(self.target_train_counts[i]) if i < len(self.target_train_counts) else None
+
+    def group_of(self, name: str) -> str | None:
+        """``many``, ``medium`` or ``few`` for a target class, by this run's thresholds; None when unknown."""
+        count = self.count_of(name)
+        return None if count is None else group_of(count, self.many_threshold, self.few_threshold)
+
+    def neighbors_of(self, name: str) -> list[str]:
+        """The auxiliary classes trained beside a target class."""
+        return [aux for aux, targets in self.neighbor_of.items() if name in targets]
+
+
+class RunFolder:
+    """Reads and writes the files of a run folder (see the module docstring for what each holds).
+
+    Example:
+        >>> run = RunFolder(training_args.output_dir)  # doctest: +SKIP
+        >>> run.write_info(RunInfo(target_classes=names, target_train_counts=counts))  # doctest: +SKIP
+
+    Args:
+        path: the ``output_dir`` of ``recipes/train.py`` (or a downloaded Hub snapshot of a pushed model).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({self.path!r})"
+
+    def file(self, name: str) -> str:
+        """The path of a file of the folder."""
+        return os.path.join(self.path, name)
+
+    def has(self, name: str) -> bool:
+        return os.path.isfile(self.file(name))
+
+    # -- neighbor_lt.json ---------------------------------------------------------------------------------------------
+
+    def write_info(self, info: RunInfo) -> str:
+        return self._write_json(INFO_FILE, info.to_dict())
+
+    def read_info(self) -> RunInfo | None:
+        """``neighbor_lt.json`` as a :class:`RunInfo`; None when the folder has none (a model from elsewhere)."""
+        values = self._read_json(INFO_FILE)
+        return None if values is None else RunInfo.from_dict(values)
+
+    # -- eval_results.json / per_class_accuracy.csv -------------------------------------------------------------------
+
+    def write_eval_results(self, results: dict, split: str, num_images: int, **extra) -> str:
+        """The Overall / Many / Medium / Few accuracy (NaN for an empty group is written as null), group sizes and
+        where they were measured."""
+        out = {k: _finite_or_none(results.get(k)) for k in ("overall", *GROUPS)}
+        out.update(group_sizes=results.get("group_sizes"), split=split, num_images=int(num_images), **extra)
+        return self._write_json(EVAL_FILE, out)
+
+    def read_eval_results(self) -> dict | None:
+        """``eval_results.json``; an empty group's accuracy (null) is NaN, as :func:`long_tail_accuracy` gives it."""
+        values = self._read_json(EVAL_FILE)
+        if values is not None:
+            for k in ("overall", *GROUPS):
+                if k in values and values[k] is None:
+                    values[k] = float("nan")
+        return values
+
+    def read_train_results(self) -> dict | None:
+        return self._read_json(TRAIN_FILE)
+
+    def write_per_class(self, results: dict, info: RunInfo) -> str:
+        """``per_class_accuracy.csv`` from :func:`long_tail_accuracy`'s ``per_class`` and the run's label space."""
+        path = self.file(PER_CLASS_FILE)
+        os.makedirs(self.path, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["label", "name", "train_count", "group", "accuracy"])
+            for i, (name, count, acc) in enumerate(
+                zip(info.target_classes, info.target_train_counts, results["per_class"])
+            ):
+                group = group_of(int(count), info.many_threshold, info.few_threshold)
+                writer.writerow([i, name, int(count), group, "" if math.isnan(acc) else f"{acc:.6f}"])
+        return path
+
+    def read_per_class(self) -> list[dict] | None:
+        """Rows of ``per_class_accuracy.csv`` (``accuracy`` NaN for a class without evaluation images)."""
+        if not self.has(PER_CLASS_FILE):
+            return None
+        with open(self.file(PER_CLASS_FILE), newline="", encoding="utf-8") as f:
+            return [
+                {
+                    "name": row["name"],
+                    "train_count": int(row["train_count"]),
+                    "group": row["group"],
+                    "accuracy": float(row["accuracy"]) if row["accuracy"] else float("nan"),
+                }
+                for row in csv.DictReader(f)
+            ]
+
+    # -- args.yaml ----------------------------------------------------------------------------------------------------
+
+    def write_args(self, *arg_objects, extra: dict | None = None) -> str:
+        """The resolved arguments (secrets redacted) and the run facts in ``extra``; see :func:`save_args`."""
+        from .configs import save_args
+
+        save_args(self.file(ARGS_FILE), *arg_objects, extra=extra)
+        return self.file(ARGS_FILE)
+
+    def read_args(self) -> dict:
+        """``args.yaml`` as a mapping (empty when absent); the run facts are under ``run``."""
+        import yaml
+
+        if not self.has(ARGS_FILE):
+            return {}
+        with open(self.file(ARGS_FILE), encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+
+    # -- helpers ------------------------------------------------------------------------------------------------------
+
+    def _write_json(self, name: str, values: dict) -> str:
+        os.makedirs(self.path, exist_ok=True)
+        path = self.file(name)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(values, f, indent=2)
+        os.replace(tmp, path)  # a reader never sees half a file
+        return path
+
+    def _read_json(self, name: str):
+        if not self.has(name):
+            return None
+        with open(self.file(name), encoding="utf-8") as f:
+            return json.load(f)
+
+
+def _finite_or_none(value):
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
