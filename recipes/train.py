@@ -30,6 +30,7 @@ from neighbor_lt.data import MergedImageDataset, load_target_dataset, merge_trai
 from neighbor_lt.hub import check_hub_access, push_model, write_model_card
 from neighbor_lt.metrics import format_table
 from neighbor_lt.modeling import load_image_processor, load_model, mask_auxiliary_classes, processor_settings
+from neighbor_lt.pixels import INPUT_PIPELINES, BatchAugment, CachedImageDataset, collate_batch
 from neighbor_lt.run_folder import RunFolder, RunInfo
 from neighbor_lt.trainer import NeighborSilencingTrainer
 
@@ -53,6 +54,8 @@ def main(argv=None):
     ################
     # Seed & logging
     ################
+    if data_args.input_pipeline not in INPUT_PIPELINES:
+        raise ConfigError(f"input_pipeline must be one of {INPUT_PIPELINES}, got {data_args.input_pipeline!r}")
     set_seed(training_args.seed)
     setup_logging(training_args)
     logger.info("model %s | data %s | loss %s", model_args, data_args, training_args.loss)
@@ -80,11 +83,18 @@ def main(argv=None):
     model = load_model(model_args, id2label)
     processor = load_image_processor(model_args, model)
     size, mean, std = processor_settings(processor)
-    train_tf = ImageTransform(
-        size, mean, std, train=True, rand_augment=training_args.rand_augment, crop_scale=(data_args.crop_min_scale, 1)
-    )
+    crop_scale = (data_args.crop_min_scale, 1)
+    batch_augment, collator = None, None
+    if data_args.input_pipeline == "tensor":  # decode once into a uint8 cache, augment batches on the device
+        train_dataset = CachedImageDataset(target["train"], aux, space.num_targets, size, data_args.pixel_cache_dir)
+        batch_augment = BatchAugment(size, mean, std, crop_scale=crop_scale, rand_augment=training_args.rand_augment)
+        collator = collate_batch
+    else:
+        train_tf = ImageTransform(
+            size, mean, std, train=True, rand_augment=training_args.rand_augment, crop_scale=crop_scale
+        )
+        train_dataset = MergedImageDataset(target["train"], aux, space.num_targets, train_tf)
     eval_tf = ProcessorTransform(processor)  # what the published model sees through pipeline(...)
-    train_dataset = MergedImageDataset(target["train"], aux, space.num_targets, train_tf)
     eval_dataset = (
         MergedImageDataset(target["validation"], None, space.num_targets, eval_tf) if "validation" in target else None
     )
@@ -113,6 +123,8 @@ def main(argv=None):
         neighbor_pairs=pairs,
         num_target_classes=space.num_targets,
         train_sampler=merged.sampler,
+        batch_augment=batch_augment,
+        data_collator=collator,
     )
 
     ################
@@ -162,10 +174,41 @@ def main(argv=None):
         results = metric.compute(
             predictions=predictions, references=prediction.label_ids, class_counts=target_counts, **groups
         )
+        split = "development" if data_args.heldout_eval_per_class else data_args.eval_split
+        train_acc = {}
+        if training_args.report_train_accuracy:  # same masked model and transform, on the target training images
+            seen = (  # the tensor pipeline's cache, resized and normalised (no augmentation)
+                CachedImageDataset(target["train"], None, space.num_targets, size, data_args.pixel_cache_dir)
+                if batch_augment is not None
+                else MergedImageDataset(target["train"], None, space.num_targets, eval_tf)
+            )
+            train_pred = trainer.predict(seen, metric_key_prefix="train_eval")
+            train_res = metric.compute(
+                predictions=np.argmax(train_pred.predictions, axis=-1),
+                references=train_pred.label_ids,
+                class_counts=target_counts,
+                **groups,
+            )
+            train_acc = {f"train_{k}": train_res[k] for k in ("overall", "many", "medium", "few")}
+            results.update(train_acc)
         if trainer.is_world_process_zero():
-            run.write_eval_results(results, split=data_args.eval_split, num_images=len(predictions))
+            seen_images = trainer.state.global_step * training_args.per_device_train_batch_size
+            seen_images *= training_args.gradient_accumulation_steps * training_args.world_size
+            run.write_eval_results(
+                results,
+                split=split,
+                num_images=len(predictions),
+                train_steps=trainer.state.global_step,
+                train_images=seen_images,
+                **train_acc,
+            )
             run.write_per_class(results, info)
-            print(format_table(results, title=f"Evaluation on {data_args.eval_split} ({len(predictions)} images)"))
+            print(format_table(results, title=f"Evaluation on {split} ({len(predictions)} images)"))
+            if train_acc:
+                print(
+                    "training images (no augmentation): "
+                    + " ".join(f"{k} {100 * v:.2f}" for k, v in train_acc.items())
+                )
 
     ################
     # Card & push

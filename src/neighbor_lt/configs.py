@@ -45,7 +45,8 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Comma-separated config overrides for a scratch model or a checkpoint, e.g. "
-            "'hidden_size=64,num_hidden_layers=4,image_size=32,patch_size=4'."
+            "'hidden_size=64,num_hidden_layers=4,image_size=32,patch_size=4', or a YAML mapping for list values, "
+            "e.g. '{hidden_sizes: [32, 64, 128, 256], depths: [1, 1, 1, 1]}'."
         },
     )
     image_size: int | None = field(
@@ -142,6 +143,26 @@ class DataArguments:
             "is evaluated through its own image processor)."
         },
     )
+    heldout_eval_per_class: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate on a development split instead of the evaluation split: this many images per class "
+            "from the training images the long-tail subsample (imbalance_factor) left out, seeded by lt_seed. "
+            "Choose settings on it and keep the evaluation split for the final table."
+        },
+    )
+    input_pipeline: str = field(
+        default="pil",
+        metadata={
+            "help": "pil: decode and augment every image with PIL in DataLoader workers (any resolution). tensor: "
+            "decode and resize every training image once into a uint8 cache on disk (reused by later runs), then "
+            "crop / flip / RandAugment whole batches as tensors on the training device (fast on CPU and GPU)."
+        },
+    )
+    pixel_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the tensor pipeline's uint8 cache; $NEIGHBOR_LT_CACHE/pixels or ~/.cache/..."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the target training set."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
 
@@ -165,6 +186,13 @@ class NeighborLTTrainingArguments(TrainingArguments):
     mixup_prob: float = field(default=1.0, metadata={"help": "Probability of applying Mixup or CutMix to a batch."})
     mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of CutMix when both are enabled."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the (soft) targets."})
+    report_train_accuracy: bool = field(
+        default=False,
+        metadata={
+            "help": "Also evaluate the masked model on the target training images (no augmentation) and record "
+            "train_overall ... in eval_results.json: train far above validation means data, not steps, is the limit."
+        },
+    )
     save_unmasked: bool = field(
         default=False, metadata={"help": "Also save the unmasked checkpoint (all rows) to output_dir/unmasked."}
     )

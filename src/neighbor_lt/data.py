@@ -75,19 +75,62 @@ def make_long_tailed(
         seed: seed of the per-class subsets.
         label_column: the label column.
     """
+    keep, _ = _long_tail_rows(dataset, imbalance_factor, max_per_class, seed, label_column)
+    return dataset.select(keep)
+
+
+def _long_tail_rows(dataset, imbalance_factor, max_per_class=None, seed=0, label_column="label"):
+    """(rows kept by the long-tail profile, the other rows of each class in a seeded order), per class in order."""
     num_classes = dataset.features[label_column].num_classes
     labels = np.asarray(dataset[label_column], dtype=np.int64)
     available = np.bincount(labels, minlength=num_classes)
     n_max = int(max_per_class or available.max())
     wanted = long_tail_profile(num_classes, n_max, imbalance_factor)
     rng = np.random.default_rng(seed)
-    keep = []
+    keep, rest = [], []
     for c in range(num_classes):
         rows = np.flatnonzero(labels == c)
         if len(rows) < wanted[c]:
             logger.warning("class %d has %d images, fewer than the %d the profile asks for", c, len(rows), wanted[c])
-        keep.append(np.sort(rng.permutation(rows)[: wanted[c]]))
-    return dataset.select(np.concatenate(keep))
+        order = rng.permutation(rows)
+        keep.append(np.sort(order[: wanted[c]]))
+        rest.append(order[wanted[c] :])
+    return np.concatenate(keep), rest
+
+
+def development_split(
+    dataset: Dataset,
+    imbalance_factor: float,
+    per_class: int,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    label_column: str = "label",
+) -> Dataset:
+    """A development split: up to ``per_class`` images of every class that :func:`make_long_tailed` (same
+    arguments) did not keep. Settings are chosen on it, so the evaluation split stays for the final table.
+
+    The first head classes may have fewer images left over (on a balanced set the head class keeps them all); they get
+    what is left, and a warning says which. The Many / Medium / Few groups stay those of the training counts.
+
+    Example:
+        >>> dev = development_split(train, imbalance_factor=100, per_class=50)  # disjoint from the LT train set
+
+    Raises:
+        ConfigError: when no image at all is left over.
+    """
+    _, rest = _long_tail_rows(dataset, imbalance_factor, max_per_class, seed, label_column)
+    short = [c for c, rows in enumerate(rest) if len(rows) < per_class]
+    if short:
+        names = dataset.features[label_column].names
+        logger.warning(
+            "development split: %d class(es) have fewer than %d training images left over by the long-tail subsample "
+            "(%s); they are evaluated on what is left",
+            len(short), per_class, ", ".join(f"{names[c]}: {len(rest[c])}" for c in short[:5]),
+        )  # fmt: skip
+    rows = np.concatenate([r[:per_class] for r in rest])
+    if not len(rows):
+        raise ConfigError("heldout_eval_per_class: the long-tail subsample kept every image; no development split")
+    return dataset.select(np.sort(rows))
 
 
 def select_classes(splits: DatasetDict, num_classes: int, seed: int = 0, label_column: str = "label") -> DatasetDict:
@@ -316,6 +359,12 @@ def load_target_dataset(args: DataArguments, require_names: str | None = None) -
         raise ConfigError("train and evaluation splits have different label names")
     if args.num_classes:
         ds = select_classes(ds, args.num_classes, seed=args.lt_seed)
+    if args.heldout_eval_per_class:
+        if not args.imbalance_factor:
+            raise ConfigError("heldout_eval_per_class needs imbalance_factor (it uses the images the subsample left)")
+        ds["validation"] = development_split(
+            ds["train"], args.imbalance_factor, args.heldout_eval_per_class, args.lt_max_per_class, args.lt_seed
+        )
     if args.imbalance_factor:
         ds["train"] = make_long_tailed(
             ds["train"], args.imbalance_factor, max_per_class=args.lt_max_per_class, seed=args.lt_seed

@@ -8,6 +8,7 @@ import logging
 import re
 
 import torch
+import yaml
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -24,12 +25,26 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _apply_overrides(config, overrides: str | None):
-    if overrides:
+def _apply_overrides(config, overrides: str | dict | None):
+    """``key=value,key=value`` (ints, floats, bools, strings) or a mapping / ``{...}`` YAML string (any values,
+    e.g. ``{hidden_sizes: [32, 64, 128, 256], depths: [1, 1, 1, 1]}``)."""
+    if not overrides:
+        return config
+    if isinstance(overrides, str) and overrides.lstrip().startswith("{"):
         try:
-            config.update_from_string(overrides)
-        except ValueError as err:
-            raise ConfigError(f"config_overrides {overrides!r}: {err}") from err
+            overrides = yaml.safe_load(overrides)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config_overrides {overrides!r} is not a valid YAML mapping: {err}") from err
+    if isinstance(overrides, dict):
+        unknown = sorted(k for k in overrides if not hasattr(config, k))
+        if unknown:
+            raise ConfigError(f"config_overrides: {type(config).__name__} has no attribute(s) {unknown}")
+        config.update(overrides)
+        return config
+    try:
+        config.update_from_string(overrides)
+    except ValueError as err:
+        raise ConfigError(f"config_overrides {overrides!r}: {err}") from err
     return config
 
 

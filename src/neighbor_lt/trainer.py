@@ -31,6 +31,9 @@ class NeighborSilencingTrainer(Trainer):
         neighbor_pairs: ``[E, 2]`` (target, auxiliary) pairs, for ``neighbor_silencing``.
         num_target_classes: ``L``; evaluation predicts over the target rows only (the auxiliary rows are masked).
         train_sampler: a sampler for the training set (e.g. ``AuxiliaryCappedSampler``).
+        batch_augment: turns uint8 ``pixel_values`` batches (the tensor input pipeline,
+            :class:`~neighbor_lt.pixels.CachedImageDataset`) into normalised, augmented pixels on the device
+            (:class:`~neighbor_lt.pixels.BatchAugment`); float batches pass through untouched.
         **kwargs: passed to ``Trainer``; ``args`` is a ``NeighborLTTrainingArguments``.
     """
 
@@ -38,9 +41,17 @@ class NeighborSilencingTrainer(Trainer):
     loss_is_scaled_for_ga = None
 
     def __init__(
-        self, *args, class_counts, neighbor_pairs=None, num_target_classes=None, train_sampler=None, **kwargs
+        self,
+        *args,
+        class_counts,
+        neighbor_pairs=None,
+        num_target_classes=None,
+        train_sampler=None,
+        batch_augment=None,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.batch_augment = batch_augment
         if self.args.loss not in LOSS_FUNCTIONS:
             raise ValueError(f"unknown loss {self.args.loss!r}; choose from {list(LOSS_FUNCTIONS)}")
         self.loss_fn = LOSS_FUNCTIONS[self.args.loss]
@@ -84,6 +95,10 @@ class NeighborSilencingTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         targets = labels
+        if inputs["pixel_values"].dtype == torch.uint8:
+            if self.batch_augment is None:
+                raise ValueError("uint8 pixel_values (the tensor input pipeline) need batch_augment")
+            inputs["pixel_values"] = self.batch_augment(inputs["pixel_values"], train=model.training)
         if model.training and self.mixup.active:
             inputs["pixel_values"], targets = self.mixup(inputs["pixel_values"], labels)
         outputs = model(**inputs)
