@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -128,3 +129,22 @@ def test_project_2d_falls_back_to_pca():
 def test_load_run_needs_an_evaluated_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="eval_results.json"):
         load_run(str(tmp_path))
+
+
+def test_a_small_dataset_gets_no_many_bars_or_band(tmp_path, monkeypatch):
+    from neighbor_lt import plots
+
+    info = {**_demo_info(), "target_train_counts": [60, 50, 45, 40, 35, 30, 28, 26, 25, 24, 23, 22, 21, 20, 12, 10,
+                                                    8, 7, 5, 5]}  # fmt: skip
+    run = plots.load_run(str(_make_run(tmp_path / "small", info, seed=0)))
+    assert run.results["group_sizes"]["many"] == 0 and math.isnan(run.results["many"])
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    plots.plot_group_accuracy([run], str(tmp_path / "g.png"))
+    plots.plot_per_class_accuracy([run], str(tmp_path / "p.png"))
+    ticks = [t.get_text() for t in figures[0].axes[0].get_xticklabels()]
+    assert ticks[0] == "Overall" and [t.split("\n")[0] for t in ticks[1:]] == ["Medium", "Few"]
+    band_labels = [t.get_text() for t in figures[1].axes[0].texts]
+    assert band_labels == ["Few", "Medium"]
+    legend = [t.get_text() for t in figures[1].axes[0].get_legend().get_texts()]
+    assert "Many class" not in legend and "Few class" in legend

@@ -12,8 +12,6 @@ The plotting functions take plain data and return the saved path; :func:`extract
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -27,7 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .metrics import FEW_THRESHOLD, GROUPS, MANY_THRESHOLD  # noqa: E402
+from .metrics import GROUPS, present_groups  # noqa: E402
+from .run_folder import EVAL_FILE, PER_CLASS_FILE, RunFolder, RunInfo  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class Run:
     folder: str
     label: str
     results: dict = field(default_factory=dict)  # eval_results.json
-    info: dict = field(default_factory=dict)  # neighbor_lt.json
+    info: RunInfo = field(default_factory=RunInfo)  # neighbor_lt.json
     per_class: list[dict] = field(default_factory=list)  # per_class_accuracy.csv rows
 
 
@@ -60,31 +59,17 @@ def load_run(folder: str, label: str | None = None) -> Run:
         folder: the run's ``output_dir``.
         label: name in legends; ``<folder name> (<loss>)`` by default.
     """
-    paths = {name: os.path.join(folder, name) for name in ("eval_results.json", "per_class_accuracy.csv")}
-    missing = [name for name, path in paths.items() if not os.path.isfile(path)]
+    run = RunFolder(folder)
+    results, per_class = run.read_eval_results(), run.read_per_class()
+    missing = [name for name, value in ((EVAL_FILE, results), (PER_CLASS_FILE, per_class)) if value is None]
     if missing:
         raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}: was it evaluated by recipes/train.py?")
-    with open(paths["eval_results.json"]) as f:
-        results = json.load(f)
-    info = {}
-    if os.path.isfile(os.path.join(folder, "neighbor_lt.json")):
-        with open(os.path.join(folder, "neighbor_lt.json")) as f:
-            info = json.load(f)
-    with open(paths["per_class_accuracy.csv"], newline="") as f:
-        per_class = [
-            {
-                "name": row["name"],
-                "train_count": int(row["train_count"]),
-                "group": row["group"],
-                "accuracy": float(row["accuracy"]) if row["accuracy"] else float("nan"),
-            }
-            for row in csv.DictReader(f)
-        ]
+    info = run.read_info() or RunInfo()
     if label is None:
         label = os.path.basename(os.path.normpath(folder))
-        if info.get("loss"):
-            aux = len(info.get("auxiliary_classes") or [])
-            label += f" ({info['loss']}, {aux} aux)" if aux else f" ({info['loss']})"
+        if info.loss:
+            aux = len(info.auxiliary_classes)
+            label += f" ({info.loss}, {aux} aux)" if aux else f" ({info.loss})"
     return Run(folder=folder, label=label, results=results, info=info, per_class=per_class)
 
 
@@ -105,9 +90,11 @@ def plot_per_class_accuracy(runs: Sequence[Run], path: str) -> str:
     fig, ax = plt.subplots(figsize=(8, 4.8))
     counts = np.array([r["train_count"] for run in runs for r in run.per_class], dtype=float)
     lo, hi = max(0.8, counts.min() / 1.4), counts.max() * 1.4
-    bands = {"few": (lo, FEW_THRESHOLD), "medium": (FEW_THRESHOLD, MANY_THRESHOLD + 0.5), "many": (100.5, hi)}
+    many, few = runs[0].info.many_threshold, runs[0].info.few_threshold
+    bands = {"few": (lo, few), "medium": (few, many + 0.5), "many": (many + 0.5, hi)}
+    present = {r["group"] for run in runs for r in run.per_class}  # no band for a group without classes
     for group, (a, b) in bands.items():
-        if b > a and a < hi and b > lo:
+        if group in present and b > a and a < hi and b > lo:
             ax.axvspan(max(a, lo), min(b, hi), color=GROUP_BANDS[group], zorder=0, lw=0)
             ax.text(np.sqrt(max(a, lo) * min(b, hi)), 102, group.capitalize(), ha="center", va="bottom", fontsize=9)
     for i, run in enumerate(runs):
@@ -129,7 +116,8 @@ def plot_per_class_accuracy(runs: Sequence[Run], path: str) -> str:
                     linestyles=linestyle,
                 )  # fmt: skip
     for group in GROUPS:
-        ax.scatter([], [], c=GROUP_COLORS[group], s=36, label=f"{group.capitalize()} class")
+        if group in present:
+            ax.scatter([], [], c=GROUP_COLORS[group], s=36, label=f"{group.capitalize()} class")
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(-4, 110)
@@ -143,9 +131,9 @@ def plot_per_class_accuracy(runs: Sequence[Run], path: str) -> str:
 
 def plot_group_accuracy(runs: Sequence[Run], path: str) -> str:
     """Grouped bars: Overall / Many / Medium / Few top-1 accuracy (%) of each run, values on the bars."""
-    keys = ("overall", *GROUPS)
+    keys = ("overall", *present_groups(runs[0].results))  # a group without classes gets no bars
     sizes = runs[0].results.get("group_sizes") or {}
-    ticks = ["Overall"] + [f"{g.capitalize()}\n({sizes.get(g, '?')} classes)" for g in GROUPS]
+    ticks = ["Overall"] + [f"{g.capitalize()}\n({sizes.get(g, '?')} classes)" for g in keys[1:]]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 + 1.3 * len(runs) * 1.2), 4.2))
     width = 0.8 / len(runs)
     cmap = plt.get_cmap("tab10")
@@ -156,7 +144,7 @@ def plot_group_accuracy(runs: Sequence[Run], path: str) -> str:
         for bar, value in zip(bars, values):
             text = "n/a" if np.isnan(value) else f"{value:.1f}"
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.8, text, ha="center", fontsize=8)
-    top = max((100 * float(r.results.get(k) or 0) for r in runs for k in keys), default=0)
+    top = max((100 * np.nan_to_num(float(r.results.get(k) or 0)) for r in runs for k in keys), default=0)
     ax.set_ylim(0, min(100, top + 12) if top < 88 else 105)
     ax.set_xticks(np.arange(len(keys)), ticks)
     ax.set_ylabel("top-1 accuracy (%)")
@@ -318,7 +306,6 @@ def feature_map_for_run(
     """
     import dataclasses
 
-    import yaml
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
     from .augment import ImageTransform
@@ -326,16 +313,16 @@ def feature_map_for_run(
     from .data import load_aux_dataset, load_target_dataset
     from .modeling import processor_settings
 
-    with open(os.path.join(run.folder, "args.yaml")) as f:
-        args = yaml.safe_load(f) or {}
+    args = RunFolder(run.folder).read_args()
     known = {f.name for f in dataclasses.fields(DataArguments) if f.init}
     data_args = DataArguments(**{k: v for k, v in args.items() if k in known})
     target = load_target_dataset(data_args)
     split = target["validation"] if "validation" in target else target["train"]
-    names = list(run.info.get("target_classes") or split.features["label"].names)
-    counts = list(run.info.get("target_train_counts") or [0] * len(names))
+    names = list(run.info.target_classes or split.features["label"].names)
+    counts = list(run.info.target_train_counts or [0] * len(names))
+    few_threshold = run.info.few_threshold
     neighbors: dict[str, list[str]] = {name: [] for name in names}
-    for aux_name, parents in (run.info.get("neighbor_of") or {}).items():
+    for aux_name, parents in run.info.neighbor_of.items():
         for parent in parents:
             neighbors.setdefault(parent, []).append(aux_name)
     for name, given in (("head", head), ("tail", tail)):
@@ -359,10 +346,13 @@ def feature_map_for_run(
 
     with_neighbors = [n for n in names if neighbors.get(n)]
     if head is None:
-        head = max(with_neighbors or names, key=lambda n: counts[names.index(n)])
+        many = [n for n in with_neighbors if counts[names.index(n)] > run.info.many_threshold]
+        head = max(many or with_neighbors or names, key=lambda n: counts[names.index(n)])
+        if counts[names.index(head)] <= run.info.many_threshold:
+            logger.warning("no Many class has neighbors: the feature map's 'head' %r is not a Many class", head)
     if tail is None:
-        candidates = [n for n in with_neighbors if counts[names.index(n)] < FEW_THRESHOLD and n != head]
-        candidates = candidates or [n for n in names if counts[names.index(n)] < FEW_THRESHOLD and n != head]
+        candidates = [n for n in with_neighbors if counts[names.index(n)] < few_threshold and n != head]
+        candidates = candidates or [n for n in names if counts[names.index(n)] < few_threshold and n != head]
         candidates = candidates or [min((n for n in names if n != head), key=lambda n: counts[names.index(n)])]
         head_features = extract_features(after, target_images(head, 20), transform)
         tail = max(
