@@ -157,6 +157,12 @@ def test_pool_filter_build_chain(tmp_path, tiny_imagenet_dir, valid_rows, tiny_d
         )
     readme = (tmp_path / "aux_dataset" / "README.md").read_text()
     assert "me/tiny-aux" in readme and "Opt-out" in readme and f"| {names[0]} | " in readme
+    # a pool source: its own terms, not websites' robots rules; the checks that ran, with their settings
+    assert "valid-00000-of-00001.parquet" in readme and "source websites" not in readme and "respected" not in readme
+    assert "`query` (the search that found the image)" in readme
+    assert (
+        f"[{median}, n/a]" in readme and "embedding similarity >= 0.99999 or perceptual-hash distance <= 4" in readme
+    )
     assert run_build({"max_images_per_class": 20, "hub_dataset_id": "me/tiny-aux"}, context) == summary  # up to date
 
     # a filter that keeps nothing fails loudly, and the build that follows leaves the good dataset as it was
@@ -210,6 +216,16 @@ def test_dataset_card_renders_with_defaults():
     assert card.data.license == "other" and "image-classification" in card.data.task_categories
     assert "| koi | goldfish | 3 |" in card.content and "n/a" in card.content
     assert "configs" not in card.data.to_dict()  # see card.py: a configs block makes datasets serve stale cached rows
+    assert "robots.txt respected" in card.content and "source websites" in card.content  # a web source by default
+
+
+def test_dataset_card_lists_only_the_checks_that_ran():
+    card = render_dataset_card(
+        "me/aux", prototype_filter=False, leak_check=True, leak_phash_distance=4, gamma_low=0.7, leak_similarity=0.95
+    )
+    assert "perceptual-hash distance <= 4" in card.content
+    assert "gamma_low" not in card.content and "embedding similarity" not in card.content
+    assert "leak check" not in render_dataset_card("me/aux", prototype_filter=False, leak_check=False).content
 
 
 @pytest.mark.parametrize("recipe", ["tiny_imagenet_lt", "demo"])

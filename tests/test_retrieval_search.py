@@ -14,8 +14,6 @@ from neighbor_lt.retrieval import get_search_backend
 from neighbor_lt.retrieval.download import read_jsonl
 from neighbor_lt.retrieval.stages import StageError, run_retrieve
 
-os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # img2dataset imports albumentations, which would check PyPI
-
 RESULTS = {
     "goldfish": [(f"/img/{i}.jpg", f"/page/{i}", f"Goldfish number {i}") for i in range(25)],
     "axolotl": [("/img/30.jpg", "/page/30", "An axolotl"), ("/corrupt.jpg", "/page/c", "axolotl (broken)")],
@@ -118,6 +116,16 @@ def test_web_retrieve_stage_caches_searches_and_hands_off_to_img2dataset(server,
     assert {r.get("sha256") for r in ingested if r["outcome"] == "ok"} == {
         r["sha256"] for r in records if r["outcome"] == "ok"
     }
+
+
+def test_importing_retrieval_switches_off_albumentations_update_check():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    code = "import os, neighbor_lt.retrieval; print(os.environ.get('NO_ALBUMENTATIONS_UPDATE'))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "1"
 
 
 def write_manifest(folder, auxiliary, targets=("tench",)):

@@ -13,6 +13,10 @@ LICENSE_NOTE = (
     "Per-image licenses are those of the source websites (see `source_url` / `page_url`); the collection is "
     "released under license `other`."
 )
+POOL_LICENSE_NOTE = (
+    "Every image comes from the local pool `{source}`: its own license and terms apply to each image (see "
+    "`source_url`, `pool://<pool>#<row>`); the collection is released under license `other`."
+)
 
 
 def render_dataset_card(
@@ -34,6 +38,8 @@ def render_dataset_card(
         license: the card's license field.
         tags: extra tags.
         **variables: template variables (counts, thresholds, provenance; missing ones render as "n/a").
+            ``pool_source`` (a local pool: its terms instead of websites' robots rules), ``prototype_filter`` and
+            ``leak_check`` (False: the card leaves out the rows of checks that did not run).
     """
     template_path = Path(template_path or DEFAULT_TEMPLATE)
     defaults = {
@@ -46,8 +52,13 @@ def render_dataset_card(
         "opt_out_directives": "noai, noimageai, noindex, none",
         "respect_robots_txt": True,
         "respect_x_robots_tag": True,
+        "prototype_filter": True,
+        "leak_check": True,
+        "pool_source": None,
     }
     values = {**defaults, **{k: v for k, v in variables.items() if v is not None}}
+    if values["pool_source"] and "license_note" not in variables:
+        values["license_note"] = POOL_LICENSE_NOTE.format(source=values["pool_source"])
     for key in (
         "num_images num_classes max_images_per_class neighbor_backend search_backend user_agent caption_filter "
         "embedding_model pooling gamma_low gamma_high leak_similarity leak_phash_distance phash_distance"

@@ -621,12 +621,22 @@ def run_build(section: dict, context) -> dict[str, Any]:
         "passed the filters": int(len(kept)),
         f"published (cap {args.max_images_per_class} per class)": num_images,
     }
+    if not filter_cfg.get("model_name_or_path"):  # the card lists only the checks that ran
+        del stage_counts["dropped: outside [gamma_low, gamma_high]"]
+    if filter_cfg and not filter_cfg.get("leak_check"):
+        del stage_counts["dropped: leak (target evaluation near duplicate)"]
     class_counts = [
         {"name": name, "neighbor_of": sorted({t for item in group for t in item["neighbor_of"]}), "count": len(group)}
         for name, group in groups.items()
     ]
     download = retrieve_cfg.get("download", {})
     backend_kwargs = retrieve_cfg.get("backend_kwargs") or {}
+    search_source = backend_kwargs.get("endpoint") or backend_kwargs.get("dataset") or backend_kwargs.get("path")
+    if retrieve_cfg.get("backend") == "pool":
+        search_source = backend_kwargs.get("dataset") or backend_kwargs.get("data_files")
+        search_source = ", ".join(search_source) if isinstance(search_source, list) else search_source
+    pool = retrieve_cfg.get("backend") == "pool" and not retrieve_cfg.get("img2dataset_dir")
+    embedding = bool(filter_cfg.get("model_name_or_path"))
     card = render_dataset_card(
         args.hub_dataset_id or f"{os.path.basename(os.path.abspath(context.output_dir))}-aux",
         template_path=args.card_template,
@@ -637,7 +647,10 @@ def run_build(section: dict, context) -> dict[str, Any]:
         max_images_per_class=args.max_images_per_class,
         neighbor_backend=manifest.get("backend"),
         search_backend=retrieve_cfg.get("backend"),
-        search_source=backend_kwargs.get("endpoint") or backend_kwargs.get("dataset") or backend_kwargs.get("path"),
+        search_source=search_source,
+        pool_source=search_source if pool else None,
+        prototype_filter=embedding,
+        leak_check=bool(filter_cfg.get("leak_check")),
         user_agent=download.get("user_agent"),
         respect_robots_txt=download.get("respect_robots_txt", True),
         respect_x_robots_tag=download.get("respect_x_robots_tag", True),
