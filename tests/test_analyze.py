@@ -148,3 +148,12 @@ def test_a_small_dataset_gets_no_many_bars_or_band(tmp_path, monkeypatch):
     assert band_labels == ["Few", "Medium"]
     legend = [t.get_text() for t in figures[1].axes[0].get_legend().get_texts()]
     assert "Many class" not in legend and "Few class" in legend
+
+
+def test_a_missing_plots_extra_is_named():
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['matplotlib'] = None; import neighbor_lt.plots"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode != 0 and 'pip install "neighbor-lt[plots]"' in done.stderr

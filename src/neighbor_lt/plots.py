@@ -17,7 +17,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError as err:  # an extra, not a core dependency
+    raise ImportError('neighbor_lt.plots needs matplotlib: pip install "neighbor-lt[plots]"') from err
 
 matplotlib.use("Agg")  # files only, no display
 
@@ -206,7 +209,10 @@ def project_2d(features: np.ndarray, method: str = "auto", seed: int = 0) -> tup
         except ImportError:
             if method == "umap":
                 logger.warning("umap-learn is not installed: using PCA")
-    from sklearn.decomposition import PCA
+    try:
+        from sklearn.decomposition import PCA
+    except ImportError as err:
+        raise ImportError('the feature map needs scikit-learn: pip install "neighbor-lt[plots]"') from err
 
     return PCA(n_components=2, random_state=seed).fit_transform(x), "pca"
 
