@@ -462,10 +462,6 @@ class LabelSpace:
         return torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
 
 
-def _normalized(name: str) -> str:
-    return " ".join(name.casefold().replace("_", " ").split())
-
-
 def merge_label_space(
     target_names: Sequence[str], aux: Dataset | None = None, neighbor_map: dict[str, list[str]] | None = None
 ) -> LabelSpace:
@@ -481,8 +477,10 @@ def merge_label_space(
     if aux is None:
         return space
     space.aux_names = list(aux.features["label"].names)
-    target_norm = {_normalized(n): n for n in target_names}
-    clashes = [n for n in space.aux_names if _normalized(n) in target_norm]
+    from .neighbors.names import NameIndex  # the leak guard's normalizer: case, spaces, hyphens, plurals
+
+    target_index = NameIndex({n: n for n in target_names})
+    clashes = [n for n in space.aux_names if n in target_index]
     if clashes:
         raise ConfigError(
             f"auxiliary class(es) {clashes[:5]} equal target class names; an auxiliary class must be a different "

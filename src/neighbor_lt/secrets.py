@@ -133,7 +133,7 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-_QUIET_LOGGERS = ("httpx", "httpcore", "openai", "urllib3", "aiohttp.access")
+_QUIET_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "urllib3", "aiohttp.access")
 
 
 def install_log_redaction() -> None:

@@ -9,9 +9,17 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from neighbor_lt.neighbors.guard import clean_name, normalize
+from neighbor_lt.neighbors.names import NameIndex, clean_name
 
 logger = logging.getLogger(__name__)
+
+
+class NeighborSearchError(RuntimeError):
+    """The neighbors stage cannot go on or produced nothing usable (endpoint down, every class failed).
+
+    Work already done stays in the request cache, so a rerun resumes. Configuration problems (a bad or rejected API
+    key, a wrong ``base_url`` or ``model``, an invalid setting) raise ``neighbor_lt.configs.ConfigError`` instead.
+    """
 
 
 @dataclass
@@ -27,6 +35,7 @@ class TargetQuery:
         count: training images of the class.
         group: ``many`` / ``medium`` / ``few``.
         num_requested: how many neighbors the class should get.
+        avoid: names already proposed, for a top-up request (ask for ``num_requested`` more, none of these).
     """
 
     index: int
@@ -37,27 +46,39 @@ class TargetQuery:
     count: int = 0
     group: str = "many"
     num_requested: int = 5
+    avoid: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Candidate:
-    """A proposed neighbor name, with its WordNet id and similarity to the target when the backend knows them."""
+    """A proposed neighbor name, with its WordNet id and similarity to the target when known.
+
+    ``sense_corrected`` / ``suspect`` are set by the leak guard when it reads a bare name in WordNet: the sense it
+    chose is not the name's most frequent one / is not a thing a photo shows (its lexicographer file).
+    """
 
     name: str
     wnid: str | None = None
     similarity: float | None = None
     distance: int | None = None
+    sense_corrected: bool = False
+    suspect: str | None = None
 
 
 @dataclass
 class Proposal:
-    """A backend's answer for one target: ranked candidates, or a failure with a message."""
+    """A backend's answer for one target: ranked candidates, or a failure with a message.
+
+    ``rejected`` holds the (item, reason) pairs of a reply that did not look like names (a sentence, ``null``).
+    """
 
     candidates: list[Candidate] = field(default_factory=list)
     status: str = "ok"
     error: str | None = None
     raw_reply: str | None = None
     cached: bool = False
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    top_up: dict | None = None
 
     @classmethod
     def failed(cls, error: str, raw_reply: str | None = None) -> Proposal:
@@ -66,11 +87,17 @@ class Proposal:
 
 
 class NeighborBackend:
-    """Base class: ``propose`` returns one ``Proposal`` per query, in order, and never raises for one bad class."""
+    """Base class: ``propose`` returns one ``Proposal`` per query, in order, and never raises for one bad class.
+
+    It raises for the whole run only: ``ConfigError`` for a setting to fix, ``NeighborSearchError`` when the
+    source is unreachable, ``KeyboardInterrupt`` passed on. A backend with ``can_top_up`` answers a query that carries
+    ``avoid`` with that many *more* names (the stage asks once more when the leak guard leaves a class short).
+    """
 
     name = "base"
     model: str | None = None
     template_hash: str | None = None
+    can_top_up = False
 
     def __init__(self):
         self.stats = {"requests": 0, "cache_hits": 0, "retries": 0}
@@ -113,15 +140,17 @@ class StaticBackend(NeighborBackend):
                 mapping = yaml.safe_load(f) or {}  # YAML is a superset of JSON
         if not isinstance(mapping, dict):
             raise ValueError("a static neighbor mapping must map target names to lists of names")
-        self.mapping = {normalize(k): v for k, v in mapping.items()}
+        self.mapping = NameIndex()
+        for key, value in mapping.items():
+            self.mapping.add(str(key), value)
 
     def propose(self, queries, vocabulary=None, cache=None):
         out = []
         for q in queries:
             names = None
             for key in [q.name, q.query, *q.synonyms]:
-                if normalize(key) in self.mapping:
-                    names = self.mapping[normalize(key)]
+                if key in self.mapping:
+                    names = self.mapping.get(key)
                     break
             if names is None:
                 out.append(Proposal.failed(f"no entry for {q.name!r} in the static mapping"))

@@ -1,4 +1,9 @@
-"""Name normalization, the leak guard (no target class may come back as a neighbor) and vocabularies."""
+"""The leak guard (no target class may come back as a neighbor) and vocabularies (the names a neighbor may take).
+
+Names are compared with ``neighbor_lt.neighbors.names`` (one normalizer: case, spaces, hyphens, underscores,
+plurals, split / joined spellings); with a WordNet, also by synset, the proposed name read in its sense closest to the
+target it was proposed for.
+"""
 
 from __future__ import annotations
 
@@ -6,52 +11,16 @@ import csv
 import json
 import logging
 import os
-import re
-import unicodedata
 from dataclasses import dataclass, field
 
 import yaml
 
+from neighbor_lt.neighbors.names import NameIndex, clean_name, is_wnid, normalize, split_synonyms
+from neighbor_lt.neighbors.wordnet import VISUAL_LEXNAMES, SenseChoice
+
 logger = logging.getLogger(__name__)
 
-_KEEP_S = ("ss", "us", "is", "os", "as")
-
-
-def _singular(word: str) -> str:
-    if len(word) <= 3 or word.endswith(_KEEP_S):
-        return word
-    if word.endswith("ies"):
-        return word[:-3] + "y"
-    if word.endswith(("ches", "shes", "xes", "sses", "zes")):
-        return word[:-2]
-    if word.endswith("s"):
-        return word[:-1]
-    return word
-
-
-def normalize(name: str) -> str:
-    """A comparison key: accents, case, punctuation, extra whitespace and plural ``-s`` endings removed.
-
-    Example:
-        >>> normalize("  Teddy-Bears ") == normalize("teddy bear")
-        True
-    """
-    text = unicodedata.normalize("NFKD", str(name))
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    text = re.sub(r"[^\w]+|_", " ", text)
-    return " ".join(_singular(w) for w in text.split())
-
-
-def clean_name(name: str) -> str:
-    """A display name: control characters dropped, whitespace collapsed, outer quotes / markup stripped."""
-    text = "".join(c if unicodedata.category(c)[0] != "C" else " " for c in str(name))
-    text = re.sub(r"\s+", " ", text).strip()
-    return text.strip(" \"'`*_.;:,").strip()
-
-
-def split_synonyms(words: str) -> list[str]:
-    """``"teddy, teddy bear"`` -> ``["teddy", "teddy bear"]`` (the Tiny-ImageNet / ImageNet words format)."""
-    return [w.strip() for w in str(words).split(",") if w.strip()]
+__all__ = ["Entry", "LeakGuard", "Verdict", "Vocabulary", "clean_name", "load_vocabulary", "normalize"]
 
 
 @dataclass
@@ -62,22 +31,28 @@ class Entry:
     synonyms: list[str] = field(default_factory=list)
     wnid: str | None = None
 
-    def keys(self) -> set[str]:
-        """Normalized forms of the name and every synonym."""
-        return {k for k in (normalize(n) for n in [self.name, *self.synonyms]) if k}
+
+@dataclass
+class Verdict:
+    """What the guard found for one proposed name: why it leaks (None when it does not) and the WordNet sense it
+    was read in (None without WordNet or when WordNet lacks the name)."""
+
+    reason: str | None
+    sense: SenseChoice | None = None
 
 
 class LeakGuard:
     """Rejects a proposed name that is, or stands for, one of the target classes.
 
-    A name leaks when its normalized form equals a target's name, query or any synonym, or when it resolves (by its
-    wnid or, given a WordNet, its most frequent noun sense) to a target's synset; with ``nested=True`` also when that
-    synset is a hyponym or hypernym of a target synset (its images would be images of the target).
+    A name leaks when any spelling of it (``names.name_keys``) is a target's name, query or synonym; or, given a
+    WordNet, when its sense closest to the target it was proposed for (or its given wnid) is a target's synset; with
+    ``nested=True`` also when that sense is a hyponym or hypernym of a target synset (its images would be images of
+    the target). A target without a wnid is matched in every sense of its name a photo can show.
 
     Example:
         >>> guard = LeakGuard([Entry("n04399382", ["teddy", "teddy bear"], "n04399382")])
-        >>> guard.check("Teddy Bears")
-        'matches target n04399382'
+        >>> guard.check("Teddy Bears"), guard.check("teddy-bear"), guard.check("koala")
+        ('matches target n04399382', 'matches target n04399382', None)
 
     Args:
         targets: the target classes.
@@ -88,36 +63,57 @@ class LeakGuard:
     def __init__(self, targets: list[Entry], wordnet=None, nested: bool = True):
         self.wordnet = wordnet
         self.nested = nested and wordnet is not None
-        self.by_key: dict[str, str] = {}
+        self.names = NameIndex()
         self.by_offset: dict[int, str] = {}
+        self.senses: dict[str, SenseChoice] = {}  # target name -> the synset it stands for
         for t in targets:
-            for k in t.keys():
-                self.by_key.setdefault(k, t.name)
-            if wordnet is not None:  # by wnid, else by the name's most frequent noun sense
-                synset = wordnet.resolve(t.wnid) if t.wnid else wordnet.resolve(t.name)
-                if synset is not None:
-                    self.by_offset.setdefault(synset.offset, t.name)
+            for n in [t.name, *t.synonyms]:
+                self.names.add(n, t.name)
+            if wordnet is None:
+                continue
+            names = [n for n in [t.name, *t.synonyms] if not is_wnid(n)]
+            sense = wordnet.target_sense(t.wnid or (t.name if is_wnid(t.name) else None), names)
+            if sense is None:
+                continue
+            self.senses[t.name] = sense
+            offsets = [sense.synset.offset]
+            if not t.wnid and not is_wnid(t.name):  # no id: every sense a photo shows may be the one meant
+                for n in names:
+                    offsets += [s.offset for s in wordnet.lookup(n) if s.lexname in VISUAL_LEXNAMES]
+            for off in offsets:
+                self.by_offset.setdefault(off, t.name)
 
-    def check(self, name: str, wnid: str | None = None) -> str | None:
-        """Why ``name`` leaks a target class, or None when it does not."""
-        key = normalize(name)
-        if key in self.by_key:
-            return f"matches target {self.by_key[key]}"
+    def target_offset(self, target: str | None) -> int | None:
+        """The synset offset of a target class (by its name), None when unknown."""
+        sense = self.senses.get(target) if target is not None else None
+        return sense.synset.offset if sense is not None else None
+
+    def screen(self, name: str, wnid: str | None = None, target: str | None = None) -> Verdict:
+        """Check a name proposed for ``target`` (a target class name); see the class docstring."""
+        match = self.names.get(name)
+        if match is not None:
+            return Verdict(f"matches target {match}")
         if self.wordnet is None:
-            return None
-        synset = self.wordnet.resolve(wnid) if wnid else self.wordnet.resolve(name)
-        if synset is None:
-            return None
-        if synset.offset in self.by_offset:
-            return f"same synset as target {self.by_offset[synset.offset]}"
+            return Verdict(None)
+        near = self.target_offset(target)
+        sense = (self.wordnet.given_sense(wnid, near) if wnid else None) or self.wordnet.choose_sense(name, near)
+        if sense is None:
+            return Verdict(None)
+        offset = sense.synset.offset
+        if offset in self.by_offset:
+            return Verdict(f"same synset as target {self.by_offset[offset]}", sense)
         if self.nested:
-            for anc in self.wordnet.ancestors(synset.offset):
+            for anc in self.wordnet.ancestors(offset):
                 if anc in self.by_offset:
-                    return f"hyponym of target {self.by_offset[anc]}"
-            for off, target in self.by_offset.items():
-                if synset.offset in self.wordnet.ancestors(off):
-                    return f"hypernym of target {target}"
-        return None
+                    return Verdict(f"hyponym of target {self.by_offset[anc]}", sense)
+            for off, t in self.by_offset.items():
+                if offset in self.wordnet.ancestors(off):
+                    return Verdict(f"hypernym of target {t}", sense)
+        return Verdict(None, sense)
+
+    def check(self, name: str, wnid: str | None = None, target: str | None = None) -> str | None:
+        """Why ``name`` leaks a target class, or None when it does not."""
+        return self.screen(name, wnid, target).reason
 
 
 class Vocabulary:
@@ -131,27 +127,33 @@ class Vocabulary:
 
     def __init__(self, entries: list[Entry]):
         self.entries = entries
-        self.by_key: dict[str, Entry] = {}
+        self.names = NameIndex()
         self.by_wnid: dict[str, Entry] = {}
-        for e in entries:
-            for k in e.keys():
-                self.by_key.setdefault(k, e)
+        for i, e in enumerate(entries):
+            for n in [e.name, *e.synonyms]:
+                self.names.add(n, i)
             if e.wnid:
                 self.by_wnid[e.wnid] = e
 
-    def match(self, name: str, wnid: str | None = None) -> Entry | None:
-        """The vocabulary entry ``name`` (or ``wnid``) stands for, or None."""
+    def match(self, name: str, wnid: str | None = None, prefer=None) -> Entry | None:
+        """The vocabulary entry ``name`` (or ``wnid``) stands for, or None.
+
+        Args:
+            prefer: when several entries share the name (ImageNet has two ``crane`` classes), the one with the
+                smallest ``prefer(entry)`` wins; by default the first.
+        """
         if wnid and wnid in self.by_wnid:
             return self.by_wnid[wnid]
-        return self.by_key.get(normalize(name))
+        found = [self.entries[i] for i in self.names.get_all(name)]
+        if len(found) > 1 and prefer is not None:
+            return min(found, key=prefer)
+        return found[0] if found else None
 
     def __len__(self) -> int:
         return len(self.entries)
 
 
 def _entry(name: str, words: str | None = None) -> Entry:
-    from neighbor_lt.neighbors.wordnet import is_wnid
-
     name = str(name).strip()
     synonyms = split_synonyms(words) if words else []
     if is_wnid(name):

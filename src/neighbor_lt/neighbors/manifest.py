@@ -4,13 +4,19 @@ Format (version 1)::
 
     {"version": 1, "backend": "wordnet", "model": null, "template_hash": null, "created": "...", "settings": {...},
      "targets": [{"index", "name", "query", "count", "group", "num_requested", "status", "error", "proposed",
-                  "kept", "dropped": [{"name", "reason"}], "raw_reply", "backend", "model", "template_hash",
-                  "scores": [{"name", "wnid", "similarity", "distance"}]}],
-     "auxiliary": [{"name", "neighbor_of": [...], "wnid", "similarity": [...], "distance": [...]}],
+                  "kept", "got", "dropped": [{"name", "reason"}], "raw_reply", "backend", "model", "template_hash",
+                  "top_up": null | {"asked", "proposed", "error"},
+                  "scores": [{"name", "wnid", "similarity", "distance", "sense_corrected", "suspect"}]}],
+     "auxiliary": [{"name", "neighbor_of": [...], "wnid", "similarity": [...], "distance": [...],
+                    "sense_corrected", "suspect"}],
      "summary": {...}}
 
-``auxiliary[i].similarity`` / ``distance`` are aligned with its ``neighbor_of`` list (None where unknown). An
-auxiliary name never equals a target class name.
+``status`` is ``ok``, ``failed`` (``error`` says why; ``raw_reply`` holds the first 200 characters of a reply that was
+not a list of names) or ``skipped`` (the class's group ratio is 0). ``num_requested`` is what the class asked for and
+``got`` what it kept. ``auxiliary[i].similarity`` / ``distance`` are aligned with its ``neighbor_of`` list (None where
+unknown); ``wnid`` is the synset the name was read in (``sense_corrected``: not its most frequent sense; ``suspect``:
+the lexicographer file of a sense a photo does not show). An auxiliary name never matches a target class name in
+any spelling, and one synset is one auxiliary class.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import time
 from collections import Counter
 
 from neighbor_lt.neighbors.base import Candidate, Proposal, TargetQuery
-from neighbor_lt.neighbors.guard import LeakGuard, Vocabulary, normalize
+from neighbor_lt.neighbors.guard import LeakGuard, Vocabulary
+from neighbor_lt.neighbors.names import NameIndex, name_problem, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +98,61 @@ def _reason_kind(reason: str) -> str:
     return re.sub(r" target .*$", " target", reason).split(":")[0].strip()
 
 
+def screen(query: TargetQuery, proposal: Proposal, guard: LeakGuard, vocabulary: Vocabulary | None = None):
+    """One target's candidates through the shape check, leak guard, vocabulary, WordNet sense and de-duplication.
+
+    Returns:
+        ``(survivors, dropped)``: the candidates that may become auxiliary classes, in rank order, with their wnid,
+        similarity / distance to the target and sense flags; and ``{"name", "reason"}`` for every other one.
+    """
+    wordnet = guard.wordnet
+    near = guard.target_offset(query.name)
+    dropped = [{"name": item, "reason": f"not a name: {why}"} for item, why in proposal.rejected]
+    survivors: list[Candidate] = []
+    seen_names, seen_synsets = NameIndex(), {}
+
+    def closeness(entry):  # several vocabulary entries share a name: the one nearest the target wins
+        found = wordnet.given_sense(entry.wnid, near) if entry.wnid else wordnet.choose_sense(entry.name, near)
+        return -(found.similarity or 0.0) if found is not None else 0.0
+
+    prefer = closeness if wordnet is not None and near is not None else None
+    for c in proposal.candidates:
+        name, wnid = c.name, c.wnid
+        problem = None if wnid else name_problem(name)
+        if problem:
+            dropped.append({"name": c.name, "reason": f"not a name: {problem}"})
+            continue
+        verdict = guard.screen(name, wnid, query.name)
+        if verdict.reason is None and vocabulary is not None:
+            match = vocabulary.match(name, wnid, prefer)
+            if match is None:
+                dropped.append({"name": c.name, "reason": "not in vocabulary"})
+                continue
+            name, wnid = match.name, wnid or match.wnid
+            verdict = guard.screen(name, wnid, query.name)
+        if verdict.reason:
+            dropped.append({"name": c.name, "reason": verdict.reason})
+            continue
+        sense = verdict.sense
+        sim, dist, corrected, suspect = c.similarity, c.distance, False, None
+        if sense is not None:
+            wnid = sense.synset.wnid
+            corrected, suspect = sense.corrected, sense.suspect
+            if sim is None:
+                sim, dist = sense.similarity, sense.distance
+        if name in seen_names:
+            dropped.append({"name": c.name, "reason": "duplicate"})
+            continue
+        if wnid in seen_synsets:
+            dropped.append({"name": c.name, "reason": f"duplicate: same synset as {seen_synsets[wnid]}"})
+            continue
+        seen_names.add(name, name)
+        if wnid:
+            seen_synsets[wnid] = name
+        survivors.append(Candidate(name, wnid, sim, dist, corrected, suspect))
+    return survivors, dropped
+
+
 def assemble(
     queries: list[TargetQuery],
     proposals: list[Proposal],
@@ -99,20 +161,21 @@ def assemble(
     max_targets_per_aux: int | None = None,
     header: dict | None = None,
 ) -> dict:
-    """Apply vocabulary, leak guard, de-duplication and the per-auxiliary cap; build the manifest.
+    """Apply shape check, vocabulary, leak guard, WordNet sense, de-duplication and the per-auxiliary cap; build the
+    manifest.
 
     Candidates are taken in rounds, one per target per round in rank order, rarest targets first within a round: an
     auxiliary class at ``max_targets_per_aux`` goes to the targets it ranks highest for, ties to the tail classes.
+    One synset (or, without WordNet, one name in any spelling) is one auxiliary class.
 
     Args:
         queries: the target classes.
         proposals: the backend's proposal per query.
-        guard: rejects names that leak a target class.
+        guard: rejects names that leak a target class (and reads bare names in WordNet).
         vocabulary: when set, every kept name is mapped onto (and named after) a vocabulary entry.
         max_targets_per_aux: cap on the targets one auxiliary class serves; None for no cap.
         header: top-level fields (backend, model, template_hash, settings).
     """
-    wordnet = guard.wordnet
     entries, survivors = [], []
     for q, p in zip(queries, proposals):
         entry = {
@@ -120,41 +183,10 @@ def assemble(
             "num_requested": q.num_requested, "status": p.status, "error": p.error,
             "proposed": [c.name for c in p.candidates], "kept": [], "dropped": [], "raw_reply": p.raw_reply,
             "backend": (header or {}).get("backend"), "model": (header or {}).get("model"),
-            "template_hash": (header or {}).get("template_hash"), "scores": [],
+            "template_hash": (header or {}).get("template_hash"), "scores": [], "got": 0, "top_up": p.top_up,
         }  # fmt: skip
-        target_synset = None
-        if wordnet is not None:
-            target_synset = wordnet.resolve(q.wnid or q.name) or wordnet.resolve(q.query)
-        seen, ok = set(), []
-        for c in p.candidates:
-            name, wnid = c.name, c.wnid
-            reason = guard.check(name, wnid)
-            if reason:
-                entry["dropped"].append({"name": c.name, "reason": reason})
-                continue
-            if vocabulary is not None:
-                match = vocabulary.match(name, wnid)
-                if match is None:
-                    entry["dropped"].append({"name": c.name, "reason": "not in vocabulary"})
-                    continue
-                name, wnid = match.name, wnid or match.wnid
-                reason = guard.check(name, wnid)
-                if reason:
-                    entry["dropped"].append({"name": c.name, "reason": reason})
-                    continue
-            ident = wnid or normalize(name)
-            if ident in seen:
-                entry["dropped"].append({"name": c.name, "reason": "duplicate"})
-                continue
-            seen.add(ident)
-            sim, dist = c.similarity, c.distance
-            if sim is None and target_synset is not None:
-                found = wordnet.resolve(wnid) if wnid else wordnet.resolve(name)
-                if found is not None:
-                    wnid = wnid or found.wnid
-                    sim, dist = wordnet.similarity(target_synset.offset, found.offset)
-                    sim = round(sim, 4)
-            ok.append(Candidate(name, wnid, sim, dist))
+        ok, dropped = screen(q, p, guard, vocabulary)
+        entry["dropped"] = dropped
         entries.append(entry)
         survivors.append(ok)
 
@@ -182,49 +214,63 @@ def assemble(
                 progress = True
                 break
 
-    # one auxiliary class per distinct name / synset, named uniquely
+    # one auxiliary class per synset (or name), named uniquely
     aux: dict[str, dict] = {}
-    used_names: dict[str, str] = {}
+    used_names = NameIndex()
     for i, entry in enumerate(entries):
         for c in kept[i]:
             ident = c.wnid or normalize(c.name)
             if ident not in aux:
                 name = c.name
-                if used_names.get(normalize(name), ident) != ident:
+                if used_names.get(name, ident) != ident:
                     name = f"{name} ({c.wnid or len(aux)})"
-                used_names[normalize(name)] = ident
-                aux[ident] = {"name": name, "neighbor_of": [], "wnid": c.wnid, "similarity": [], "distance": []}
+                used_names.add(name, ident)
+                aux[ident] = {
+                    "name": name, "neighbor_of": [], "wnid": c.wnid, "similarity": [], "distance": [],
+                    "sense_corrected": c.sense_corrected, "suspect": c.suspect,
+                }  # fmt: skip
             a = aux[ident]
             a["neighbor_of"].append(entry["name"])
             a["similarity"].append(c.similarity)
             a["distance"].append(c.distance)
             entry["kept"].append(a["name"])
-            entry["scores"].append(
-                {"name": a["name"], "wnid": c.wnid, "similarity": c.similarity, "distance": c.distance}
-            )
+            entry["scores"].append({
+                "name": a["name"], "wnid": c.wnid, "similarity": c.similarity, "distance": c.distance,
+                "sense_corrected": c.sense_corrected, "suspect": c.suspect,
+            })  # fmt: skip
+        entry["got"] = len(entry["kept"])
 
-    target_names = {q.name for q in queries}
-    clash = [a["name"] for a in aux.values() if a["name"] in target_names]
+    targets = NameIndex({q.name: q.name for q in queries})
+    clash = [a["name"] for a in aux.values() if a["name"] in targets]
     if clash:  # the guard makes this impossible; a manifest with it would silently merge classes
         raise RuntimeError(f"auxiliary names equal target names: {clash[:5]}")
 
     dropped = Counter(_reason_kind(d["reason"]) for e in entries for d in e["dropped"])
     with_neighbor = sum(1 for e in entries if e["kept"])
+    asked = [e for e in entries if e["status"] == "ok"]
     summary = {
         "targets": len(entries),
-        "ok": sum(e["status"] == "ok" for e in entries),
-        "failed": sum(e["status"] != "ok" for e in entries),
+        "ok": len(asked),
+        "failed": sum(e["status"] == "failed" for e in entries),
+        "skipped": sum(e["status"] == "skipped" for e in entries),
         "with_neighbors": with_neighbor,
         "proposed": sum(len(e["proposed"]) for e in entries),
         "kept": sum(len(e["kept"]) for e in entries),
         "dropped": dict(sorted(dropped.items())),
+        "short": sum(e["got"] < e["num_requested"] for e in asked),
+        "topped_up": sum(e["top_up"] is not None for e in entries),
         "auxiliary_classes": len(aux),
         "max_targets_per_aux_class": max((len(a["neighbor_of"]) for a in aux.values()), default=0),
         "with_neighbors_by_group": dict(sorted(Counter(e["group"] for e in entries if e["kept"]).items())),
+        "senses_corrected": sum(a["sense_corrected"] for a in aux.values()),
+        "suspect_senses": sum(a["suspect"] is not None for a in aux.values()),
     }
     sims = [s for a in aux.values() for s in a["similarity"] if s is not None]
     if sims:
         summary["mean_similarity"] = round(sum(sims) / len(sims), 4)
+    dists = [d for a in aux.values() for d in a["distance"] if d is not None]
+    if dists:
+        summary["mean_distance"] = round(sum(dists) / len(dists), 3)
     return {
         "version": MANIFEST_VERSION,
         **(header or {}),

@@ -1,8 +1,15 @@
-"""The ``neighbors`` stage of ``recipes/curate.py``: target set -> backend -> ``<output_dir>/neighbors/neighbors.json``."""
+"""The ``neighbors`` stage of ``recipes/curate.py``: target set -> backend -> ``<output_dir>/neighbors/neighbors.json``.
+
+The settings are checked before any request (a bad ``k`` or ``ratios`` sends nothing). A class the leak guard or the
+reply parser leaves short is asked once more for the missing number (``top_up``). The stage raises ``ConfigError``
+for a setting to fix and ``NeighborSearchError`` when no class got a usable neighbor or the endpoint is down; after
+Ctrl-C it stops at once, keeping every finished class in the request cache, so a rerun resumes.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import json
 import logging
@@ -15,25 +22,47 @@ import numpy as np
 
 from neighbor_lt.configs import ConfigError, from_dict
 from neighbor_lt.metrics import GROUPS, group_of
-from neighbor_lt.neighbors import get_backend, resolve_backend
-from neighbor_lt.neighbors.base import TargetQuery
-from neighbor_lt.neighbors.guard import Entry, LeakGuard, Vocabulary, load_vocabulary, split_synonyms
+from neighbor_lt.neighbors import BACKENDS, get_backend, resolve_backend
+from neighbor_lt.neighbors.base import NeighborSearchError, Proposal, TargetQuery
+from neighbor_lt.neighbors.guard import Entry, LeakGuard, Vocabulary, load_vocabulary
 from neighbor_lt.neighbors.llm import RequestCache
-from neighbor_lt.neighbors.manifest import MANIFEST_NAME, assemble, write_manifest
-from neighbor_lt.neighbors.wordnet import WordNet, is_wnid
+from neighbor_lt.neighbors.manifest import MANIFEST_NAME, assemble, screen, write_manifest
+from neighbor_lt.neighbors.names import is_wnid, split_synonyms
+from neighbor_lt.neighbors.wordnet import WordNet
+from neighbor_lt.retrieval.stages import StageError
+from neighbor_lt.secrets import install_log_redaction, redact
 
 logger = logging.getLogger(__name__)
+
+
+class NeighborsStageError(NeighborSearchError, StageError):
+    """The neighbors stage stopped (endpoint down) or produced nothing usable; ``recipes/curate.py`` logs the one-line
+    message and exits 1."""
+
+
+class NeighborsConfigError(ConfigError, StageError):
+    """A neighbors setting to fix (an invalid value, a missing / malformed / rejected API key, a wrong ``base_url`` or
+    ``model``), found before any request or at the first answer; reported in one line like a failed stage."""
 
 
 @dataclass
 class NeighborsArguments:
     """The ``neighbors:`` section of a curation YAML file."""
 
-    backend: str = field(default="wordnet", metadata={"help": "Knowledge source: openai, wordnet or static."})
+    backend: str | None = field(
+        default=None, metadata={"help": "Knowledge source (required): openai, wordnet or static."}
+    )
     k: int = field(default=5, metadata={"help": "Neighbors per head class; other groups get k times their ratio."})
     ratios: Any = field(
         default_factory=lambda: [1, 1, 3],
-        metadata={"help": "Head : medium : tail ratio as [h, m, t], or 'auto' = 1 : ceil(Nh/Nm) : ceil(Nh/Nt)."},
+        metadata={
+            "help": "Head : medium : tail ratio as [h, m, t] (non-negative, positive sum; 0 skips a group), or "
+            "'auto' = 1 : ceil(Nh/Nm) : ceil(Nh/Nt) from the groups' total training images, each at most "
+            "max_auto_ratio."
+        },
+    )
+    max_auto_ratio: float | None = field(
+        default=5, metadata={"help": "Cap on each 'auto' ratio (null: the paper's formula uncapped)."}
     )
     max_per_class: int | None = field(default=None, metadata={"help": "Upper bound on neighbors of one class."})
     vocabulary: Any = field(
@@ -67,7 +96,7 @@ class NeighborsArguments:
     # static backend
     mapping: Any = field(default=None, metadata={"help": "static: YAML/JSON file or inline mapping target -> names."})
     # openai backend
-    model: str = field(default="gpt-4o", metadata={"help": "openai: model name."})
+    model: str | None = field(default=None, metadata={"help": "openai: model name (required)."})
     base_url: str | None = field(default=None, metadata={"help": "openai: endpoint root, e.g. http://host:8000/v1."})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "openai: environment variable of the key."})
     template: str | None = field(
@@ -82,6 +111,17 @@ class NeighborsArguments:
     retry_backoff: float = field(default=1.0, metadata={"help": "openai: first retry delay (s), doubled per retry."})
     concurrency: int = field(default=4, metadata={"help": "openai: requests in flight at once."})
     max_requests: int | None = field(default=None, metadata={"help": "openai: request budget of one run."})
+    max_consecutive_failures: int = field(
+        default=4,
+        metadata={"help": "openai: requests in a row with no answer (endpoint down) that stop the stage."},
+    )
+    top_up: int = field(
+        default=1,
+        metadata={
+            "help": "Extra requests per class when the leak guard or the reply parser leaves it short: each asks for "
+            "the missing number, naming what to avoid (0: none; backends that can, i.e. openai)."
+        },
+    )
     dry_run: bool = field(
         default=False, metadata={"help": "openai: only report requests and tokens a run would take."}
     )
@@ -89,15 +129,79 @@ class NeighborsArguments:
         default=None, metadata={"help": "Request cache; <output_dir>/neighbors/cache.jsonl."}
     )
 
+    def __post_init__(self):
+        problems = _problems(self)
+        if problems:
+            raise ConfigError("invalid neighbors settings: " + "; ".join(problems))
 
-def group_ratios(ratios, counts: list[int]) -> dict[str, int]:
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fixed_ratios(ratios) -> bool:
+    return (
+        isinstance(ratios, (list, tuple)) and len(ratios) == 3 and all(_is_number(r) and r >= 0 for r in ratios)
+        and sum(ratios) > 0
+    )  # fmt: skip
+
+
+def _problems(args: NeighborsArguments) -> list[str]:
+    """Every invalid setting, each with what it must be and what it is."""
+    problems = []
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            problems.append(f"{key} must be {what} (got {getattr(args, key)!r})")
+
+    if args.backend is None:
+        problems.append(f"backend is required (one of {', '.join(sorted(BACKENDS))})")
+    else:
+        need(args.backend in BACKENDS, "backend", f"one of {', '.join(sorted(BACKENDS))}")
+    need(_is_int(args.k) and args.k > 0, "k", "a positive integer")
+    need(args.ratios == "auto" or _fixed_ratios(args.ratios), "ratios",
+         "'auto' or three non-negative numbers [head, medium, tail] with a positive sum")  # fmt: skip
+    need(args.max_auto_ratio is None or (_is_number(args.max_auto_ratio) and args.max_auto_ratio >= 1),
+         "max_auto_ratio", "a number >= 1 or null")  # fmt: skip
+    for key in ("max_per_class", "max_targets_per_aux", "max_requests"):
+        need(getattr(args, key) is None or (_is_int(getattr(args, key)) and getattr(args, key) > 0), key,
+             "a positive integer or null")  # fmt: skip
+    for key in ("depth", "max_candidates", "max_tokens", "concurrency", "max_consecutive_failures"):
+        need(_is_int(getattr(args, key)) and getattr(args, key) > 0, key, "a positive integer")
+    for key in ("max_retries", "top_up"):
+        need(_is_int(getattr(args, key)) and getattr(args, key) >= 0, key, "an integer >= 0")
+    need(args.max_distance is None or (_is_int(args.max_distance) and args.max_distance >= 0), "max_distance",
+         "an integer >= 0 or null")  # fmt: skip
+    need(args.min_similarity is None or (_is_number(args.min_similarity) and 0 <= args.min_similarity <= 1),
+         "min_similarity", "a number in [0, 1] or null")  # fmt: skip
+    need(_is_number(args.temperature) and args.temperature >= 0, "temperature", "a number >= 0")
+    need(_is_number(args.timeout) and args.timeout > 0, "timeout", "a positive number of seconds")
+    need(_is_number(args.retry_backoff) and args.retry_backoff >= 0, "retry_backoff", "a number of seconds >= 0")
+    need(isinstance(args.api_key_env, str) and args.api_key_env.strip() != "", "api_key_env",
+         "the name of an environment variable")  # fmt: skip
+    if args.backend == "openai":
+        need(isinstance(args.model, str) and args.model.strip() != "", "model",
+             "the model name the endpoint serves (required for backend openai)")  # fmt: skip
+    if args.backend == "static":
+        need(args.mapping is not None, "mapping", "a file or an inline mapping (required for backend static)")
+    return problems
+
+
+def group_ratios(ratios, counts: list[int], max_auto_ratio: float | None = None) -> dict[str, float]:
     """Neighbor multiplier per group: fixed ``[h, m, t]`` or ``auto`` from the training counts (paper, sec. 4.2).
 
-    ``auto`` is ``1 : ceil(Nh/Nm) : ceil(Nh/Nt)`` with N the total training images of each group; an empty group gets 1.
+    ``auto`` is ``1 : ceil(Nh/Nm) : ceil(Nh/Nt)`` with N the total training images of each group, each ratio at most
+    ``max_auto_ratio``; an empty group gets 1.
 
     Example:
         >>> group_ratios("auto", [500, 400, 50, 10])
         {'many': 1, 'medium': 18, 'few': 90}
+        >>> group_ratios("auto", [500, 400, 50, 10], max_auto_ratio=5)
+        {'many': 1, 'medium': 5, 'few': 5}
     """
     if isinstance(ratios, str):
         if ratios != "auto":
@@ -106,10 +210,13 @@ def group_ratios(ratios, counts: list[int]) -> dict[str, int]:
         for c in counts:
             totals[group_of(int(c))] += int(c)
         head = totals["many"]
-        return {g: (1 if g == "many" or not totals[g] or not head else math.ceil(head / totals[g])) for g in GROUPS}
-    if len(ratios) != 3 or any(int(r) < 0 for r in ratios):
-        raise ConfigError(f"neighbors.ratios must be three non-negative numbers, got {ratios!r}")
-    return dict(zip(GROUPS, (int(r) for r in ratios)))
+        out = {g: (1 if g == "many" or not totals[g] or not head else math.ceil(head / totals[g])) for g in GROUPS}
+        if max_auto_ratio is not None:
+            out = {g: min(r, max_auto_ratio) for g, r in out.items()}
+        return out
+    if not _fixed_ratios(ratios):
+        raise ConfigError(f"neighbors.ratios must be three non-negative numbers with a positive sum, got {ratios!r}")
+    return dict(zip(GROUPS, ratios))
 
 
 def _path(path: str | None, context) -> str | None:
@@ -156,7 +263,7 @@ def build_queries(target, args: NeighborsArguments, context, wordnet=None, label
     train = target["train"]
     names = list(train.features[label_column].names)
     counts = np.bincount(np.asarray(train[label_column], dtype=np.int64), minlength=len(names)).tolist()
-    ratios = group_ratios(args.ratios, counts)
+    ratios = group_ratios(args.ratios, counts, args.max_auto_ratio)
     readable = _readable_names(names, train, args, context, label_column)
     wnids = _column_by_label(train, names, label_column, "wnid")  # e.g. the demo set: readable labels + a wnid column
     queries = []
@@ -169,7 +276,7 @@ def build_queries(target, args: NeighborsArguments, context, wordnet=None, label
                 synonyms += [n for n in synset.names if n not in synonyms]
         query = synonyms[0] if is_wnid(name) and synonyms else name  # a wnid is asked about by its first lemma
         group = group_of(count)
-        n = args.k * ratios[group]
+        n = math.ceil(args.k * ratios[group] - 1e-9)
         if args.max_per_class is not None:
             n = min(n, args.max_per_class)
         queries.append(TargetQuery(i, name, query, synonyms, wnid, int(count), group, n))
@@ -183,11 +290,43 @@ def _backend_kwargs(args: NeighborsArguments, context) -> dict:
         with open(_path(args.template_file, context), encoding="utf-8") as f:
             values["template"] = f.read().strip()
     if args.backend == "static":
-        if args.mapping is None:
-            raise ConfigError("neighbors.backend 'static' needs neighbors.mapping (a file or an inline mapping)")
         values["mapping"] = _path(args.mapping, context) if isinstance(args.mapping, str) else args.mapping
     params = inspect.signature(cls.__init__).parameters
     return {k: v for k, v in values.items() if k in params and k != "self"}
+
+
+def top_up(backend, queries, proposals, guard, vocabulary=None, cache=None, rounds: int = 1) -> None:
+    """Ask a class again for the neighbors it is short of (after the shape check, guard, vocabulary and de-dup),
+    naming the names already proposed; the new candidates are appended to its proposal, ``proposal.top_up`` records
+    what was asked and what came back.
+
+    Args:
+        rounds: extra requests per class at most.
+    """
+    if not getattr(backend, "can_top_up", False):
+        return
+    for _ in range(rounds):
+        asks = []
+        for i, (q, p) in enumerate(zip(queries, proposals)):
+            if p.status != "ok" or (p.top_up and p.top_up["error"]):
+                continue
+            missing = q.num_requested - len(screen(q, p, guard, vocabulary)[0])
+            if missing > 0:
+                avoid = list(dict.fromkeys(c.name for c in p.candidates))
+                asks.append((i, dataclasses.replace(q, num_requested=missing, avoid=avoid)))
+        if not asks:
+            return
+        logger.info("top-up: %d classes short of neighbors, asking each for the missing number", len(asks))
+        answers = backend.propose([a for _, a in asks], vocabulary=vocabulary, cache=cache)
+        for (i, ask), extra in zip(asks, answers):
+            p = proposals[i]
+            record = p.top_up or {"asked": 0, "proposed": [], "error": None}
+            record["asked"] += ask.num_requested
+            record["proposed"] += [c.name for c in extra.candidates]
+            record["error"] = extra.error
+            p.top_up = record
+            p.candidates = p.candidates + extra.candidates
+            p.rejected = p.rejected + extra.rejected
 
 
 def run(section: dict, context) -> dict:
@@ -202,7 +341,26 @@ def run(section: dict, context) -> dict:
 
     Returns:
         The manifest (or, with ``dry_run``, the request / token estimate).
+
+    Raises:
+        NeighborsConfigError: (a ``ConfigError``) an invalid setting, found before any request; a missing, malformed
+            or rejected API key; a wrong ``base_url`` or ``model``.
+        NeighborsStageError: (a ``NeighborSearchError``) the endpoint stopped answering (finished classes stay
+            cached), or no class got a usable neighbor (the manifest is written first).
+        KeyboardInterrupt: Ctrl-C; no request is sent after it, finished classes stay cached.
     """
+    install_log_redaction()
+    try:
+        return _run(section, context)
+    except (NeighborsConfigError, NeighborsStageError):
+        raise
+    except ConfigError as e:  # one line, no secret, for recipes/curate.py
+        raise NeighborsConfigError(redact(e)) from e
+    except NeighborSearchError as e:
+        raise NeighborsStageError(redact(e)) from e
+
+
+def _run(section: dict, context) -> dict:
     args = from_dict(NeighborsArguments, section, "neighbors")
     out_dir = os.path.join(context.output_dir, "neighbors")
     wordnet = None
@@ -240,28 +398,32 @@ def run(section: dict, context) -> dict:
         vocabulary = Vocabulary(allowed)
     backend = get_backend(args.backend, **_backend_kwargs(args, context))
     cache = RequestCache(args.cache_path or os.path.join(out_dir, "cache.jsonl")) if args.backend == "openai" else None
+    asked = [q for q in queries if q.num_requested > 0]  # a group with ratio 0 is not asked
     if args.dry_run:
         if not hasattr(backend, "estimate"):
             logger.info("dry run: backend %s makes no requests", args.backend)
             return {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0}
-        estimate = backend.estimate(queries, cache)
+        estimate = backend.estimate(asked, cache)
         logger.info(
             "dry run: %d classes, %d requests (%d answered by the cache), ~%d prompt + ~%d completion tokens "
             "(at most %d completion tokens)",
-            len(queries), estimate["requests"], estimate["cached"], estimate["prompt_tokens"],
+            len(asked), estimate["requests"], estimate["cached"], estimate["prompt_tokens"],
             estimate["completion_tokens"], estimate["max_completion_tokens"],
         )  # fmt: skip
         return estimate
     logger.info(
-        "neighbors: %d target classes, backend %s, k=%d, ratios %s, vocabulary %s",
-        len(queries), args.backend, args.k, ratios, len(vocabulary) if vocabulary is not None else "none",
+        "neighbors: %d target classes (%d asked), backend %s, k=%d, ratios %s, vocabulary %s",
+        len(queries), len(asked), args.backend, args.k, ratios, len(vocabulary) if vocabulary is not None else "none",
     )  # fmt: skip
-    proposals = backend.propose(queries, vocabulary=vocabulary, cache=cache)
+    answers = iter(backend.propose(asked, vocabulary=vocabulary, cache=cache))
+    proposals = [next(answers) if q.num_requested > 0 else Proposal(status="skipped") for q in queries]
+    top_up(backend, queries, proposals, guard, vocabulary, cache, args.top_up)
     settings = {
-        "k": args.k, "ratios": args.ratios, "group_ratios": ratios, "max_per_class": args.max_per_class,
+        "k": args.k, "ratios": args.ratios, "group_ratios": ratios, "max_auto_ratio": args.max_auto_ratio,
+        "max_per_class": args.max_per_class,
         "vocabulary": args.vocabulary if isinstance(args.vocabulary, str) else (len(args.vocabulary or []) or None),
         "vocabulary_size": len(vocabulary) if vocabulary else None, "max_targets_per_aux": args.max_targets_per_aux,
-        "leak_guard_nested": args.leak_guard_nested, **backend.settings(),
+        "leak_guard_nested": args.leak_guard_nested, "top_up": args.top_up, **backend.settings(),
     }  # fmt: skip
     header = {
         "backend": args.backend,
@@ -279,13 +441,27 @@ def run(section: dict, context) -> dict:
         f.write(json.dumps(run_stats) + "\n")
     s = manifest["summary"]
     logger.info(
-        "neighbors done: %d/%d classes ok, %d failed, %d with >= 1 neighbor; %d names proposed, %d kept, dropped %s; "
-        "%d auxiliary classes (one serves at most %d targets); %d requests, %d cache hits -> %s",
-        s["ok"], s["targets"], s["failed"], s["with_neighbors"], s["proposed"], s["kept"], s["dropped"] or "none",
-        s["auxiliary_classes"], s["max_targets_per_aux_class"], backend.stats["requests"], backend.stats["cache_hits"],
-        path,
+        "neighbors done: %d/%d classes ok, %d failed, %d skipped, %d with >= 1 neighbor, %d short of k x ratio "
+        "(%d topped up); %d names proposed, %d kept, dropped %s; %d auxiliary classes (one serves at most %d "
+        "targets), %d read in a sense other than WordNet's first, %d suspect; %d requests, %d cache hits -> %s",
+        s["ok"], s["targets"], s["failed"], s["skipped"], s["with_neighbors"], s["short"], s["topped_up"],
+        s["proposed"], s["kept"], s["dropped"] or "none", s["auxiliary_classes"], s["max_targets_per_aux_class"],
+        s["senses_corrected"], s["suspect_senses"], backend.stats["requests"], backend.stats["cache_hits"], path,
     )  # fmt: skip
-    for entry in manifest["targets"]:
-        if entry["status"] != "ok":
-            logger.warning("class %s (%s) failed: %s", entry["name"], entry["query"], entry["error"])
+    failed = [e for e in manifest["targets"] if e["status"] == "failed"]
+    for entry in failed:
+        logger.warning("class %s (%s) failed: %s", entry["name"], entry["query"], entry["error"])
+    for aux in manifest["auxiliary"]:
+        if aux["suspect"]:
+            logger.warning("auxiliary class %r (%s) is a %s, not a thing a photo shows: check it", aux["name"],
+                           aux["wnid"], aux["suspect"])  # fmt: skip
+    if not s["with_neighbors"]:
+        first = f" (first error: {failed[0]['error']})" if failed else ""
+        raise NeighborsStageError(
+            f"no target class got a usable neighbor: {s['failed']} of {s['targets']} classes failed{first}, "
+            f"{s['kept']} names kept of {s['proposed']} proposed; see {path}"
+        )
+    if failed:
+        logger.warning("%d of %d classes failed; rerun the stage to ask them again (answered classes come from the "
+                       "cache)", len(failed), s["targets"])  # fmt: skip
     return {**manifest, "run": run_stats}

@@ -7,6 +7,10 @@ noun part is ~82k synsets and loads in about a second.
 A neighbor of a target synset is a sibling or cousin: a synset whose lowest common hypernym with the target lies at
 most ``depth`` steps above the target. Candidates are ranked by Wu-Palmer similarity (ties by path distance, then by
 wnid, so the order is deterministic).
+
+A name proposed by an LLM or a mapping has no synset of its own: :meth:`WordNet.choose_sense` takes the noun sense
+closest to the target class it was proposed for (``lynx`` next to ``cougar`` is the wildcat, not the text browser) and
+says whether it differs from the most frequent sense and whether it is a thing a photo can show.
 """
 
 from __future__ import annotations
@@ -21,20 +25,35 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from neighbor_lt.neighbors.base import Candidate, NeighborBackend, Proposal, TargetQuery
+from neighbor_lt.neighbors.names import WNID_RE, is_wnid, name_keys, normalize
 
 logger = logging.getLogger(__name__)
 
 WORDNET_DIR = os.environ.get("WORDNET_DIR", "/usr/share/wordnet")
-WNID_RE = re.compile(r"^n(\d{8})$")
+
+# WordNet's lexicographer files for nouns (the second field of a data.noun line).
+LEXNAMES = dict(enumerate(
+    "noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body noun.cognition noun.communication "
+    "noun.event noun.feeling noun.food noun.group noun.location noun.motive noun.object noun.person "
+    "noun.phenomenon noun.plant noun.possession noun.process noun.quantity noun.relation noun.shape noun.state "
+    "noun.substance noun.time".split(), start=3,
+))  # fmt: skip
+# Kinds of synset a photo can show; a sense of another kind (a person, a place, a text browser) is suspect as a
+# neighbor unless the target is of that kind too.
+VISUAL_LEXNAMES = frozenset(
+    "noun.Tops noun.animal noun.artifact noun.body noun.food noun.object noun.phenomenon noun.plant "
+    "noun.substance".split()
+)
 
 
 @dataclass(frozen=True)
 class Synset:
-    """One noun synset: its offset, lemma names (underscores kept) and gloss."""
+    """One noun synset: its offset, lemma names (underscores kept), gloss and lexicographer file."""
 
     offset: int
     lemmas: tuple[str, ...]
     gloss: str
+    lexname: str = ""
 
     @property
     def wnid(self) -> str:
@@ -52,9 +71,29 @@ class Synset:
         return [lemma.replace("_", " ") for lemma in self.lemmas]
 
 
-def is_wnid(name: str) -> bool:
-    """Whether ``name`` looks like a WordNet noun id (``n01443537``)."""
-    return bool(WNID_RE.match(name.strip()))
+@dataclass(frozen=True)
+class SenseChoice:
+    """The noun sense chosen for a name, with the target in view.
+
+    Args:
+        synset: the chosen sense.
+        rank: its place among the name's senses (0: WordNet's most frequent sense).
+        similarity: Wu-Palmer similarity to the target (None without a target).
+        distance: path distance to the target in edges (None without a target).
+        suspect: the sense's lexicographer file when it is not a thing a photo shows (``noun.person``,
+            ``noun.location`` ...) and the target is not of that kind either; None otherwise.
+    """
+
+    synset: Synset
+    rank: int
+    similarity: float | None = None
+    distance: int | None = None
+    suspect: str | None = None
+
+    @property
+    def corrected(self) -> bool:
+        """Whether the choice differs from the name's most frequent sense."""
+        return self.rank > 0
 
 
 class WordNet:
@@ -88,7 +127,7 @@ class WordNet:
                     continue
                 data, _, gloss = line.partition(" | ")
                 fields = data.split()
-                offset, w_cnt = int(fields[0]), int(fields[3], 16)
+                offset, lex_filenum, w_cnt = int(fields[0]), int(fields[1]), int(fields[3], 16)
                 lemmas = tuple(fields[4 : 4 + 2 * w_cnt : 2])
                 i = 4 + 2 * w_cnt
                 p_cnt = int(fields[i])
@@ -101,7 +140,7 @@ class WordNet:
                         up.append(target)
                     elif symbol in ("~", "~i"):
                         down.append(target)
-                self.synsets[offset] = Synset(offset, lemmas, gloss.strip())
+                self.synsets[offset] = Synset(offset, lemmas, gloss.strip(), LEXNAMES.get(lex_filenum, ""))
                 self.hypernyms[offset] = tuple(up)
                 self.hyponyms[offset] = tuple(down)
         self.index: dict[str, tuple[int, ...]] = {}
@@ -114,6 +153,7 @@ class WordNet:
                 synset_cnt = int(fields[2])
                 offsets = fields[4 + p_cnt + 2 :]
                 self.index[fields[0]] = tuple(int(o) for o in offsets[:synset_cnt])
+        self._by_key: dict[str, tuple[int, ...]] | None = None
         self.exceptions: dict[str, str] = {}
         exc_path = os.path.join(directory, "noun.exc")
         if os.path.isfile(exc_path):
@@ -140,12 +180,83 @@ class WordNet:
         return self.synsets[int(match.group(1))]
 
     def lookup(self, name: str) -> list[Synset]:
-        """Noun synsets of a name, most frequent sense first, trying WordNet's plural rules (``morphy``)."""
+        """Noun synsets of a name, most frequent sense first.
+
+        Tries the name as written with WordNet's plural rules (``morphy``), then any spelling of it that
+        ``neighbor_lt.neighbors.names`` counts as the same name (``gold fish``, ``orang-utan``).
+        """
         key = re.sub(r"\s+", "_", name.strip().lower())
         for form in self._base_forms(key):
             if form in self.index:
                 return [self.synsets[o] for o in self.index[form]]
+        if self._by_key is None:  # built on the first miss only
+            by_key: dict[str, list[int]] = {}
+            for lemma, offsets in self.index.items():
+                bucket = by_key.setdefault(normalize(lemma), [])
+                bucket.extend(o for o in offsets if o not in bucket)
+            self._by_key = {k: tuple(v) for k, v in by_key.items()}
+        for key in name_keys(name):
+            if key in self._by_key:
+                return [self.synsets[o] for o in self._by_key[key]]
         return []
+
+    def choose_sense(self, name: str, near: int | None = None) -> SenseChoice | None:
+        """The noun sense of ``name`` meant next to the synset ``near`` (an offset), or None if WordNet lacks it.
+
+        With ``near``: the sense with the highest Wu-Palmer similarity to it (ties: shorter path, a thing a photo
+        shows, the more frequent sense). Without: the most frequent sense that a photo shows, persons last.
+
+        Example:
+            >>> wn = WordNet.load()
+            >>> choice = wn.choose_sense("lynx", near=wn.synset("n02125311").offset)  # next to cougar
+            >>> choice.synset.wnid, choice.corrected, choice.suspect
+            ('n02127052', True, None)
+        """
+        senses = self.lookup(name)
+        if not senses:
+            return None
+        near_kind = self.synsets[near].lexname if near is not None else None
+
+        def suspect(synset: Synset) -> str | None:
+            return None if synset.lexname in VISUAL_LEXNAMES or synset.lexname == near_kind else synset.lexname
+
+        if near is None:
+            rank = min(
+                range(len(senses)),
+                key=lambda i: (suspect(senses[i]) is not None and senses[i].lexname != "noun.person",
+                               senses[i].lexname == "noun.person", i),
+            )  # fmt: skip
+            return SenseChoice(senses[rank], rank, suspect=suspect(senses[rank]))
+        scored = []
+        for i, synset in enumerate(senses):
+            sim, dist = self.similarity(near, synset.offset)
+            scored.append(((sim, -(dist if dist >= 0 else 10**6), suspect(synset) is None, -i), i, sim, dist))
+        _, rank, sim, dist = max(scored)
+        return SenseChoice(senses[rank], rank, round(sim, 4), dist, suspect(senses[rank]))
+
+    def given_sense(self, wnid: str, near: int | None = None) -> SenseChoice | None:
+        """A wnid's synset as a ``SenseChoice`` (with its similarity / distance to ``near``); None if unknown."""
+        try:
+            synset = self.synset(wnid)
+        except KeyError:
+            return None
+        if near is None:
+            return SenseChoice(synset, 0)
+        sim, dist = self.similarity(near, synset.offset)
+        return SenseChoice(synset, 0, round(sim, 4), dist)
+
+    def target_sense(self, wnid: str | None, names: list[str]) -> SenseChoice | None:
+        """The synset of a target class: its wnid's, else the first of ``names`` WordNet knows, in the sense a photo
+        shows (``tiger`` the cat, not the fierce person)."""
+        choice = self.given_sense(wnid) if wnid else None
+        if choice is not None:
+            return choice
+        for name in names:
+            if name and not is_wnid(name):
+                choice = self.choose_sense(name)
+                if choice is not None:
+                    return choice
+        return None
 
     def resolve(self, name: str) -> Synset | None:
         """The synset a class name stands for: the wnid's synset, else the name's most frequent noun sense."""
@@ -276,13 +387,10 @@ class WordNetBackend(NeighborBackend):
         }
 
     def find(self, query: TargetQuery) -> Synset | None:
-        """The synset of a target: its wnid, else its query name or a synonym."""
-        for key in [query.wnid, query.name, query.query, *query.synonyms]:
-            if key:
-                synset = self.wordnet.resolve(key)
-                if synset is not None:
-                    return synset
-        return None
+        """The synset of a target: its wnid, else its query name or a synonym (in a sense a photo shows)."""
+        wnid = query.wnid or (query.name if is_wnid(query.name) else None)
+        choice = self.wordnet.target_sense(wnid, [query.name, query.query, *query.synonyms])
+        return choice.synset if choice is not None else None
 
     def _pool(self, target: int, vocabulary) -> dict[int, str]:
         """Candidate offsets -> display name, before similarity ranking."""
@@ -296,10 +404,11 @@ class WordNetBackend(NeighborBackend):
                         pool.setdefault(off, wn.synsets[off].name)
             return pool
         pool = {}
-        for entry in vocabulary.entries:
-            synset = wn.resolve(entry.wnid) if entry.wnid else wn.resolve(entry.name)
-            if synset is None:
+        for entry in vocabulary.entries:  # a pool's own wnid, else the entry's sense closest to this target
+            found = wn.given_sense(entry.wnid) if entry.wnid else wn.choose_sense(entry.name, near=target)
+            if found is None:
                 continue
+            synset = found.synset
             shared = up.keys() & wn.ancestors(synset.offset).keys()
             if shared and min(up[a] for a in shared) <= self.depth:
                 pool.setdefault(synset.offset, entry.name)
