@@ -57,9 +57,19 @@ def register_secret(value: str | None) -> None:
                 _registered.add(v)
 
 
+_MIN_ENV_SECRET_LEN = 8  # an env value shorter than this ("true", "1", "none") is a setting, not a credential
+
+
 def secret_env_values() -> list[str]:
-    """Values of environment variables whose names look secret (``*_API_KEY``, ``*TOKEN*``, ``*SECRET*`` ...)."""
-    return [v for k, v in os.environ.items() if SECRET_NAME.search(k) and v and len(v.strip()) >= _MIN_SECRET_LEN]
+    """Values of environment variables whose names look secret (``*_API_KEY``, ``*TOKEN*``, ``*SECRET*`` ...).
+
+    Values shorter than 8 characters or without a digit or symbol are left out (``SOME_AUTH=true`` is a switch); a key
+    read by a backend is registered with :func:`register_secret` whatever its length."""
+    return [
+        v
+        for k, v in os.environ.items()
+        if is_secret_name(k) and v and len(v.strip()) >= _MIN_ENV_SECRET_LEN and not v.strip().isalpha()
+    ]
 
 
 def is_secret_name(name: str) -> bool:
