@@ -17,7 +17,7 @@ import numpy as np
 from transformers import set_seed
 
 import neighbor_lt
-from neighbor_lt.augment import ImageTransform, ProcessorTransform
+from neighbor_lt.augment import ProcessorTransform
 from neighbor_lt.configs import (
     ConfigError,
     DataArguments,
@@ -30,7 +30,7 @@ from neighbor_lt.data import MergedImageDataset, load_target_dataset, merge_trai
 from neighbor_lt.hub import check_hub_access, push_model, write_model_card
 from neighbor_lt.metrics import format_table
 from neighbor_lt.modeling import load_image_processor, load_model, mask_auxiliary_classes, processor_settings
-from neighbor_lt.pixels import INPUT_PIPELINES, BatchAugment, CachedImageDataset, collate_batch
+from neighbor_lt.pixels import INPUT_PIPELINES, CachedImageDataset, make_train_dataset
 from neighbor_lt.run_folder import RunFolder, RunInfo
 from neighbor_lt.trainer import NeighborSilencingTrainer
 
@@ -83,17 +83,9 @@ def main(argv=None):
     model = load_model(model_args, id2label)
     processor = load_image_processor(model_args, model)
     size, mean, std = processor_settings(processor)
-    crop_scale = (data_args.crop_min_scale, 1)
-    batch_augment, collator = None, None
-    if data_args.input_pipeline == "tensor":  # decode once into a uint8 cache, augment batches on the device
-        train_dataset = CachedImageDataset(target["train"], aux, space.num_targets, size, data_args.pixel_cache_dir)
-        batch_augment = BatchAugment(size, mean, std, crop_scale=crop_scale, rand_augment=training_args.rand_augment)
-        collator = collate_batch
-    else:
-        train_tf = ImageTransform(
-            size, mean, std, train=True, rand_augment=training_args.rand_augment, crop_scale=crop_scale
-        )
-        train_dataset = MergedImageDataset(target["train"], aux, space.num_targets, train_tf)
+    train_dataset, batch_augment, collator = make_train_dataset(  # input_pipeline: pil or tensor (uint8 cache)
+        data_args, training_args, target["train"], aux, space.num_targets, size, mean, std
+    )
     eval_tf = ProcessorTransform(processor)  # what the published model sees through pipeline(...)
     eval_dataset = (
         MergedImageDataset(target["validation"], None, space.num_targets, eval_tf) if "validation" in target else None

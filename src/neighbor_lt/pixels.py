@@ -233,3 +233,27 @@ class BatchAugment:
         elif x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         return (x - self.mean.to(device)) / self.std.to(device)
+
+
+def make_train_dataset(data_args, training_args, target, aux, num_targets: int, size: int, mean, std):
+    """The training dataset of ``data_args.input_pipeline``, as ``recipes/train.py`` builds it.
+
+    Returns:
+        (dataset, batch_augment, collator): for ``pil`` a :class:`~neighbor_lt.data.MergedImageDataset` with an
+        :class:`~neighbor_lt.augment.ImageTransform` (batch_augment and collator None: the Trainer's defaults); for
+        ``tensor`` a :class:`CachedImageDataset`, a :class:`BatchAugment` for the Trainer and :func:`collate_batch`.
+    """
+    crop_scale = (data_args.crop_min_scale, 1)
+    if data_args.input_pipeline == "tensor":
+        dataset = CachedImageDataset(target, aux, num_targets, size, data_args.pixel_cache_dir)
+        augment = BatchAugment(size, mean, std, crop_scale=crop_scale, rand_augment=training_args.rand_augment)
+        return dataset, augment, collate_batch
+    if data_args.input_pipeline != "pil":
+        raise ValueError(f"input_pipeline must be one of {INPUT_PIPELINES}, got {data_args.input_pipeline!r}")
+    from .augment import ImageTransform
+    from .data import MergedImageDataset
+
+    transform = ImageTransform(
+        size, mean, std, train=True, rand_augment=training_args.rand_augment, crop_scale=crop_scale
+    )
+    return MergedImageDataset(target, aux, num_targets, transform), None, None
