@@ -1,0 +1,129 @@
+"""recipes/ablate.py: the random control, the config overrides and an end-to-end run of all five variants."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neighbor_lt import ablation
+from neighbor_lt.configs import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("ablate_recipe", REPO / "recipes" / "ablate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _manifest():
+    return {
+        "targets": [{"name": "n1", "wnid": "n1"}, {"name": "n2", "wnid": "n2"}, {"name": "n3", "wnid": "n3"}],
+        "auxiliary": [
+            {"name": "a", "wnid": "x1", "neighbor_of": ["n1", "n2"]},
+            {"name": "b", "wnid": "x2", "neighbor_of": ["n1"]},
+            {"name": "c", "wnid": "x3", "neighbor_of": ["n3", "n2", "n1"]},
+        ],
+    }
+
+
+def test_random_control_keeps_the_bipartite_shape_and_avoids_targets():
+    vocabulary = [{"name": f"class {i}", "wnid": f"x{i}"} for i in range(1, 12)] + [{"name": "n2", "wnid": "n2"}]
+    control, stats = ablation.random_control_manifest(_manifest(), vocabulary, seed=1)
+    real = _manifest()["auxiliary"]
+    assert [a["neighbor_of"] for a in control["auxiliary"]] == [a["neighbor_of"] for a in real]
+    chosen = [a["wnid"] for a in control["auxiliary"]]
+    assert len(set(chosen)) == 3 and "n2" not in chosen
+    assert not set(chosen) & {"x1", "x2", "x3"}  # enough fresh classes: none of the real neighbors
+    assert stats == {"aux_classes": 3, "real_neighbor_classes": 0, "same_assignment": 0, "seed": 1}
+    again, _ = ablation.random_control_manifest(_manifest(), vocabulary, seed=1)
+    assert again == control
+    other, _ = ablation.random_control_manifest(_manifest(), vocabulary, seed=2)
+    assert other != control
+    small = [{"name": "p", "wnid": "x1"}, {"name": "q", "wnid": "x2"}, {"name": "r", "wnid": "x3"}]
+    repaired, stats = ablation.random_control_manifest(_manifest(), small, seed=0)
+    assert sorted(a["wnid"] for a in repaired["auxiliary"]) == ["x1", "x2", "x3"]  # a small pool re-pairs
+    assert stats["real_neighbor_classes"] == 3
+    with pytest.raises(ConfigError, match="needs 3 candidate classes"):
+        ablation.random_control_manifest(_manifest(), small[:2], seed=0)
+
+
+def test_read_vocabulary_tsv_and_text(tmp_path, tiny_imagenet_dir):
+    vocab = ablation.read_vocabulary(str(tiny_imagenet_dir / "classes.tsv"))
+    assert len(vocab) == 200 and vocab[0]["wnid"].startswith("n") and "," not in vocab[0]["name"]
+    text = tmp_path / "names.txt"
+    text.write_text("tabby cat\n\nlynx\n")
+    assert ablation.read_vocabulary(str(text)) == [{"name": "tabby cat", "wnid": None}, {"name": "lynx", "wnid": None}]
+
+
+def test_paired_test_and_targets():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.6, size=30)
+    per_class = {"c": {0: base + 0.1, 1: base + 0.1}, "a_steps": {0: base, 1: base}, "d": {0: base + 0.1}}
+    groups = ["many"] * 10 + ["medium"] * 10 + ["few"] * 10
+    paired = ablation.paired_test(per_class, "c", groups=groups)
+    assert paired["c_vs_a_steps"]["all"]["better"] == 30 and paired["c_vs_a_steps"]["all"]["wilcoxon_p"] < 0.001
+    assert paired["c_vs_a_steps"]["few"]["classes"] == 10
+    assert paired["c_vs_d"]["all"]["tied"] == 30 and paired["c_vs_d"]["seeds"] == [0]
+    row = lambda x: {g: (x, 0.0) for g in ablation.GROUPS}  # noqa: E731
+    lines = ablation.check_targets({"c": row(40.0), "a_steps": row(35.0), "d": row(41.0), "b": row(39.0)})
+    assert any("Few: +5.00" in line and "met" in line for line in lines)
+    assert any(line.startswith("(c) - (d) Few: -1.00") and "NOT met" in line for line in lines)
+
+
+def test_config_overrides_and_errors(tmp_path):
+    recipe = _load_recipe()
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text("output_dir: o\ntrain_config: t.yaml\ncurate_config: c.yaml\ntrain: {num_train_epochs: 3}\n")
+    config = recipe.parse_config(
+        ["--config", str(cfg), "--seeds", "4", "--train.lt_seed", "2", "--curate.neighbors.k", "3", "--variants", "c"]
+    )
+    assert config["seeds"] == [4] and config["variants"] == ["c"]
+    assert config["train"] == {"num_train_epochs": 3, "lt_seed": 2}
+    assert config["curate"] == {"neighbors": {"k": 3}}
+    with pytest.raises(ConfigError, match="unknown key"):
+        recipe.parse_config(["--config", str(cfg), "--epochs", "3"])
+    with pytest.raises(ConfigError, match="unknown variant"):
+        recipe.parse_config(["--config", str(cfg), "--variants", "z"])
+    with pytest.raises(ConfigError, match="needs a value"):
+        recipe.parse_config(["--config", str(cfg), "--seeds"])
+
+
+def test_ablation_end_to_end_on_tiny_inputs(tmp_path, monkeypatch, capsys):
+    """All five variants, one seed, two steps each, through recipes/curate.py and recipes/train.py's main()."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("NEIGHBOR_LT_CACHE", str(tmp_path / "cache"))
+    recipe = _load_recipe()
+    out = tmp_path / "ablate"
+    argv = [
+        "--config", "recipes/tiny_imagenet_lt/ablate.yaml", "--output_dir", str(out), "--seeds", "0",
+        "--train.num_classes", "10", "--train.imbalance_factor", "20", "--train.max_steps", "2",
+        "--train.per_device_train_batch_size", "16", "--train.per_device_eval_batch_size", "100",
+        "--curate.retrieve.max_results_per_query", "8", "--curate.build.max_images_per_class", "8",
+        "--curate.neighbors.k", "2",
+    ]  # fmt: skip
+    summary = recipe.main(argv)
+    assert set(summary["variants"]) == set(ablation.VARIANTS)
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["paired"].keys() == {"c_vs_a_steps", "c_vs_b", "c_vs_d", "c_vs_a"}
+    for name, variant in saved["variants"].items():
+        (run,) = variant["runs"]
+        assert run["seed"] == 0 and run["train_steps"] == 2 and run["train_images"] == 32
+        assert 0 <= run["overall"] <= 1 and 0 <= run["train_overall"] <= 1 and run["wall_s"] > 0
+        assert len(run["per_class"]) == 10
+        assert (out / "runs" / name / "seed0" / "config.json").exists()  # the masked model
+    masked = json.loads((out / "runs" / "c" / "seed0" / "config.json").read_text())
+    assert len(masked["id2label"]) == 10  # the auxiliary rows are gone
+    control = json.loads((out / "curate" / "random" / "neighbors" / "neighbors.json").read_text())
+    real = json.loads((out / "curate" / "neighbors" / "neighbors" / "neighbors.json").read_text())
+    assert [a["neighbor_of"] for a in control["auxiliary"]] == [a["neighbor_of"] for a in real["auxiliary"]]
+    assert os.path.exists(saved["figure"])
+    capsys.readouterr()
+    recipe.main(argv)  # resumable: every run is reused
+    printed = capsys.readouterr().out
+    assert printed.count("(done before)") == 5 and "training ->" not in printed
