@@ -28,7 +28,6 @@ the server is not the bottleneck. Results are appended to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
 import os
@@ -42,6 +41,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+from neighbor_lt.ablation import append_results, results_section
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which would check PyPI
 
@@ -352,11 +353,7 @@ def main():
         command = "python benchmarks/download.py " + shlex.join(a for a in sys.argv[1:] if a != "--no_append")
         note = f"; {args.machine_note}" if args.machine_note else ""
         machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU, load average {load:.1f} at the end{note}"
-        with open(RESULTS, "a") as f:
-            f.write(
-                f"\n## Download throughput ({datetime.date.today()})\n\n- Command: `{command.strip()}`\n"
-                f"- Machine: {machine}\n\n{report}\n"
-            )
+        append_results(RESULTS, results_section("Download throughput", command, machine, report))
         print(f"appended to {RESULTS}")
 
 

@@ -12,7 +12,6 @@ Results are appended to benchmarks/RESULTS.md.
 """
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -25,6 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from neighbor_lt.ablation import append_results, results_section
 from neighbor_lt.losses import balanced_softmax_loss, neighbor_csr, neighbor_silencing_loss
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
@@ -153,11 +153,8 @@ def main():
         machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
         if args.device.startswith("cuda"):
             machine += f", {torch.cuda.get_device_name()}"
-        with open(RESULTS, "a") as f:
-            f.write(
-                f"\n## Loss cost ({datetime.date.today()})\n\nCommand: `python benchmarks/loss_cost.py "
-                f"{' '.join(forwarded)}`\nMachine: {machine}\n\n{report}\n"
-            )
+        command = f"python benchmarks/loss_cost.py {' '.join(forwarded)}"
+        append_results(RESULTS, results_section("Loss cost", command, machine, report))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import shlex
 import sys
 import time
 
+from neighbor_lt.ablation import append_results
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRATCH = os.path.join(ROOT, "recipes", "tiny_imagenet_lt", "scratch")
 GROUPS = ("overall", "many", "medium", "few")
@@ -133,8 +135,7 @@ def main():
 Small budget: MAE usually needs hundreds of epochs; read this as a check that the pipeline runs and that the
 pre-trained encoder is used, not as a reproduction of the paper's from-scratch numbers.
 """
-        with open(args.results, "a") as f:
-            f.write(section)
+        append_results(args.results, section)
         print(f"appended to {args.results}")
 
 

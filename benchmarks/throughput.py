@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime
 import os
 import platform
 import shlex
@@ -49,10 +48,11 @@ import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 from transformers import TrainerCallback, set_seed  # noqa: E402
 
-from neighbor_lt.augment import ImageTransform  # noqa: E402
+from neighbor_lt.ablation import append_results, results_section  # noqa: E402
 from neighbor_lt.configs import DataArguments, ModelArguments, NeighborLTTrainingArguments, parse_args  # noqa: E402
-from neighbor_lt.data import MergedImageDataset, load_target_dataset, merge_training_set  # noqa: E402
+from neighbor_lt.data import load_target_dataset, merge_training_set  # noqa: E402
 from neighbor_lt.modeling import load_image_processor, load_model, processor_settings  # noqa: E402
+from neighbor_lt.pixels import make_train_dataset  # noqa: E402
 from neighbor_lt.trainer import NeighborSilencingTrainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,10 +101,16 @@ class TensorSamples(torch.utils.data.Dataset):
 # ---- setup, as recipes/train.py does it -------------------------------------------------------------------------
 def build(args, workdir):
     steps = args.warmup + args.steps
-    argv = ["--config", DEMO_CONFIG, "--config_overrides", SIZES[args.model_size], "--image_size",
+    argv = ["--config", args.config, "--image_size",
             str(args.image_size), "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(steps),
             "--output_dir", workdir, "--logging_steps", "100000", "--save_strategy", "no", "--report_to", "none",
             "--disable_tqdm", "true", "--bf16", str(args.bf16).lower(), "--use_cpu", str(args.device == "cpu").lower()]  # fmt: skip
+    if args.model_size:
+        argv += ["--config_overrides", SIZES[args.model_size]]
+    if args.input_pipeline:
+        argv += ["--input_pipeline", args.input_pipeline]
+        if args.input_pipeline == "tensor":
+            argv += ["--dataloader_num_workers", "0"]  # the tensor pipeline needs no worker process
     model_args, data_args, training_args = parse_args(
         (ModelArguments, DataArguments, NeighborLTTrainingArguments), argv
     )
@@ -116,14 +122,22 @@ def build(args, workdir):
     model = load_model(model_args, dict(enumerate(space.names)))
     processor = load_image_processor(model_args, model)
     size, mean, std = processor_settings(processor)
-    train_tf = ImageTransform(
-        size, mean, std, train=True, rand_augment=training_args.rand_augment, crop_scale=(data_args.crop_min_scale, 1)
+    train_dataset, batch_augment, collator = make_train_dataset(
+        data_args, training_args, target["train"], merged.aux, space.num_targets, size, mean, std
     )
-    train_dataset = MergedImageDataset(target["train"], merged.aux, space.num_targets, train_tf)
     # the same samples as pre-made tensors: the pipeline's output for the first epochs' order, made once
     order = np.concatenate([sampler.epoch_indices(e) for e in range(-(-steps * args.batch_size // len(sampler)))])
-    samples = [train_dataset[int(i)] for i in order[: steps * args.batch_size]]
+    order = order[: steps * args.batch_size]
+    if batch_augment is None:
+        samples = [train_dataset[int(i)] for i in order]
+    else:  # the tensor pipeline: cached uint8 rows, then the batch augmentation the Trainer applies
+        samples = []
+        for i in range(0, len(order), args.batch_size):
+            batch = collator(train_dataset.__getitems__(order[i : i + args.batch_size]))
+            pixels = batch_augment(batch["pixel_values"], train=True)
+            samples += [{"pixel_values": p, "labels": int(y)} for p, y in zip(pixels, batch["labels"])]
     return {
+        "batch_augment": batch_augment, "collator": collator, "data_args": data_args,
         "training_args": training_args, "model": model, "processor": processor, "counts": merged.class_counts,
         "pairs": space.neighbor_pairs, "num_targets": space.num_targets, "train_dataset": train_dataset,
         "sampler": sampler, "samples": samples, "target": target, "mean": mean, "std": std, "size": size,
@@ -145,6 +159,8 @@ def run_trainer(setup, args, real_pipeline: bool) -> tuple[float, float]:
         model=copy.deepcopy(setup["model"]), args=training_args, train_dataset=dataset,
         processing_class=setup["processor"], class_counts=setup["counts"], neighbor_pairs=setup["pairs"],
         num_target_classes=setup["num_targets"], train_sampler=sampler, callbacks=[timer],
+        batch_augment=setup["batch_augment"] if real_pipeline else None,
+        data_collator=setup["collator"] if real_pipeline else None,
     )  # fmt: skip
     trainer.train()
     return images_per_second(timer.times, args.batch_size, args.warmup)
@@ -222,7 +238,9 @@ def run_raw_forward(embedder, batches, args) -> tuple[float, float]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-size", choices=list(SIZES), default="demo")
+    parser.add_argument("--config", default=DEMO_CONFIG, help="train recipe YAML (model, data, input pipeline)")
+    parser.add_argument("--model-size", choices=list(SIZES), default=None, help="ViT size instead of the config's")
+    parser.add_argument("--input_pipeline", choices=["pil", "tensor"], default=None, help="default: the config's")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
@@ -273,11 +291,14 @@ def main():
     ]
     load = os.getloadavg()[0]
     threads = torch.get_num_threads()
+    model_cfg = setup["model"].config
+    model_desc = SIZES[args.model_size] if args.model_size else model_cfg.to_diff_dict()
     model_line = (
-        f"ViT `{SIZES[args.model_size]}`, {args.image_size} px, batch {args.batch_size}, "
+        f"{model_cfg.model_type} `{model_desc}`, {args.image_size} px, batch {args.batch_size}, "
         f"{'bf16' if args.bf16 else 'fp32'}, device {args.device}, {threads} torch threads; training: "
-        f"{args.warmup} warm-up + {args.steps} timed steps, recipe `recipes/demo/train.yaml` (its "
-        f"dataloader_num_workers={setup['training_args'].dataloader_num_workers}); embedding: "
+        f"{args.warmup} warm-up + {args.steps} timed steps, recipe `{os.path.relpath(args.config, ROOT)}` with "
+        f"input_pipeline={setup['data_args'].input_pipeline} (dataloader_num_workers="
+        f"{setup['training_args'].dataloader_num_workers}); embedding: "
         f"{args.embed_images} images in batches of {args.embed_batch_size}; medians of {args.repeats} interleaved "
         f"repeats (per-repeat figures in brackets)."
     )
@@ -308,11 +329,7 @@ def main():
         note = f"; {args.machine_note}" if args.machine_note else ""
         machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
         machine += f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ", no GPU"
-        with open(RESULTS, "a") as f:  # others append too: open, append, close, nothing else
-            f.write(
-                f"\n## Training and filtering throughput ({datetime.date.today()})\n\n"
-                f"- Command: `{command.strip()}`\n- Machine: {machine}{note}\n\n{report}\n"
-            )
+        append_results(RESULTS, results_section("Training and filtering throughput", command, machine + note, report))
         print(f"appended to {RESULTS}")
 
 
