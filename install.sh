@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install neighbor-lt for development: the package with every extra, plus the Debian packages some parts use
 # (WordNet 3.0 for the offline `wordnet` neighbor backend, headless Chromium for the Space's browser test).
-# Library users who need neither: pip install -e .
+# Library users who need neither: pip install . (or -e .) plus the extras they use, e.g. ".[retrieval,plots]".
 set -euo pipefail
 cd "$(dirname "$0")"
 if command -v apt-get >/dev/null 2>&1; then
