@@ -4,13 +4,13 @@ import csv
 import json
 import random
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from neighbor_lt.configs import ConfigError, from_dict
+from neighbor_lt.curate import CurateContext
 from neighbor_lt.neighbors import get_backend, register_backend
 from neighbor_lt.neighbors.base import Candidate, NeighborBackend, Proposal, TargetQuery
 from neighbor_lt.neighbors.guard import Entry, LeakGuard, load_vocabulary, normalize
@@ -39,7 +39,7 @@ def _context(tmp_path, names, counts, extra=None):
         columns[column] = [values[i] for i in labels]
         features[column] = Value("string")
     train = Dataset.from_dict(columns, features=Features(features))
-    return SimpleNamespace(output_dir=str(tmp_path), target=DatasetDict(train=train), config_path=None)
+    return CurateContext(str(tmp_path), target=DatasetDict(train=train))
 
 
 def test_normalize_and_leak_guard(wordnet):

@@ -23,6 +23,7 @@ import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features
 
 from neighbor_lt.configs import ConfigError
+from neighbor_lt.curate import CurateContext
 from neighbor_lt.neighbors import get_backend
 from neighbor_lt.neighbors.base import NeighborSearchError, TargetQuery
 from neighbor_lt.neighbors.llm import PAPER_TEMPLATE, parse_reply
@@ -149,7 +150,7 @@ def _context(path, names, counts=None):
     counts = counts or [200] * len(names)
     labels = [i for i, c in enumerate(counts) for _ in range(c)]
     train = Dataset.from_dict({"label": labels}, features=Features({"label": ClassLabel(names=names)}))
-    return SimpleNamespace(output_dir=str(path), target=DatasetDict(train=train), config_path=None)
+    return CurateContext(str(path), target=DatasetDict(train=train))
 
 
 def _section(url, **extra):
@@ -524,8 +525,8 @@ def test_curate_exits_non_zero_when_no_class_has_a_neighbor_or_the_key_is_reject
 
 DRIVER = """
 import sys
-from types import SimpleNamespace
 from datasets import ClassLabel, Dataset, DatasetDict, Features
+from neighbor_lt.curate import CurateContext
 from neighbor_lt.neighbors.stage import run
 
 names = [f"class {i}" for i in range(40)]
@@ -533,7 +534,7 @@ labels = [i for i in range(40) for _ in range(200)]
 train = Dataset.from_dict({"label": labels}, features=Features({"label": ClassLabel(names=names)}))
 section = {"backend": "openai", "model": "test-model", "base_url": sys.argv[1], "api_key_env": "NLT_TEST_KEY",
            "k": 2, "ratios": [1, 1, 1], "concurrency": 2, "use_wordnet": False}
-run(section, SimpleNamespace(output_dir=sys.argv[2], target=DatasetDict(train=train), config_path=None))
+run(section, CurateContext(sys.argv[2], target=DatasetDict(train=train)))
 """
 
 

@@ -4,7 +4,6 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
 
+from neighbor_lt.curate import CurateContext
 from neighbor_lt.retrieval import caption_matches, decide, render_dataset_card, select_per_class
 from neighbor_lt.retrieval.download import read_jsonl
 from neighbor_lt.retrieval.stages import StageError, run_build, run_filter, run_retrieve
@@ -93,7 +93,7 @@ def test_pool_filter_build_chain(tmp_path, tiny_imagenet_dir, valid_rows, tiny_d
     }
     (tmp_path / "neighbors").mkdir()
     (tmp_path / "neighbors" / "neighbors.json").write_text(json.dumps(manifest))
-    context = SimpleNamespace(output_dir=str(tmp_path), target=target)
+    context = CurateContext(str(tmp_path), target=target)
 
     # retrieve from the pool (the shared validation split), excluding every target class
     retrieve = {
@@ -185,7 +185,7 @@ def test_pool_filter_build_chain(tmp_path, tiny_imagenet_dir, valid_rows, tiny_d
 
 
 def test_stages_refuse_to_run_on_nothing(tmp_path):
-    context = SimpleNamespace(output_dir=str(tmp_path), target=None)
+    context = CurateContext(str(tmp_path))
     with pytest.raises(StageError, match="run the retrieve stage first"):
         run_filter({"model_name_or_path": None, "leak_check": False}, context)
     (tmp_path / "retrieve").mkdir()

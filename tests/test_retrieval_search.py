@@ -4,12 +4,12 @@ img2dataset hand-off."""
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 from retrieval_fixtures.server import ImageServer, load_jpegs
 
+from neighbor_lt.curate import CurateContext
 from neighbor_lt.retrieval import get_search_backend
 from neighbor_lt.retrieval.download import read_jsonl
 from neighbor_lt.retrieval.stages import StageError, run_retrieve
@@ -77,7 +77,7 @@ def test_web_retrieve_stage_caches_searches_and_hands_off_to_img2dataset(server,
     }
     (tmp_path / "neighbors").mkdir()
     (tmp_path / "neighbors" / "neighbors.json").write_text(json.dumps(manifest))
-    context = SimpleNamespace(output_dir=str(tmp_path), target=None)
+    context = CurateContext(str(tmp_path))
     section = {
         "backend": "google",
         "backend_kwargs": api_kwargs(server, "google"),
@@ -108,7 +108,7 @@ def test_web_retrieve_stage_caches_searches_and_hands_off_to_img2dataset(server,
     other = tmp_path / "ingest"
     (other / "neighbors").mkdir(parents=True)
     (other / "neighbors" / "neighbors.json").write_text(json.dumps(manifest))
-    ingest = run_retrieve({"img2dataset_dir": str(i2d)}, SimpleNamespace(output_dir=str(other), target=None))
+    ingest = run_retrieve({"img2dataset_dir": str(i2d)}, CurateContext(str(other)))
     assert ingest["ok"] == 13 and ingest["not_image"] == 1  # the same validation as our own downloader
     ingested = read_jsonl(other / "retrieve" / "downloads.jsonl")
     assert {r["aux_name"] for r in ingested} == {"goldfish", "axolotl"}
@@ -153,13 +153,13 @@ def test_a_bad_manifest_fails_before_any_request(server, tmp_path, auxiliary, me
     before = server.requests.copy()
     section = {"backend": "google", "backend_kwargs": api_kwargs(server, "google"), "download": LOOPBACK}
     with pytest.raises(StageError, match=message):
-        run_retrieve(section, SimpleNamespace(output_dir=str(tmp_path), target=None))
+        run_retrieve(section, CurateContext(str(tmp_path)))
     assert server.requests == before
 
 
 def test_zero_results_are_recorded_and_asked_again_with_retry_failed(server, tmp_path, caplog):
     write_manifest(tmp_path, [{"name": n, "neighbor_of": ["tench"]} for n in ("axolotl", "unicorn")])
-    context = SimpleNamespace(output_dir=str(tmp_path), target=None)
+    context = CurateContext(str(tmp_path))
     section = {"backend": "bing", "backend_kwargs": api_kwargs(server, "bing"), "download": LOOPBACK}
     with caplog.at_level("INFO"):
         summary = run_retrieve(section, context)

@@ -4,23 +4,27 @@ The settings are checked before any request (a bad ``k`` or ``ratios`` sends not
 reply parser leaves short is asked once more for the missing number (``top_up``). The stage raises ``ConfigError``
 for a setting to fix and ``NeighborSearchError`` when no class got a usable neighbor or the endpoint is down; after
 Ctrl-C it stops at once, keeping every finished class in the request cache, so a rerun resumes.
+
+Retrying failed classes needs no flag: only usable replies are cached, so a rerun (with or without
+``recipes/curate.py --retry_failed``) asks again exactly the classes that failed (refusals, unparsable replies, errors
+after the request's own retries) and takes every answered class from the cache.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import inspect
 import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from neighbor_lt.configs import ConfigError, from_dict
+from neighbor_lt.curate import CurateContext, StageError, backend_parameters, check_backend_options
 from neighbor_lt.metrics import GROUPS, group_of
 from neighbor_lt.neighbors import BACKENDS, get_backend, resolve_backend
 from neighbor_lt.neighbors.base import NeighborSearchError, Proposal, TargetQuery
@@ -29,7 +33,6 @@ from neighbor_lt.neighbors.llm import RequestCache
 from neighbor_lt.neighbors.manifest import MANIFEST_NAME, assemble, screen, write_manifest
 from neighbor_lt.neighbors.names import is_wnid, split_synonyms
 from neighbor_lt.neighbors.wordnet import WordNet
-from neighbor_lt.retrieval.stages import StageError
 from neighbor_lt.secrets import install_log_redaction, redact
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,14 @@ class NeighborsArguments:
 
     backend: str | None = field(
         default=None, metadata={"help": "Knowledge source (required): openai, wordnet or static."}
+    )
+    backend_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Options of the backend's constructor, checked against it (like retrieve.backend_kwargs): e.g. "
+            "{model: gpt-4o, base_url: ...} for openai, {depth: 3} for wordnet. The backend keys below may also be "
+            "set directly in the section; backend_kwargs wins."
+        },
     )
     k: int = field(default=5, metadata={"help": "Neighbors per head class; other groups get k times their ratio."})
     ratios: Any = field(
@@ -152,7 +163,7 @@ def _fixed_ratios(ratios) -> bool:
 
 def _problems(args: NeighborsArguments) -> list[str]:
     """Every invalid setting, each with what it must be and what it is."""
-    problems = []
+    problems = _option_problems(args) if args.backend in BACKENDS else []
 
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
@@ -183,10 +194,10 @@ def _problems(args: NeighborsArguments) -> list[str]:
     need(_is_number(args.retry_backoff) and args.retry_backoff >= 0, "retry_backoff", "a number of seconds >= 0")
     need(isinstance(args.api_key_env, str) and args.api_key_env.strip() != "", "api_key_env",
          "the name of an environment variable")  # fmt: skip
-    if args.backend == "openai":
+    if args.backend == "openai" and "model" not in args.backend_kwargs:
         need(isinstance(args.model, str) and args.model.strip() != "", "model",
              "the model name the endpoint serves (required for backend openai)")  # fmt: skip
-    if args.backend == "static":
+    if args.backend == "static" and "mapping" not in args.backend_kwargs:
         need(args.mapping is not None, "mapping", "a file or an inline mapping (required for backend static)")
     return problems
 
@@ -219,14 +230,6 @@ def group_ratios(ratios, counts: list[int], max_auto_ratio: float | None = None)
     return dict(zip(GROUPS, ratios))
 
 
-def _path(path: str | None, context) -> str | None:
-    if path is None or os.path.exists(path):
-        return path
-    config_dir = os.path.dirname(os.path.abspath(getattr(context, "config_path", None) or "."))
-    candidate = os.path.join(config_dir, path)
-    return candidate if os.path.exists(candidate) else path
-
-
 def _column_by_label(train, names: list[str], label_column: str, column: str) -> dict[str, str]:
     """Label name -> the value of ``column`` on that class's first row (``words`` or ``wnid`` columns)."""
     if column not in train.column_names:
@@ -239,7 +242,7 @@ def _readable_names(names: list[str], train, args: NeighborsArguments, context, 
     """Label name -> readable synonyms, from class_names, a ``words`` column, or nothing."""
     found: dict[str, list[str]] = {}
     if args.class_names:
-        path = _path(args.class_names, context)
+        path = context.path(args.class_names)
         if path.endswith((".tsv", ".csv")):
             with open(path, newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ","):
@@ -283,16 +286,50 @@ def build_queries(target, args: NeighborsArguments, context, wordnet=None, label
     return queries, ratios
 
 
-def _backend_kwargs(args: NeighborsArguments, context) -> dict:
-    cls = resolve_backend(args.backend)
-    values = asdict(args)
-    if args.template_file:
-        with open(_path(args.template_file, context), encoding="utf-8") as f:
+# Section keys that are options of a backend (the others are the stage's own); template_file fills `template`.
+BACKEND_KEYS = (
+    "depth", "min_similarity", "max_distance", "max_candidates", "mapping", "model", "base_url", "api_key_env",
+    "template", "template_file", "system_prompt", "temperature", "max_tokens", "timeout", "max_retries",
+    "retry_backoff", "concurrency", "max_requests", "max_consecutive_failures",
+)  # fmt: skip
+
+
+def _option_problems(args: NeighborsArguments) -> list[str]:
+    """Backend options the chosen backend does not take: a typo in backend_kwargs, or a section key of another
+    backend set away from its default (``model`` with ``backend: wordnet``)."""
+    try:
+        cls = resolve_backend(args.backend)
+    except ValueError:
+        return []  # reported as a bad backend
+    try:
+        check_backend_options(cls, args.backend_kwargs, f"neighbors.backend_kwargs ({args.backend})")
+    except ConfigError as e:
+        return [str(e)]
+    params = backend_parameters(cls)
+    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(NeighborsArguments)}  # fmt: skip
+    stray = [
+        k for k in BACKEND_KEYS
+        if getattr(args, k) != defaults[k] and (k if k != "template_file" else "template") not in params
+    ]  # fmt: skip
+    if stray:
+        return [f"{', '.join(stray)}: not an option of the {args.backend} backend (its options: {', '.join(params)})"]
+    return []
+
+
+def backend_options(args: NeighborsArguments, context: CurateContext) -> dict:
+    """The keyword arguments of the backend: its section keys, then ``backend_kwargs``; paths resolved."""
+    params = backend_parameters(resolve_backend(args.backend))
+    values = {k: getattr(args, k) for k in BACKEND_KEYS if k in params}
+    if args.template_file and "template" in params:
+        with open(context.path(args.template_file), encoding="utf-8") as f:
             values["template"] = f.read().strip()
-    if args.backend == "static":
-        values["mapping"] = _path(args.mapping, context) if isinstance(args.mapping, str) else args.mapping
-    params = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in values.items() if k in params and k != "self"}
+    if "wordnet_dir" in params:
+        values["wordnet_dir"] = args.wordnet_dir
+    values.update(args.backend_kwargs)
+    if isinstance(values.get("mapping"), str):
+        values["mapping"] = context.path(values["mapping"])
+    return values
 
 
 def top_up(backend, queries, proposals, guard, vocabulary=None, cache=None, rounds: int = 1) -> None:
@@ -329,7 +366,7 @@ def top_up(backend, queries, proposals, guard, vocabulary=None, cache=None, roun
             p.rejected = p.rejected + extra.rejected
 
 
-def run(section: dict, context) -> dict:
+def run(section: NeighborsArguments | dict, context: CurateContext) -> dict:
     """Run neighbor search for every target class and write ``<output_dir>/neighbors/neighbors.json``.
 
     Example:
@@ -360,8 +397,8 @@ def run(section: dict, context) -> dict:
         raise NeighborsStageError(redact(e)) from e
 
 
-def _run(section: dict, context) -> dict:
-    args = from_dict(NeighborsArguments, section, "neighbors")
+def _run(section: NeighborsArguments | dict, context: CurateContext) -> dict:
+    args = section if isinstance(section, NeighborsArguments) else from_dict(NeighborsArguments, section, "neighbors")
     out_dir = os.path.join(context.output_dir, "neighbors")
     wordnet = None
     if args.use_wordnet or args.backend == "wordnet":
@@ -371,10 +408,9 @@ def _run(section: dict, context) -> dict:
             if args.backend == "wordnet":
                 raise
             logger.warning("%s; the leak guard matches names only", e)
-    label_column = getattr(getattr(context, "target_args", None), "label_column", None) or "label"
-    queries, ratios = build_queries(context.target, args, context, wordnet, label_column)
+    queries, ratios = build_queries(context.target, args, context, wordnet, context.label_column)
     vocabulary = (
-        load_vocabulary(_path(args.vocabulary, context) if isinstance(args.vocabulary, str) else args.vocabulary)
+        load_vocabulary(context.path(args.vocabulary) if isinstance(args.vocabulary, str) else args.vocabulary)
         if args.vocabulary
         else None
     )
@@ -396,7 +432,7 @@ def _run(section: dict, context) -> dict:
         allowed = [e for e in vocabulary.entries if guard.check(e.name, e.wnid) is None]
         logger.info("vocabulary: %d names, %d left after the leak guard", len(vocabulary), len(allowed))
         vocabulary = Vocabulary(allowed)
-    backend = get_backend(args.backend, **_backend_kwargs(args, context))
+    backend = get_backend(args.backend, **backend_options(args, context))
     cache = RequestCache(args.cache_path or os.path.join(out_dir, "cache.jsonl")) if args.backend == "openai" else None
     asked = [q for q in queries if q.num_requested > 0]  # a group with ratio 0 is not asked
     if args.dry_run:

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from ..configs import from_dict
+from ..configs import ConfigError, from_dict
+from ..curate import CurateContext, StageError, check_backend_options
 from ..secrets import install_log_redaction, redact, redact_mapping
 from .builder import push_aux_dataset, select_per_class, write_aux_dataset
 from .card import render_dataset_card
@@ -55,13 +56,14 @@ from .filters import (
     min_hamming,
     phash_to_int,
 )
-from .search import Candidate, SearchError, get_search_backend
+from .search import SEARCH_BACKENDS, Candidate, SearchError, get_search_backend
 
 logger = logging.getLogger(__name__)
 
 
-class StageError(RuntimeError):
-    """A stage produced nothing usable (or cannot start); the message is one line saying why and what to do."""
+__all__ = ["BuildArguments", "FilterArguments", "RetrieveArguments", "StageError", "run_build", "run_filter",
+           "run_retrieve"]  # fmt: skip
+# StageError lives in neighbor_lt.curate; importing it from here still works.
 
 
 @dataclass
@@ -100,6 +102,17 @@ class RetrieveArguments:
         default=5,
         metadata={"help": "Stop sending queries after this many failed searches in a row (bad key, quota); 0: never."},
     )
+
+    def __post_init__(self):
+        """Check the backend, its options (against its constructor) and the downloader keys before any request."""
+        if self.backend not in SEARCH_BACKENDS:
+            raise ConfigError(
+                f"retrieve.backend must be one of {', '.join(sorted(SEARCH_BACKENDS))} (got {self.backend!r})"
+            )
+        check_backend_options(
+            SEARCH_BACKENDS[self.backend], self.backend_kwargs, f"retrieve.backend_kwargs ({self.backend})"
+        )
+        from_dict(DownloadConfig, self.download, "retrieve.download")
 
 
 @dataclass
@@ -147,10 +160,9 @@ class BuildArguments:
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
-def _dir(context, name: str) -> str:
-    path = os.path.join(context.output_dir, name)
-    os.makedirs(path, exist_ok=True)
-    return path
+def _arguments(section, cls, where: str):
+    """The stage's settings: a checked settings object as is, a YAML mapping checked into one."""
+    return section if isinstance(section, cls) else from_dict(cls, section, where)
 
 
 def _save_json(path: str, value) -> None:
@@ -206,17 +218,17 @@ def load_neighbor_manifest(path: str) -> dict:
     return manifest
 
 
-def _target_names(context) -> list[str] | None:
-    target = getattr(context, "target", None)
-    if target is None:
+def _target_names(context: CurateContext) -> list[str] | None:
+    if not context.has_target:
         return None
+    target = context.target
     train = target["train"] if "train" in target else next(iter(target.values()))
-    names = getattr(train.features.get("label"), "names", None)
+    names = getattr(train.features.get(context.label_column), "names", None)
     return list(names) if names else None
 
 
 # ---- retrieve ---------------------------------------------------------------------------------------------------
-def run_retrieve(section: dict, context) -> dict[str, int]:
+def run_retrieve(section: RetrieveArguments | dict, context: CurateContext) -> dict[str, int]:
     """Search every auxiliary class of the neighbor manifest and download (or take from the pool) its candidates.
 
     Example:
@@ -234,9 +246,9 @@ def run_retrieve(section: dict, context) -> dict[str, int]:
         StageError: a bad neighbor manifest, every search failed or returned nothing, or no image was retrieved.
     """
     install_log_redaction()  # idempotent; keeps API keys in request URLs out of the logs even outside the recipe
-    args = from_dict(RetrieveArguments, section, "retrieve")
+    args = _arguments(section, RetrieveArguments, "retrieve")
     download = from_dict(DownloadConfig, args.download, "retrieve.download")
-    out = _dir(context, "retrieve")
+    out = context.stage_dir("retrieve")
     config = {**dataclasses.asdict(args), "download": dataclasses.asdict(download)}
     _save_json(os.path.join(out, "config.json"), redact_mapping(config))
     manifest = load_neighbor_manifest(
@@ -274,7 +286,7 @@ def run_retrieve(section: dict, context) -> dict[str, int]:
         downloader.close()
 
 
-def _target_names_safe(context) -> list[str]:
+def _target_names_safe(context: CurateContext) -> list[str]:
     try:
         return _target_names(context) or []
     except Exception as e:  # the target set is optional here: the manifest already names the targets
@@ -391,7 +403,7 @@ def _search_all(backend, args: RetrieveArguments, aux: list[dict], out: str) -> 
 
 
 # ---- filter -----------------------------------------------------------------------------------------------------
-def run_filter(section: dict, context) -> dict[str, int]:
+def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[str, int]:
     """Score every retrieved image (caption, prototype similarity, leak check) and decide keep or drop.
 
     Example:
@@ -411,7 +423,7 @@ def run_filter(section: dict, context) -> dict[str, int]:
     import pandas as pd
     from PIL import Image
 
-    args = from_dict(FilterArguments, section, "filter")
+    args = _arguments(section, FilterArguments, "filter")
     retrieve_dir = os.path.join(context.output_dir, "retrieve")
     manifest_path = os.path.join(retrieve_dir, "downloads.jsonl")
     if not os.path.exists(manifest_path):
@@ -423,7 +435,7 @@ def run_filter(section: dict, context) -> dict[str, int]:
             f"filter: no retrieved image to filter ({len(records)} record(s) in {manifest_path}, none ok): "
             "rerun the retrieve stage"
         )
-    out = _dir(context, "filter")
+    out = context.stage_dir("filter")
     _save_json(os.path.join(out, "config.json"), redact_mapping(dataclasses.asdict(args)))
     need_target = args.model_name_or_path or args.leak_check
     target = context.target if need_target else None
@@ -547,7 +559,7 @@ def _phashes(ds, args: FilterArguments) -> np.ndarray:
 
 
 # ---- build ------------------------------------------------------------------------------------------------------
-def run_build(section: dict, context) -> dict[str, Any]:
+def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[str, Any]:
     """Cap the kept images per auxiliary class and write ``aux_dataset/`` (Parquet shards + card); push if asked.
 
     Example:
@@ -568,7 +580,7 @@ def run_build(section: dict, context) -> dict[str, Any]:
     """
     import pandas as pd
 
-    args = from_dict(BuildArguments, section, "build")
+    args = _arguments(section, BuildArguments, "build")
     decisions_path = os.path.join(context.output_dir, "filter", "decisions.parquet")
     if not os.path.exists(decisions_path):
         raise StageError(f"build: {decisions_path} not found: run the filter stage first")
@@ -579,7 +591,7 @@ def run_build(section: dict, context) -> dict[str, Any]:
             f"build: no image passed the filters ({len(frame)} decided, see {decisions_path}); "
             "the previous aux_dataset, if any, is left untouched"
         )
-    out = _dir(context, "build")
+    out = context.stage_dir("build")
     items = []
     for row in kept.to_dict("records"):
         row["neighbor_of"] = json.loads(row["neighbor_of"])

@@ -1,0 +1,460 @@
+"""Curation, steps 1-2 of the method, as one pipeline: neighbors -> retrieve -> filter -> build.
+
+Each step is a *stage*: a typed settings dataclass (the YAML section of the same name, every key with its ``help``)
+and a function ``run(arguments, context)``. :data:`STAGES` lists them in order:
+
+- ``neighbors`` (:mod:`neighbor_lt.neighbors.stage`): neighbor classes of every target class -> ``neighbors.json``;
+- ``retrieve`` / ``filter`` / ``build`` (:mod:`neighbor_lt.retrieval.stages`): images of the neighbor classes, the
+  filters of step 2, and the auxiliary dataset (``aux_dataset/``).
+
+A curation YAML file has ``output_dir``, ``stages``, a ``target`` section (the target set, the ``# Data`` keys of a
+training YAML, :class:`~neighbor_lt.configs.DataArguments`) and one section per stage. Any key can be overridden on the
+command line with its dotted path (``--neighbors.k 3 --retrieve.backend bing --retrieve.download.num_workers 8``).
+An unknown key, an invalid value, or a backend option the backend does not take is a :class:`ConfigError` that names
+the valid keys, raised before any stage runs. The resolved configuration (secrets redacted) is written to
+``<output_dir>/curate_config.yaml`` and reruns the same curation as ``--config``.
+
+Example:
+    >>> config = load_config("recipes/demo/curate.yaml", ["--neighbors.k", "3"], output_dir="/tmp/c")
+    >>> config.arguments("neighbors").k
+    3
+    >>> context = config.context()
+    >>> for name in config.stages:  # doctest: +SKIP
+    ...     run_stage(name, config, context)
+
+This module imports no stage module at import time (the stages import it for :class:`StageError` and
+:class:`CurateContext`); :data:`STAGES` names them as ``"module:attribute"`` and loads them on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from .configs import ConfigError, DataArguments, _plain
+from .secrets import REDACTED, redact, redact_mapping
+
+logger = logging.getLogger(__name__)
+
+#: The resolved configuration, written in the output folder before the first stage runs.
+CONFIG_NAME = "curate_config.yaml"
+
+
+class StageError(RuntimeError):
+    """A stage produced nothing usable (or cannot start); the message is one line saying why and what to do.
+
+    ``recipes/curate.py`` logs it and exits 1; the stages after it do not run.
+    """
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: its settings dataclass and its run function, as ``"module:attribute"``."""
+
+    name: str
+    arguments: str
+    run: str
+    help: str
+
+    def arguments_class(self) -> type:
+        return _load(self.arguments)
+
+    def function(self):
+        return _load(self.run)
+
+
+#: The stages in the order they run; ``recipes/curate.py --stages`` picks some of them.
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage(
+            "neighbors", "neighbor_lt.neighbors.stage:NeighborsArguments", "neighbor_lt.neighbors.stage:run",
+            "Step 1: neighbor classes of each target class (LLM, WordNet or a mapping) -> neighbors/neighbors.json.",
+        ),
+        Stage(
+            "retrieve", "neighbor_lt.retrieval.stages:RetrieveArguments", "neighbor_lt.retrieval.stages:run_retrieve",
+            "Step 2a: search every neighbor class (web API, URL list or local pool) and download its images.",
+        ),
+        Stage(
+            "filter", "neighbor_lt.retrieval.stages:FilterArguments", "neighbor_lt.retrieval.stages:run_filter",
+            "Step 2b: caption match, prototype similarity window and leak check -> filter/decisions.parquet.",
+        ),
+        Stage(
+            "build", "neighbor_lt.retrieval.stages:BuildArguments", "neighbor_lt.retrieval.stages:run_build",
+            "Cap per class and write aux_dataset/ (Parquet shards + dataset card); push if asked.",
+        ),
+    )
+}  # fmt: skip
+
+TOP_LEVEL = ("output_dir", "stages", "target")
+
+
+def _load(target: str):
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+# ---- backend options ---------------------------------------------------------------------------------------------
+def backend_parameters(cls) -> dict[str, inspect.Parameter]:
+    """The keyword arguments a backend class's constructor takes (empty for ``**kwargs`` only)."""
+    params = inspect.signature(cls.__init__).parameters
+    skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return {name: p for name, p in params.items() if name != "self" and p.kind not in skip}
+
+
+def check_backend_options(cls, options: dict, where: str) -> dict:
+    """``options`` when the backend's constructor takes every one of them, else a :class:`ConfigError` naming the
+    valid keys. The one check every stage applies to its ``backend_kwargs``.
+
+    Example:
+        >>> from neighbor_lt.retrieval.search import BingImageSearch
+        >>> check_backend_options(BingImageSearch, {"pagesize": 10}, "retrieve.backend_kwargs")
+        Traceback (most recent call last):
+        ...
+        neighbor_lt.configs.ConfigError: unknown option(s) pagesize in retrieve.backend_kwargs for BingImageSearch \
+(valid: api_key, endpoint, api_key_env, page_size, timeout, extra_params)
+    """
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where} must be a mapping of option names to values (got {options!r})")
+    params = backend_parameters(cls)
+    accepts_any = any(
+        p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
+    )
+    unknown = [k for k in options if k not in params]
+    if unknown and not accepts_any:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(map(str, unknown))} in {where} for {cls.__name__} "
+            f"(valid: {', '.join(params) or 'none'})"
+        )
+    return dict(options)
+
+
+# ---- context -----------------------------------------------------------------------------------------------------
+class CurateContext:
+    """What every stage shares: the output folder, the target set (loaded once, on first use) and where relative
+    paths of the configuration are looked up.
+
+    Example:
+        >>> context = CurateContext("outputs/curate", DataArguments(dataset_name="parquet", train_files=["t.parquet"]))
+        >>> context.target["train"]  # doctest: +SKIP
+
+    Args:
+        output_dir: every stage reads and writes under it.
+        target_args: how to load the target set (the ``target:`` section).
+        config_path: the YAML file; a relative path that does not exist from the working directory is looked up
+            next to it.
+        target: an already loaded target ``DatasetDict`` (tests, notebooks), used instead of ``target_args``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        target_args: DataArguments | None = None,
+        config_path: str | None = None,
+        target=None,
+    ):
+        self.output_dir = output_dir
+        self.target_args = target_args
+        self.config_path = config_path
+        self._target = target
+
+    @property
+    def has_target(self) -> bool:
+        """Whether a target set is given (loaded, or named by ``target_args``)."""
+        if self._target is not None:
+            return True
+        a = self.target_args
+        return a is not None and bool(a.dataset_name or a.train_files or a.lt_train_list)
+
+    @property
+    def target(self):
+        """The target ``DatasetDict`` (train, and eval when configured), long-tail subsampling applied."""
+        if self._target is None:
+            if not self.has_target:
+                raise StageError(
+                    "this stage needs the target set: set target.dataset_name, target.train_files or "
+                    "target.lt_train_list"
+                )
+            from .data import load_target_dataset
+
+            self._target = load_target_dataset(self.target_args)
+        return self._target
+
+    @property
+    def label_column(self) -> str:
+        return self.target_args.label_column if self.target_args is not None else "label"
+
+    def path(self, path: str | None) -> str | None:
+        """``path`` as given when it exists (from the working directory), else next to the config file if it is
+        there, else as given."""
+        if path is None or os.path.exists(path) or self.config_path is None:
+            return path
+        candidate = os.path.join(os.path.dirname(os.path.abspath(self.config_path)), path)
+        return candidate if os.path.exists(candidate) else path
+
+    def stage_dir(self, name: str) -> str:
+        """``<output_dir>/<name>``, created."""
+        path = os.path.join(self.output_dir, name)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+
+# ---- configuration -----------------------------------------------------------------------------------------------
+def _annotation_kinds(annotation) -> set[str]:
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    return set(re.findall(r"\b(str|int|float|bool|list|dict|Any)\b", text))
+
+
+def parse_value(raw: str, annotation=None):
+    """A command-line string as the value its field takes: YAML (``3``, ``[1, 1, 3]``, ``null``, ``true``), but a
+    string field keeps the text (``--build.target_name 2024``) and a float field takes ``1e-4``."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    kinds = _annotation_kinds(annotation) if annotation is not None else set()
+    if kinds == {"str"} and value is not None and not isinstance(value, str):
+        return raw
+    if "float" in kinds and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
+    """``["--neighbors.k", "3", "--retrieve.backend=bing"]`` -> ``[("neighbors.k", "3"), ("retrieve.backend", "bing")]``.
+
+    Raises:
+        ConfigError: an argument that is not ``--dotted.key value``.
+    """
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(
+                f"unknown argument {arg!r}: overrides are --SECTION.KEY VALUE with SECTION one of "
+                f"{', '.join(('target', *STAGES))}"
+            )
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{arg} needs a value")
+            key, value = arg[2:], argv[i + 1]
+            i += 2
+        out.append((key, value))
+    return out
+
+
+def _fields(dataclass_type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(dataclass_type) if f.init}
+
+
+def _unknown_key(where: str, key: str, valid) -> ConfigError:
+    return ConfigError(f"unknown key {where}.{key} (valid keys of {where}: {', '.join(sorted(valid))})")
+
+
+def _drop_redacted(values: dict, where: str) -> dict:
+    """A saved config's ``<redacted>`` values left unset (the secret comes from the environment again)."""
+    out = {}
+    for key, value in values.items():
+        if value == REDACTED:
+            logger.warning("%s.%s was redacted: left unset (its environment variable is used)", where, key)
+            continue
+        out[key] = _drop_redacted(value, f"{where}.{key}") if isinstance(value, dict) else value
+    return out
+
+
+@dataclass
+class CurateConfig:
+    """A resolved curation configuration: the YAML file with its command-line overrides, every key checked.
+
+    Attributes:
+        output_dir: where every stage writes.
+        stages: the stages to run, in pipeline order.
+        target: the target set.
+        sections: stage name -> its checked settings object (for every stage that runs or has a section).
+        config_path: the YAML file it came from (relative paths of the sections are also looked up next to it).
+    """
+
+    output_dir: str
+    stages: list[str]
+    target: DataArguments
+    sections: dict[str, Any]
+    config_path: str | None = None
+
+    def arguments(self, stage: str):
+        """The settings object of ``stage`` (e.g. ``NeighborsArguments``)."""
+        if stage not in self.sections:
+            self.sections[stage] = STAGES[stage].arguments_class()()
+        return self.sections[stage]
+
+    def context(self) -> CurateContext:
+        return CurateContext(self.output_dir, self.target, self.config_path)
+
+    def resolved(self) -> dict:
+        """The configuration as one mapping, every default filled in and secrets redacted."""
+        out = {"output_dir": self.output_dir, "stages": list(self.stages), "target": _plain(self.target)}
+        for name in STAGES:
+            if name in self.sections:
+                out[name] = _plain(self.sections[name])
+        return redact_mapping(out)
+
+    def save(self) -> str:
+        """Write :meth:`resolved` to ``<output_dir>/curate_config.yaml``; ``--config`` on it reruns this curation."""
+        os.makedirs(self.output_dir, exist_ok=True)
+        path = os.path.join(self.output_dir, CONFIG_NAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("# Resolved by recipes/curate.py (secrets redacted); rerun with --config this file.\n")
+            yaml.safe_dump(self.resolved(), f, sort_keys=False)
+        os.replace(tmp, path)
+        return path
+
+
+def load_config(
+    path: str | None,
+    overrides: list[str] | list[tuple[str, str]] = (),
+    output_dir: str | None = None,
+    stages: list[str] | None = None,
+    retry_failed: bool = False,
+    values: dict | None = None,
+) -> CurateConfig:
+    """Read a curation YAML file, apply dotted command-line overrides and check every key and value.
+
+    Example:
+        >>> config = load_config("recipes/tiny_imagenet_lt/curate.yaml", ["--neighbors.k", "3"])
+        >>> config.arguments("neighbors").k, config.arguments("retrieve").backend
+        (3, 'pool')
+
+    Args:
+        path: the YAML file (None with ``values``).
+        overrides: ``["--neighbors.k", "3", ...]`` (or parsed ``(key, value)`` pairs).
+        output_dir: replaces the file's ``output_dir``.
+        stages: replaces the file's ``stages`` (default: all, in order).
+        retry_failed: ``retrieve.retry_failed`` (the neighbors stage always asks failed classes again).
+        values: the mapping itself instead of a file.
+
+    Raises:
+        ConfigError: a missing file, an unknown section / key / stage / backend option or an invalid value, with the
+            valid keys; nothing has run yet.
+    """
+    if values is None:
+        if not path or not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            try:
+                values = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping (output_dir, stages, target, {', '.join(STAGES)})")
+    values = _drop_redacted(values, "config")
+    known = (*TOP_LEVEL, *STAGES)
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown key {key!r} in {path} (valid keys: {', '.join(known)})")
+    for name in ("target", *STAGES):
+        if not isinstance(values.get(name) or {}, dict):
+            raise ConfigError(f"{name} must be a mapping of keys to values (got {values[name]!r})")
+    sections = {name: dict(values.get(name) or {}) for name in ("target", *STAGES)}
+    classes = {"target": DataArguments, **{name: stage.arguments_class() for name, stage in STAGES.items()}}
+
+    # overrides, each checked against its section's dataclass
+    pairs = parse_overrides(list(overrides)) if overrides and isinstance(list(overrides)[0], str) else overrides
+    for dotted, raw in pairs:
+        section_name, *keys = dotted.split(".")
+        if section_name not in classes:
+            raise ConfigError(
+                f"unknown key {dotted} (the first part must be one of {', '.join(classes)}; output_dir and stages "
+                "are --output_dir and --stages)"
+            )
+        fields = _fields(classes[section_name])
+        if keys[0] not in fields:
+            raise _unknown_key(section_name, keys[0], fields)
+        target = sections[section_name]
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{dotted}: {key} is not a mapping")
+        annotation = fields[keys[0]].type if len(keys) == 1 else None
+        target[keys[-1]] = parse_value(raw, annotation)
+    if retry_failed:
+        sections["retrieve"]["retry_failed"] = True
+
+    output_dir = output_dir or values.get("output_dir")
+    if not output_dir:
+        raise ConfigError(f"{path}: set output_dir (or pass --output_dir)")
+    chosen = stages or values.get("stages") or list(STAGES)
+    if isinstance(chosen, str):
+        chosen = [chosen]
+    bad = [s for s in chosen if s not in STAGES]
+    if bad:
+        raise ConfigError(f"unknown stage(s) {', '.join(map(str, bad))}; choose from {', '.join(STAGES)}")
+    chosen = [s for s in STAGES if s in chosen]  # pipeline order
+
+    checked = {}
+    for name, cls in classes.items():
+        if name != "target" and name not in chosen and name not in values:
+            continue  # a stage that does not run and has no section
+        fields = _fields(cls)
+        for key in sections[name]:
+            if key not in fields:
+                raise _unknown_key(name, key, fields)
+        section = {k: _from_yaml(v, fields[k].type) for k, v in sections[name].items()}
+        try:
+            checked[name] = cls(**section)
+        except ConfigError as e:
+            raise ConfigError(redact(e)) from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(redact(f"invalid {name} settings: {e}")) from None
+    target = checked.pop("target")
+    return CurateConfig(str(output_dir), chosen, target, checked, path)
+
+
+def _from_yaml(value, annotation):
+    """YAML 1.1 reads ``1e-4`` as a string: a float field converts it."""
+    if isinstance(value, str) and "float" in _annotation_kinds(annotation):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def run_stage(name: str, config: CurateConfig, context: CurateContext):
+    """Run one stage with its checked settings; returns what the stage returns.
+
+    Raises:
+        StageError: the stage produced nothing usable (one line, no secret).
+        ConfigError: a setting found wrong while running (a missing file ...).
+        KeyboardInterrupt: Ctrl-C; what finished is recorded and a rerun resumes.
+    """
+    return STAGES[name].function()(config.arguments(name), context)
+
+
+__all__ = [
+    "CONFIG_NAME",
+    "STAGES",
+    "ConfigError",
+    "CurateConfig",
+    "CurateContext",
+    "Stage",
+    "StageError",
+    "check_backend_options",
+    "load_config",
+    "parse_overrides",
+    "parse_value",
+    "run_stage",
+]
