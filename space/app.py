@@ -11,7 +11,6 @@ Usage:
 """
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -20,16 +19,17 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+from neighbor_lt.run_folder import RunFolder, RunInfo
+
 DEFAULT_MODEL = "neighbor-lt/demo-tiny-imagenet-lt"
-MAX_FILE_MB = 20
+MAX_FILE_MB = 20  # larger files get the inline refusal
+MAX_UPLOAD_MB = 10 * MAX_FILE_MB  # the server's hard limit (Gradio refuses larger uploads itself, with a pop-up)
 MAX_MEGAPIXELS = float(os.environ.get("NEIGHBOR_LT_MAX_MEGAPIXELS", 40))
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.jpg"))
-# Many > 100 training images, Few < 20, Medium in between (the long-tail protocol of the paper)
-GROUPS = ((100, "Many"), (19, "Medium"), (-1, "Few"))
 
 
 def load_model(source: str):
-    """(model, image processor, neighbor_lt.json contents) from a local folder or a Hub repository id."""
+    """(model, image processor, the run's neighbor_lt.json or None) from a local folder or a Hub repository id."""
     if os.path.isdir(source):
         folder = source
     else:
@@ -38,9 +38,7 @@ def load_model(source: str):
         folder = snapshot_download(source, allow_patterns=["*.json", "*.safetensors"])
     model = AutoModelForImageClassification.from_pretrained(folder).eval()
     processor = AutoImageProcessor.from_pretrained(folder)
-    info_path = os.path.join(folder, "neighbor_lt.json")
-    info = json.loads(Path(info_path).read_text()) if os.path.isfile(info_path) else {}
-    return model, processor, info
+    return model, processor, RunFolder(folder).read_info()
 
 
 def open_image(path: str) -> Image.Image:
@@ -66,27 +64,28 @@ def open_image(path: str) -> Image.Image:
         raise ValueError(f"This image could not be decoded ({err}).") from err
 
 
-def neighbor_text(label: str, info: dict) -> str:
-    """Markdown about the top class: its training images, group and the neighbor classes trained beside it."""
-    targets = info.get("target_classes") or []
-    if label not in targets:
+def neighbor_text(label: str, info: RunInfo | None) -> str:
+    """Markdown about the top class: its training images, group (the run's Many / Few thresholds) and the neighbor
+    classes trained beside it."""
+    if info is None or label not in info.target_classes:
         return f"### {label}\nThis model has no `neighbor_lt.json`: no neighbor information."
-    count = (info.get("target_train_counts") or [None] * len(targets))[targets.index(label)]
-    group = next(name for threshold, name in GROUPS if count is None or count > threshold)
-    neighbors = [aux for aux, parents in (info.get("neighbor_of") or {}).items() if label in parents]
-    lines = [f"### Top class: {label}", f"{count} training images ({group} group)." if count is not None else ""]
+    count, group = info.count_of(label), info.group_of(label)
+    neighbors = info.neighbors_of(label)
+    lines = [f"### Top class: {label}"]
+    if count is not None:
+        lines.append(f"{count} training images ({group.capitalize()} group).")
     if neighbors:
         lines.append("Neighbor categories used in training: " + ", ".join(f"**{n}**" for n in neighbors) + ".")
         lines.append("Their images were trained beside this class; their classifier rows were removed afterwards.")
     else:
         lines.append("No neighbor categories were used in training for this class.")
-    return "\n\n".join(line for line in lines if line)
+    return "\n\n".join(lines)
 
 
 def build_demo(source: str) -> gr.Blocks:
     """The Gradio app for the model at ``source`` (a folder or a Hub id)."""
     model, processor, info = load_model(source)
-    num_aux = len(info.get("auxiliary_classes") or [])
+    num_aux = len(info.auxiliary_classes) if info else 0
 
     def classify(path):
         if not path:
@@ -114,7 +113,8 @@ def build_demo(source: str) -> gr.Blocks:
         )
         with gr.Row():
             with gr.Column():
-                upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="upload")
+                # no file_types: Gradio would refuse other files with a pop-up; open_image refuses them inline
+                upload = gr.File(label="Image (JPEG, PNG, WebP, ...)", type="filepath", elem_id="upload")
                 preview = gr.Image(label="Uploaded image", interactive=False, height=256, elem_id="preview")
             with gr.Column():
                 top5 = gr.Label(num_top_classes=5, label="Top-5 target classes", elem_id="top5")
@@ -136,4 +136,4 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     args = parser.parse_args()
     print(f"loading {args.model}")
-    build_demo(args.model).launch(server_name=args.host, server_port=args.port, max_file_size=f"{MAX_FILE_MB}mb")
+    build_demo(args.model).launch(server_name=args.host, server_port=args.port, max_file_size=f"{MAX_UPLOAD_MB}mb")

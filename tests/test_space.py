@@ -159,7 +159,9 @@ def test_non_image_uploads_get_a_clear_message(page, tmp_path):
     text_file.write_text("hello")
     page.goto(page.url, wait_until="domcontentloaded")
     page.locator("#upload input[type=file]").set_input_files(str(text_file))
-    page.wait_for_selector("text=Invalid file type")  # Gradio's own check of file_types=["image"]
+    page.wait_for_selector("#neighbors :text('Cannot classify this file')")  # inline, not a pop-up
+    assert "notes.txt is not an image this demo can read" in page.locator("#neighbors").inner_text()
+    assert page.locator(".toast-body").count() == 0
 
 
 def test_huge_image_gets_a_clear_message(page, tmp_path):
@@ -171,11 +173,34 @@ def test_huge_image_gets_a_clear_message(page, tmp_path):
     assert "9000 x 5000 pixels (45 megapixels)" in text and "under 40 megapixels" in text
 
 
+def test_a_58_mb_file_gets_the_inline_message(page, tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(big)
+    with open(big, "r+b") as f:
+        f.truncate(58 * 2**20)  # a 58 MB PNG on disk (zeros after the image), over the demo's 20 MB
+    page.locator("#upload input[type=file]").set_input_files(str(big))
+    page.wait_for_selector("#neighbors :text('Cannot classify this file')")
+    assert "This file is 58 MB; please upload an image under 20 MB." in page.locator("#neighbors").inner_text()
+    assert page.locator(".toast-body").count() == 0  # no disappearing pop-up
+
+
+def test_the_space_reads_the_run_folder(tiny_model):
+    sys.path.insert(0, str(SPACE))
+    try:
+        import app
+    finally:
+        sys.path.remove(str(SPACE))
+    _, _, info = app.load_model(str(tiny_model))
+    assert info.group_of("lemon") == "few" and info.neighbors_of("lemon") == ["orange"]
+    assert "(Many group)" in app.neighbor_text("goldfish", info)
+    assert "no neighbor information" in app.neighbor_text("goldfish", None)
+
+
 def test_space_readme_front_matter():
     card = SpaceCard.load(SPACE / "README.md")
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
     assert card.data.models and card.data.datasets is not None
     requirements = (SPACE / "requirements.txt").read_text()
-    for package in ("transformers", "torch", "huggingface_hub", "pillow"):
+    for package in ("transformers", "torch", "huggingface_hub", "pillow", "neighbor-lt"):
         assert package in requirements.lower()
     assert len(list((SPACE / "examples").glob("*.jpg"))) >= 3
