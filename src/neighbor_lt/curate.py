@@ -28,6 +28,7 @@ This module imports no stage module at import time (the stages import it for :cl
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import inspect
@@ -40,7 +41,7 @@ from typing import Any
 import yaml
 
 from .configs import ConfigError, DataArguments, _plain
-from .secrets import REDACTED, redact, redact_mapping
+from .secrets import REDACTED, install_log_redaction, redact, redact_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -444,6 +445,84 @@ def run_stage(name: str, config: CurateConfig, context: CurateContext):
     return STAGES[name].function()(config.arguments(name), context)
 
 
+# ---- command line ------------------------------------------------------------------------------------------------
+CLI_HELP = """Curate an auxiliary (neighbor) dataset: neighbors -> retrieve -> filter -> build.
+
+Any key of the YAML file can be overridden on the command line by its dotted path (--SECTION.KEY VALUE,
+--SECTION.KEY.SUBKEY VALUE), e.g. --neighbors.k 3 --retrieve.backend bing --retrieve.download.num_workers 8.
+
+--retry_failed: the retrieve stage asks again the searches with zero results and fetches again only the URLs that
+failed with a retryable outcome. The neighbors stage always asks again the classes whose request failed (only usable
+replies are cached), with or without the flag.
+
+Exit status: 0 when every stage produced something (a partial failure is logged with how to retry it), 1 when a stage
+produced nothing usable (its one-line reason is logged; the later stages do not run), 2 for a configuration error
+(one line naming the valid keys; nothing ran), 130 on Ctrl-C (a rerun resumes).
+"""
+
+
+cli_logger = logging.getLogger("curate")
+
+
+def _one_line(error) -> str:
+    return " ".join(redact(error).split())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=CLI_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        epilog="Stages:\n" + "\n".join(f"  {s.name:<10} {s.help}" for s in STAGES.values()),
+    )
+    parser.add_argument("--config", required=True, help="Curation YAML file.")
+    parser.add_argument("--stages", nargs="+", default=None, help=f"Stages to run, from {list(STAGES)}.")
+    parser.add_argument("--output_dir", default=None, help="Override the YAML's output_dir.")
+    parser.add_argument(
+        "--retry_failed",
+        action="store_true",
+        help="retrieve: ask again the searches with zero results and fetch again only the URLs that failed with a "
+        "retryable outcome (timeout, 429 / 5xx, network or DNS error, robots.txt unreachable). neighbors: failed "
+        "classes are asked again on every rerun.",
+    )
+    args, overrides = parser.parse_known_args(argv)
+
+    ################
+    # Logging
+    ################
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    install_log_redaction()  # API keys and URL credentials never reach the log; HTTP request lines at WARNING
+
+    ################
+    # Config
+    ################
+    try:
+        config = load_config(args.config, overrides, args.output_dir, args.stages, args.retry_failed)
+        cli_logger.info("resolved configuration: %s", config.save())
+    except ConfigError as e:
+        cli_logger.error("configuration error: %s", _one_line(e))
+        return 2
+    context = config.context()
+
+    ################
+    # Stages
+    ################
+    for name in config.stages:
+        cli_logger.info("stage %s", name)
+        try:
+            run_stage(name, config, context)
+        except StageError as e:  # before ConfigError: a key the endpoint rejects is both, and the stage ran
+            cli_logger.error("stage %s failed: %s", name, _one_line(e))
+            return 1
+        except ConfigError as e:
+            cli_logger.error("stage %s: configuration error: %s", name, _one_line(e))
+            return 2
+        except KeyboardInterrupt:
+            cli_logger.error("stage %s interrupted: what finished is recorded; rerun the same command to resume", name)
+            return 130
+    return 0
+
+
 __all__ = [
     "CONFIG_NAME",
     "STAGES",
@@ -454,6 +533,7 @@ __all__ = [
     "StageError",
     "check_backend_options",
     "load_config",
+    "main",
     "parse_overrides",
     "parse_value",
     "run_stage",
