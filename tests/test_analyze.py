@@ -157,3 +157,58 @@ def test_a_missing_plots_extra_is_named():
     code = "import sys; sys.modules['matplotlib'] = None; import neighbor_lt.plots"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode != 0 and 'pip install "neighbor-lt[plots]"' in done.stderr
+
+
+def test_the_group_legend_gives_each_runs_training_budget(runs, tmp_path, monkeypatch):
+    from neighbor_lt import plots
+
+    long_run, short_run = (shutil.copytree(r, tmp_path / r.name) for r in runs)
+    for folder, epochs, steps, images in ((long_run, 20.0, 140, 8960), (short_run, 2.0, 14, 896)):
+        results = json.loads((folder / "eval_results.json").read_text())
+        (folder / "eval_results.json").write_text(
+            json.dumps({**results, "train_steps": steps, "train_images": images})
+        )
+        (folder / "train_results.json").write_text(json.dumps({"epoch": epochs, "train_loss": 1.0}))
+    loaded = [plots.load_run(str(long_run), "neighbors"), plots.load_run(str(short_run), "baseline")]
+    assert loaded[0].budget == "20 epochs, 140 steps, 8,960 images"
+    assert loaded[1].budget == "2 epochs, 14 steps, 896 images"
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    plots.plot_group_accuracy(loaded, str(tmp_path / "g.png"))
+    legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert legend == ["neighbors\n20 epochs, 140 steps, 8,960 images", "baseline\n2 epochs, 14 steps, 896 images"]
+
+
+def test_training_budget_from_what_the_run_folder_has():
+    from neighbor_lt.plots import training_budget
+
+    assert training_budget({}, {"epoch": 1.0}, {}) == "1 epoch"
+    assert training_budget({"train_steps": 3}, {"epoch": 0.4286}, {}) == "0.4 epochs, 3 steps"
+    assert training_budget({}, {}, {"num_train_epochs": 20, "max_steps": -1}) == "20 epochs"
+    assert training_budget({}, {}, {"num_train_epochs": 3, "max_steps": 50}) == "50 steps"
+    assert training_budget({}, {}, {}) == ""
+
+
+def test_the_log_axis_labels_more_than_powers_of_ten(runs, tmp_path, monkeypatch):
+    from neighbor_lt import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    plots.plot_per_class_accuracy([load_run(str(runs[0]))], str(tmp_path / "p.png"))
+    ax = figures[0].axes[0]
+    figures[0].canvas.draw()
+    lo, hi = ax.get_xlim()
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert ax.get_xscale() == "log" and {"5", "10", "20", "50", "100"} <= set(shown), shown
+
+
+def test_feature_map_neighbors_get_distinct_colours():
+    from neighbor_lt.plots import feature_map_styles
+
+    neighbors = {"black widow": ["tarantula", "garden spider", "scorpion"], "lemon": ["orange", "banana", "fig"]}
+    styles = feature_map_styles("black widow", "lemon", neighbors)
+    colours = [colour for colour, *_ in styles.values()]
+    assert len(styles) == 8 and len(set(colours)) == 8  # every class its own colour
+    assert {styles[n][1] for n in neighbors["black widow"]} == {"^"} and {
+        styles[n][1] for n in neighbors["lemon"]
+    } == {"s"}

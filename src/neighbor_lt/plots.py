@@ -37,6 +37,9 @@ GROUP_COLORS = {"many": "#1b7837", "medium": "#e08214", "few": "#c51b7d"}
 GROUP_BANDS = {"many": "#d9f0d3", "medium": "#fee0b6", "few": "#fde0ef"}
 RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 RUN_LINESTYLES = ("-", "--", ":", "-.")
+# Okabe-Ito colours (told apart also with colour-vision deficiencies): head, tail, then one per neighbor class
+HEAD_COLOR, TAIL_COLOR = "#0072B2", "#D55E00"
+NEIGHBOR_COLORS = ("#56B4E9", "#009E73", "#E69F00", "#CC79A7", "#F0E442", "#000000", "#999999")
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Run:
     results: dict = field(default_factory=dict)  # eval_results.json
     info: RunInfo = field(default_factory=RunInfo)  # neighbor_lt.json
     per_class: list[dict] = field(default_factory=list)  # per_class_accuracy.csv rows
+    budget: str = ""  # the training budget, e.g. "20 epochs, 140 steps, 8,960 images" (see :func:`training_budget`)
 
 
 def load_run(folder: str, label: str | None = None) -> Run:
@@ -73,7 +77,38 @@ def load_run(folder: str, label: str | None = None) -> Run:
         if info.loss:
             aux = len(info.auxiliary_classes)
             label += f" ({info.loss}, {aux} aux)" if aux else f" ({info.loss})"
-    return Run(folder=folder, label=label, results=results, info=info, per_class=per_class)
+    budget = training_budget(results, run.read_train_results() or {}, run.read_args())
+    return Run(folder=folder, label=label, results=results, info=info, per_class=per_class, budget=budget)
+
+
+def training_budget(results: dict, train_results: dict, args: dict) -> str:
+    """How much a run trained, for legends: epochs, optimizer steps and training images seen, as far as known.
+
+    Example:
+        >>> training_budget({"train_steps": 140, "train_images": 8960}, {"epoch": 20.0}, {})
+        '20 epochs, 140 steps, 8,960 images'
+
+    Args:
+        results: ``eval_results.json`` (``train_steps``, ``train_images``).
+        train_results: ``train_results.json`` (the Trainer's ``epoch``).
+        args: ``args.yaml`` (``num_train_epochs`` / ``max_steps`` when the others are missing).
+    """
+    epochs = train_results.get("epoch")
+    steps = results.get("train_steps")
+    if steps is None and (args.get("max_steps") or 0) > 0:
+        steps = args["max_steps"]
+    if epochs is None and steps is None and args.get("num_train_epochs") is not None:
+        epochs = args["num_train_epochs"]
+    parts = []
+    if epochs is not None:
+        epochs = float(epochs)
+        parts.append(f"{epochs:.0f} epoch{'s' if round(epochs) != 1 else ''}" if epochs == round(epochs)
+                     else f"{epochs:.1f} epochs")  # fmt: skip
+    if steps is not None:
+        parts.append(f"{int(steps):,} steps")
+    if results.get("train_images") is not None:
+        parts.append(f"{int(results['train_images']):,} images")
+    return ", ".join(parts)
 
 
 def _save(fig, path: str) -> str:
@@ -121,7 +156,7 @@ def plot_per_class_accuracy(runs: Sequence[Run], path: str) -> str:
     for group in GROUPS:
         if group in present:
             ax.scatter([], [], c=GROUP_COLORS[group], s=36, label=f"{group.capitalize()} class")
-    ax.set_xscale("log")
+    log_x_with_labels(ax)
     ax.set_xlim(lo, hi)
     ax.set_ylim(-4, 110)
     ax.set_xlabel("training images of the class (log scale)")
@@ -132,8 +167,20 @@ def plot_per_class_accuracy(runs: Sequence[Run], path: str) -> str:
     return _save(fig, path)
 
 
+def log_x_with_labels(ax) -> None:
+    """A log x scale labelled at 1, 2, 5, 10, 20, 50 ... (matplotlib's default labels only the powers of ten)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}"))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10))))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_group_accuracy(runs: Sequence[Run], path: str) -> str:
-    """Grouped bars: Overall / Many / Medium / Few top-1 accuracy (%) of each run, values on the bars."""
+    """Grouped bars: Overall / Many / Medium / Few top-1 accuracy (%) of each run, values on the bars; the legend
+    gives each run's training budget, so runs of different lengths are not mistaken for a like-for-like win."""
     keys = ("overall", *present_groups(runs[0].results))  # a group without classes gets no bars
     sizes = runs[0].results.get("group_sizes") or {}
     ticks = ["Overall"] + [f"{g.capitalize()}\n({sizes.get(g, '?')} classes)" for g in keys[1:]]
@@ -143,7 +190,8 @@ def plot_group_accuracy(runs: Sequence[Run], path: str) -> str:
     for i, run in enumerate(runs):
         values = [100 * float(run.results.get(k, float("nan"))) for k in keys]
         x = np.arange(len(keys)) + (i - (len(runs) - 1) / 2) * width
-        bars = ax.bar(x, np.nan_to_num(values), width * 0.92, label=run.label, color=cmap(i % 10))
+        label = f"{run.label}\n{run.budget}" if run.budget else run.label
+        bars = ax.bar(x, np.nan_to_num(values), width * 0.92, label=label, color=cmap(i % 10))
         for bar, value in zip(bars, values):
             text = "n/a" if np.isnan(value) else f"{value:.1f}"
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.8, text, ha="center", fontsize=8)
@@ -247,12 +295,7 @@ def plot_feature_map(
         path: the PNG file.
         method: ``auto``, ``umap`` or ``pca`` (see :func:`project_2d`).
     """
-    styles = {head: ("#2166ac", "o", 40, f"head: {head}"), tail: ("#b2182b", "o", 40, f"tail: {tail}")}
-    head_shades, tail_shades = ("#67a9cf", "#92c5de", "#4393c3"), ("#ef8a62", "#f4a582", "#d6604d")
-    for shades, parent in ((head_shades, head), (tail_shades, tail)):
-        for j, name in enumerate(neighbors.get(parent, [])):
-            if name not in styles:
-                styles[name] = (shades[j % 3], ("^", "s", "D")[j % 3], 30, f"neighbor of {parent}: {name}")
+    styles = feature_map_styles(head, tail, neighbors)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
     used = "pca"
     for ax, (title, features, names) in zip(axes[0], panels):
@@ -273,6 +316,18 @@ def plot_feature_map(
     fig.suptitle(f"Features ({used.upper()}) of a head class, a tail class and their neighbor classes", fontsize=11)
     fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(handles) - 1) // 3), 1, 1))
     return _save(fig, path)
+
+
+def feature_map_styles(head: str, tail: str, neighbors: dict[str, list[str]]) -> dict[str, tuple]:
+    """Class name -> (colour, marker, size, legend label) of the feature map: a distinct colour for every class,
+    the marker tells the family (circles: the two targets, triangles: the head's neighbors, squares: the tail's)."""
+    styles = {head: (HEAD_COLOR, "o", 44, f"head: {head}"), tail: (TAIL_COLOR, "o", 44, f"tail: {tail}")}
+    for parent, marker in ((head, "^"), (tail, "s")):
+        for name in neighbors.get(parent, []):
+            if name not in styles:
+                color = NEIGHBOR_COLORS[(len(styles) - 2) % len(NEIGHBOR_COLORS)]
+                styles[name] = (color, marker, 32, f"neighbor of {parent}: {name}")
+    return styles
 
 
 def _centroid_cosine(a: np.ndarray, b: np.ndarray) -> float:
