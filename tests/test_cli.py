@@ -85,3 +85,14 @@ def test_require_names_the_extra_in_a_fresh_interpreter():
 def test_every_extra_named_exists_in_pyproject():
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert set(extras.EXTRA_OF.values()) <= set(declared)
+
+
+def test_analyze_without_the_plots_extra_names_it():
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from neighbor_lt.cli import main\n"
+        "sys.exit(main(['analyze', 'outputs/some-run']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == 'neighbor-lt analyze: matplotlib is not installed: pip install "neighbor-lt[plots]"'

@@ -364,16 +364,10 @@ def analyze(argv=None) -> list[str]:
 # curate, ablate
 # --------------------------------------------------------------------------------------------------------------------
 def curate(argv=None) -> int:
-    """The curation recipe (neighbors -> retrieve -> filter -> build); its exit status.
+    """The curation recipe (neighbors -> retrieve -> filter -> build): :func:`neighbor_lt.curate.main`; its exit
+    status."""
+    from neighbor_lt.curate import main as curate_main  # imported on use: --help stays light
 
-    Runs ``neighbor_lt.curate.main`` when the package has it, else ``recipes/curate.py`` of a checkout.
-    """
-    try:
-        from neighbor_lt.curate import main as curate_main
-    except ModuleNotFoundError as err:
-        if err.name != "neighbor_lt.curate":
-            raise
-        curate_main = _load_checkout_recipe("curate.py").main
     return curate_main(argv)
 
 
@@ -418,7 +412,7 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 1
-    except ModuleNotFoundError as err:
+    except ImportError as err:  # an optional module of an extra that is not installed
         message = missing_extra_message(err)
         if message is None:
             raise

@@ -19,6 +19,7 @@ EXTRA_OF = {
     "scipy": "ablate",
     "gradio": "space",
 }
+PIP_NAME = {"sklearn": "scikit-learn"}  # where the distribution's name is not the import name
 
 
 def install_hint(module: str) -> str | None:
@@ -31,7 +32,8 @@ def missing_extra_message(err: ImportError) -> str | None:
     """The one-line message for an ImportError of an optional module: what is missing and the install command."""
     name = getattr(err, "name", None) or ""
     hint = install_hint(name)
-    return f"{name.split('.')[0]} is not installed: {hint}" if hint else None
+    top = name.split(".")[0]
+    return f"{PIP_NAME.get(top, top)} is not installed: {hint}" if hint else None
 
 
 def require(module: str, purpose: str) -> ModuleType:

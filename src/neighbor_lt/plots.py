@@ -17,10 +17,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-try:
-    import matplotlib
-except ImportError as err:  # an extra, not a core dependency
-    raise ImportError('neighbor_lt.plots needs matplotlib: pip install "neighbor-lt[plots]"') from err
+from .extras import require
+
+matplotlib = require("matplotlib", "neighbor_lt.plots")  # an extra, not a core dependency
 
 matplotlib.use("Agg")  # files only, no display
 
@@ -257,10 +256,7 @@ def project_2d(features: np.ndarray, method: str = "auto", seed: int = 0) -> tup
         except ImportError:
             if method == "umap":
                 logger.warning("umap-learn is not installed: using PCA")
-    try:
-        from sklearn.decomposition import PCA
-    except ImportError as err:
-        raise ImportError('the feature map needs scikit-learn: pip install "neighbor-lt[plots]"') from err
+    PCA = require("sklearn.decomposition", "the feature map").PCA
 
     return PCA(n_components=2, random_state=seed).fit_transform(x), "pca"
 
