@@ -22,7 +22,7 @@ import torch
 from transformers import ViTImageProcessorPil, set_seed
 
 from neighbor_lt.augment import ImageTransform
-from neighbor_lt.configs import ConfigError, DataArguments, parse_args, save_args, setup_logging
+from neighbor_lt.configs import ConfigError, DataArguments, no_pin_memory_on_cpu, parse_args, save_args, setup_logging
 from neighbor_lt.data import load_aux_dataset, load_target_dataset
 from neighbor_lt.mae import (
     MAEModelArguments,
@@ -44,6 +44,7 @@ logger = logging.getLogger("pretrain_mae")
 def main(argv=None):
     model_args, data_args, training_args = parse_args((MAEModelArguments, DataArguments, MAETrainingArguments), argv)
     training_args.remove_unused_columns = False  # the model takes pixel_values only; keep them
+    no_pin_memory_on_cpu(training_args)
 
     ################
     # Seed & logging

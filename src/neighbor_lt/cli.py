@@ -69,6 +69,7 @@ def train(argv=None, default_config: str | None = None):
         DataArguments,
         ModelArguments,
         NeighborLTTrainingArguments,
+        no_pin_memory_on_cpu,
         parse_args,
         setup_logging,
     )
@@ -97,8 +98,7 @@ def train(argv=None, default_config: str | None = None):
     training_args.remove_unused_columns = False  # the collator needs pixel_values and labels only
     # The Trainer itself would push unmasked checkpoints; this recipe pushes the masked model once, at the end.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
-    if training_args.dataloader_pin_memory and training_args.device.type == "cpu":
-        training_args.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
+    no_pin_memory_on_cpu(training_args)
 
     ################
     # Seed & logging

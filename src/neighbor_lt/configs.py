@@ -323,6 +323,13 @@ def setup_logging(training_args) -> None:
         lib.utils.logging.set_verbosity_warning()
 
 
+def no_pin_memory_on_cpu(training_args) -> None:
+    """Turn ``dataloader_pin_memory`` off on a CPU run: pinning needs an accelerator, and without one torch only
+    warns (once per data loader). The recipes call this after parsing their arguments."""
+    if training_args.dataloader_pin_memory and training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False
+
+
 def _plain(value):
     """A value YAML can write and ``parse_args`` can read back: enums by value, dataclasses (``accelerator_config``)
     as mappings, containers element by element."""
