@@ -269,3 +269,44 @@ def test_a_canary_secret_is_in_no_file_and_no_stream_of_a_full_curation(chat, ti
     assert (
         leaks(tmp_path / "out", output) == set()
     )  # ... and are in no file (config, caches, manifests, card) and no stream
+
+
+# ---------------------------------------------------------------------------------------------------- names
+@pytest.mark.parametrize("backend", ["openai", "static"])
+def test_numeric_class_names_are_refused_by_name_based_backends_before_any_request(chat, tmp_path, backend):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+
+    from neighbor_lt.curate import CurateContext
+    from neighbor_lt.neighbors.stage import run
+
+    names = [str(i) for i in range(5)]
+    train = Dataset.from_dict({"label": [i for i in range(5) for _ in range(3)]},
+                              features=Features({"label": ClassLabel(names=names)}))  # fmt: skip
+    section = openai_section(chat.url) if backend == "openai" else {"backend": "static", "mapping": {"0": ["koi"]}}
+    with pytest.raises(ConfigError, match=f"the {backend} neighbor backend asks about classes by name, but the 5 "
+                       r"target class names are numbers \('0' \.\. '4'\): set lt_class_names"):  # fmt: skip
+        run(section, CurateContext(str(tmp_path), target=DatasetDict(train=train)))
+    assert sum(chat.hits.values()) == 0 and not (tmp_path / "neighbors" / "neighbors.json").exists()
+
+
+def test_split_files_without_class_names_stop_the_llm_stage_with_the_data_message(
+    chat, tiny_imagenet_dir, tmp_path, caplog
+):
+    """ImageNet-LT / Places-LT / iNat split files without lt_class_names: labels '0'..'C-1', never sent to an LLM."""
+    root = tmp_path / "images"
+    lines = []
+    for i, jpeg in enumerate(load_jpegs(tiny_imagenet_dir, 6)):
+        (root / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        (root / f"c{i % 3}" / f"{i}.jpg").write_bytes(jpeg)
+        lines.append(f"c{i % 3}/{i}.jpg {i % 3}")
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    target = {"lt_train_list": str(tmp_path / "train.txt"), "lt_image_root": str(root)}
+    path = write(
+        tmp_path, {"output_dir": str(tmp_path / "out"), "target": target, "neighbors": openai_section(chat.url)}
+    )
+    assert main(["--config", path, "--stages", "neighbors"]) == 1
+    assert sum(chat.hits.values()) == 0
+    assert (
+        "stage neighbors failed: the openai neighbor backend asks about classes by name, but the 3 target class "
+        "names are numbers ('0' .. '2'): set lt_class_names" in caplog.text
+    )

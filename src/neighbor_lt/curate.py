@@ -178,15 +178,23 @@ class CurateContext:
     @property
     def target(self):
         """The target ``DatasetDict`` (train, and eval when configured), long-tail subsampling applied."""
+        return self.load_target()
+
+    def load_target(self, require_names: str | None = None):
+        """:attr:`target`; with ``require_names`` (what asks about the classes by name, e.g. ``"the openai neighbor
+        backend"``), numeric class names ('0'..'364', split files without ``lt_class_names``) are a ``ConfigError``."""
+        from .data import check_class_names, load_target_dataset
+
         if self._target is None:
             if not self.has_target:
                 raise StageError(
                     "this stage needs the target set: set target.dataset_name, target.train_files or "
                     "target.lt_train_list"
                 )
-            from .data import load_target_dataset
-
-            self._target = load_target_dataset(self.target_args)
+            self._target = load_target_dataset(self.target_args, require_names=require_names)
+        elif require_names:
+            train = self._target["train"]
+            check_class_names(getattr(train.features[self.label_column], "names", None) or [], require_names)
         return self._target
 
     @property

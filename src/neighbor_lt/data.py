@@ -384,13 +384,18 @@ def load_target_dataset(args: DataArguments, require_names: str | None = None) -
             f"{len(empty)} target class(es) have no training image, e.g. {names[empty[0]]!r}; "
             "drop them from the label set or add images"
         )
-    names = ds["train"].features["label"].names
-    if all(str(n).lstrip("-").isdigit() for n in names):
+    check_class_names(ds["train"].features["label"].names, require_names)
+    return ds
+
+
+def check_class_names(names: Sequence[str], require_names: str | None = None) -> None:
+    """Numeric class names ('0'..'C-1'): a warning, or a ``ConfigError`` when ``require_names`` says what asks about
+    the classes by name (e.g. ``"the openai neighbor backend"``)."""
+    if names and all(str(n).lstrip("-").isdigit() for n in names):
         problem = f"the {len(names)} target class names are numbers ({names[0]!r} .. {names[-1]!r})"
         if require_names:
             raise ConfigError(f"{require_names} asks about classes by name, but {problem}: {_CLASS_NAMES_HELP}")
         logger.warning("%s, so a trained model's id2label will be numbers: %s", problem, _CLASS_NAMES_HELP)
-    return ds
 
 
 def _expand(patterns: Sequence[str]) -> list[str]:

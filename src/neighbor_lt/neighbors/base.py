@@ -98,6 +98,8 @@ class NeighborBackend:
     model: str | None = None
     template_hash: str | None = None
     can_top_up = False
+    #: Finds a target by its class name only: numeric names ('0'..'364') are refused before any request.
+    asks_by_name = True
 
     def __init__(self):
         self.stats = {"requests": 0, "cache_hits": 0, "retries": 0}

@@ -408,7 +408,9 @@ def _run(section: NeighborsArguments | dict, context: CurateContext) -> dict:
             if args.backend == "wordnet":
                 raise
             logger.warning("%s; the leak guard matches names only", e)
-    queries, ratios = build_queries(context.target, args, context, wordnet, context.label_column)
+    asks_by_name = resolve_backend(args.backend).asks_by_name  # no asking an LLM about class "17"
+    target = context.load_target(require_names=f"the {args.backend} neighbor backend" if asks_by_name else None)
+    queries, ratios = build_queries(target, args, context, wordnet, context.label_column)
     vocabulary = (
         load_vocabulary(context.path(args.vocabulary) if isinstance(args.vocabulary, str) else args.vocabulary)
         if args.vocabulary

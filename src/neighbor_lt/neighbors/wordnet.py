@@ -362,6 +362,7 @@ class WordNetBackend(NeighborBackend):
     """
 
     name = "wordnet"
+    asks_by_name = False  # also finds a target by its wnid (a wnid column beside numeric labels)
 
     def __init__(
         self,
