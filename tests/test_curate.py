@@ -2,6 +2,7 @@
 config, exit status when a stage produced nothing, retry of failed classes only, and a canary secret in the
 environment, the config and a URL absent from every file and stream of a full run against loopback servers."""
 
+import dataclasses
 import http.server
 import json
 import os
@@ -310,3 +311,34 @@ def test_split_files_without_class_names_stop_the_llm_stage_with_the_data_messag
         "stage neighbors failed: the openai neighbor backend asks about classes by name, but the 3 target class "
         "names are numbers ('0' .. '2'): set lt_class_names" in caplog.text
     )
+
+
+# ---------------------------------------------------------------------------------------------------- recipes
+@pytest.mark.parametrize("recipe", ["imagenet_lt", "places_lt", "inat2018"])
+def test_benchmark_curate_recipes_validate_offline_and_price_first(recipe):
+    path = REPO / "recipes" / recipe / "curate.yaml"
+    config = load_config(str(path))  # every key and backend option checked; nothing is loaded or sent
+    neighbors, retrieve, filters = (config.arguments(s) for s in ("neighbors", "retrieve", "filter"))
+    assert neighbors.backend == "openai" and neighbors.backend_kwargs["model"] == "gpt-4"  # the paper's LLM, k, ratios
+    assert neighbors.k == 5 and neighbors.ratios == [1, 1, 3]
+    assert config.stages == ["neighbors"] and neighbors.dry_run  # as is, the file only prices the LLM requests
+    assert retrieve.backend in ("google", "bing", "duckduckgo") and retrieve.search_only  # then the searches only
+    assert filters.model_name_or_path.startswith("facebook/dinov2-") and (filters.gamma_low, filters.gamma_high) == (
+        0.7, 0.98)  # fmt: skip
+    assert config.arguments("build").hub_dataset_id
+
+    # the target is the training recipe's data, and the training recipe reads this output_dir's aux_dataset
+    train = yaml.safe_load((REPO / "recipes" / recipe / "dinov2" / "train.yaml").read_text())
+    target = dataclasses.asdict(config.target)
+    assert {k: train[k] for k in yaml.safe_load(path.read_text())["target"]} == {
+        k: target[k] for k in yaml.safe_load(path.read_text())["target"]
+    }
+    assert train["aux_dataset"] == f"{config.output_dir}/aux_dataset"
+
+    # the commented pool alternative is valid too, and so are the next steps of the header
+    pool = re.search(r"#   backend_kwargs: (\{.*?\})", path.read_text()).group(1)
+    alt = load_config(str(path), ["--retrieve.backend", "pool", "--retrieve.backend_kwargs", pool])
+    assert alt.arguments("retrieve").backend_kwargs["caption_column"] == "caption"
+    steps = load_config(str(path), ["--neighbors.dry_run", "false", "--retrieve.search_only", "false"],
+                        stages=["retrieve", "filter", "build"])  # fmt: skip
+    assert not steps.arguments("neighbors").dry_run and steps.stages == ["retrieve", "filter", "build"]
