@@ -45,7 +45,15 @@ import numpy as np
 import yaml
 
 from neighbor_lt import ablation
-from neighbor_lt.configs import ConfigError, DataArguments, ModelArguments, NeighborLTTrainingArguments, parse_args
+from neighbor_lt.configs import (
+    ConfigError,
+    DataArguments,
+    ModelArguments,
+    NeighborLTTrainingArguments,
+    parse_args,
+    pop_config_path,
+    read_yaml_mapping,
+)
 
 logger = logging.getLogger("ablate")
 RECIPES = os.path.dirname(os.path.abspath(__file__))
@@ -92,17 +100,10 @@ def _set_dotted(config: dict, key: str, value) -> None:
 def parse_config(argv: list[str]) -> dict:
     """The YAML of ``--config`` with ``--key value`` / ``--section.key value`` overrides; unknown top-level keys fail."""
     argv = list(argv)
-    if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
-        raise ConfigError("--config needs the ablation YAML, e.g. recipes/tiny_imagenet_lt/ablate.yaml")
-    i = argv.index("--config")
-    path = argv[i + 1]
-    del argv[i : i + 2]
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        loaded = yaml.safe_load(f) or {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path} must hold a mapping")
+    path = pop_config_path(
+        argv, required="--config needs the ablation YAML, e.g. recipes/tiny_imagenet_lt/ablate.yaml"
+    )
+    loaded = read_yaml_mapping(path)
     config = copy.deepcopy(DEFAULTS)
     config.update(loaded)
     overrides: list[tuple[str, list[str]]] = []

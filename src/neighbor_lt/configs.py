@@ -255,6 +255,32 @@ def _drop_replaced_source(values: dict, cli_keys: set[str], config_path: str) ->
     return {k: v for k, v in values.items() if k not in dropped}
 
 
+def pop_config_path(args: list[str], required: str | None = None) -> str | None:
+    """Remove ``--config PATH`` from ``args`` (in place) and return PATH; None when absent and not ``required``
+    (then ``required`` is the error message)."""
+    if "--config" not in args:
+        if required:
+            raise ConfigError(required)
+        return None
+    i = args.index("--config")
+    if i + 1 >= len(args):
+        raise ConfigError("--config needs a path to a YAML file")
+    path = args[i + 1]
+    del args[i : i + 2]
+    return path
+
+
+def read_yaml_mapping(path: str) -> dict:
+    """The mapping of a YAML config file; a missing file or a non-mapping is a :class:`ConfigError`."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of argument names to values")
+    return values
+
+
 def parse_args(dataclass_types, args: list[str] | None = None):
     """Parse dataclasses from an optional ``--config`` YAML file, overridden by command-line flags.
 
@@ -271,20 +297,9 @@ def parse_args(dataclass_types, args: list[str] | None = None):
     """
     args = list(sys.argv[1:] if args is None else args)
     parser = HfArgumentParser(dataclass_types)
-    config_path = None
-    if "--config" in args:
-        i = args.index("--config")
-        if i + 1 >= len(args):
-            raise ConfigError("--config needs a path to a YAML file")
-        config_path = args[i + 1]
-        del args[i : i + 2]
+    config_path = pop_config_path(args)
     if config_path is not None:
-        if not os.path.isfile(config_path):
-            raise ConfigError(f"config file not found: {config_path}")
-        with open(config_path) as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{config_path} must hold a mapping of argument names to values")
+        values = read_yaml_mapping(config_path)
         values.pop(RUN_KEY, None)  # facts recorded by save_args (process count ...), not arguments
         for key in [k for k, v in values.items() if v == REDACTED]:
             # a saved args.yaml: the secret was not written; take it from the environment or the command line
