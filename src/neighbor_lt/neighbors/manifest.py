@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "neighbors.json"
+#: Every screened candidate of the name backend, ranked (``candidate_factor`` x what a class keeps): the rank stage's
+#: input, same format (each target also has ``num_neighbors``, the number the final manifest keeps).
+CANDIDATES_NAME = "candidates.json"
 
 
 def load_manifest(path: str) -> dict:
@@ -153,6 +156,70 @@ def screen(query: TargetQuery, proposal: Proposal, guard: LeakGuard, vocabulary:
     return survivors, dropped
 
 
+def round_robin(order_keys, ranked: list[list], wanted: list[int], ident, cap: int | None = None):
+    """Give each target its first ``wanted[i]`` items of ``ranked[i]``, one per target per round, targets in the order
+    of ``order_keys`` (e.g. ``(count, index)``: rarest first), no item (by ``ident(item)``) serving more than ``cap``
+    targets: a capped item goes to the targets it ranks highest for, ties to the rarest.
+
+    Returns:
+        ``(kept, capped)``: the kept items per target, and ``(target, item)`` for every item the cap turned away.
+    """
+    order = sorted(range(len(ranked)), key=lambda i: order_keys[i])
+    position = [0] * len(ranked)
+    kept: list[list] = [[] for _ in ranked]
+    capped: list[tuple[int, object]] = []
+    served: Counter = Counter()
+    progress = True
+    while progress:
+        progress = False
+        for i in order:
+            if len(kept[i]) >= wanted[i]:
+                continue
+            while position[i] < len(ranked[i]):
+                item = ranked[i][position[i]]
+                position[i] += 1
+                key = ident(item)
+                if cap is not None and served[key] >= cap:
+                    capped.append((i, item))
+                    continue
+                kept[i].append(item)
+                served[key] += 1
+                progress = True
+                break
+    return kept, capped
+
+
+def summarize(entries: list[dict], aux: list[dict]) -> dict:
+    """The manifest's ``summary``: counts of classes, names proposed / kept / dropped by reason, auxiliary classes."""
+    dropped = Counter(_reason_kind(d["reason"]) for e in entries for d in e["dropped"])
+    with_neighbor = sum(1 for e in entries if e["kept"])
+    asked = [e for e in entries if e["status"] == "ok"]
+    summary = {
+        "targets": len(entries),
+        "ok": len(asked),
+        "failed": sum(e["status"] == "failed" for e in entries),
+        "skipped": sum(e["status"] == "skipped" for e in entries),
+        "with_neighbors": with_neighbor,
+        "proposed": sum(len(e["proposed"]) for e in entries),
+        "kept": sum(len(e["kept"]) for e in entries),
+        "dropped": dict(sorted(dropped.items())),
+        "short": sum(e["got"] < e["num_requested"] for e in asked),
+        "topped_up": sum(e["top_up"] is not None for e in entries),
+        "auxiliary_classes": len(aux),
+        "max_targets_per_aux_class": max((len(a["neighbor_of"]) for a in aux), default=0),
+        "with_neighbors_by_group": dict(sorted(Counter(e["group"] for e in entries if e["kept"]).items())),
+        "senses_corrected": sum(bool(a["sense_corrected"]) for a in aux),
+        "suspect_senses": sum(a["suspect"] is not None for a in aux),
+    }
+    sims = [s for a in aux for s in a["similarity"] if s is not None]
+    if sims:
+        summary["mean_similarity"] = round(sum(sims) / len(sims), 4)
+    dists = [d for a in aux for d in a["distance"] if d is not None]
+    if dists:
+        summary["mean_distance"] = round(sum(dists) / len(dists), 3)
+    return summary
+
+
 def assemble(
     queries: list[TargetQuery],
     proposals: list[Proposal],
@@ -191,28 +258,13 @@ def assemble(
         survivors.append(ok)
 
     # round-robin assignment, rarest targets first, under the per-auxiliary cap
-    order = sorted(range(len(queries)), key=lambda i: (queries[i].count, queries[i].index))
-    position = [0] * len(queries)
-    kept: list[list[Candidate]] = [[] for _ in queries]
-    served: Counter = Counter()
-    progress = True
-    while progress:
-        progress = False
-        for i in order:
-            if len(kept[i]) >= queries[i].num_requested:
-                continue
-            while position[i] < len(survivors[i]):
-                c = survivors[i][position[i]]
-                position[i] += 1
-                ident = c.wnid or normalize(c.name)
-                if max_targets_per_aux is not None and served[ident] >= max_targets_per_aux:
-                    reason = f"cap: auxiliary class already serves {max_targets_per_aux} targets"
-                    entries[i]["dropped"].append({"name": c.name, "reason": reason})
-                    continue
-                kept[i].append(c)
-                served[ident] += 1
-                progress = True
-                break
+    kept, capped = round_robin(
+        [(q.count, q.index) for q in queries], survivors, [q.num_requested for q in queries],
+        lambda c: c.wnid or normalize(c.name), max_targets_per_aux,
+    )  # fmt: skip
+    for i, c in capped:
+        reason = f"cap: auxiliary class already serves {max_targets_per_aux} targets"
+        entries[i]["dropped"].append({"name": c.name, "reason": reason})
 
     # one auxiliary class per synset (or name), named uniquely
     aux: dict[str, dict] = {}
@@ -245,32 +297,7 @@ def assemble(
     if clash:  # the guard makes this impossible; a manifest with it would silently merge classes
         raise RuntimeError(f"auxiliary names equal target names: {clash[:5]}")
 
-    dropped = Counter(_reason_kind(d["reason"]) for e in entries for d in e["dropped"])
-    with_neighbor = sum(1 for e in entries if e["kept"])
-    asked = [e for e in entries if e["status"] == "ok"]
-    summary = {
-        "targets": len(entries),
-        "ok": len(asked),
-        "failed": sum(e["status"] == "failed" for e in entries),
-        "skipped": sum(e["status"] == "skipped" for e in entries),
-        "with_neighbors": with_neighbor,
-        "proposed": sum(len(e["proposed"]) for e in entries),
-        "kept": sum(len(e["kept"]) for e in entries),
-        "dropped": dict(sorted(dropped.items())),
-        "short": sum(e["got"] < e["num_requested"] for e in asked),
-        "topped_up": sum(e["top_up"] is not None for e in entries),
-        "auxiliary_classes": len(aux),
-        "max_targets_per_aux_class": max((len(a["neighbor_of"]) for a in aux.values()), default=0),
-        "with_neighbors_by_group": dict(sorted(Counter(e["group"] for e in entries if e["kept"]).items())),
-        "senses_corrected": sum(a["sense_corrected"] for a in aux.values()),
-        "suspect_senses": sum(a["suspect"] is not None for a in aux.values()),
-    }
-    sims = [s for a in aux.values() for s in a["similarity"] if s is not None]
-    if sims:
-        summary["mean_similarity"] = round(sum(sims) / len(sims), 4)
-    dists = [d for a in aux.values() for d in a["distance"] if d is not None]
-    if dists:
-        summary["mean_distance"] = round(sum(dists) / len(dists), 3)
+    summary = summarize(entries, list(aux.values()))
     return {
         "version": MANIFEST_VERSION,
         **(header or {}),

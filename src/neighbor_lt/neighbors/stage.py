@@ -30,7 +30,7 @@ from neighbor_lt.neighbors import BACKENDS, get_backend, resolve_backend
 from neighbor_lt.neighbors.base import NeighborSearchError, Proposal, TargetQuery
 from neighbor_lt.neighbors.guard import Entry, LeakGuard, Vocabulary, load_vocabulary
 from neighbor_lt.neighbors.llm import RequestCache
-from neighbor_lt.neighbors.manifest import MANIFEST_NAME, assemble, screen, write_manifest
+from neighbor_lt.neighbors.manifest import CANDIDATES_NAME, MANIFEST_NAME, assemble, screen, write_manifest
 from neighbor_lt.neighbors.names import is_wnid, split_synonyms
 from neighbor_lt.neighbors.wordnet import WordNet
 from neighbor_lt.secrets import install_log_redaction, redact
@@ -76,6 +76,14 @@ class NeighborsArguments:
         default=5, metadata={"help": "Cap on each 'auto' ratio (null: the paper's formula uncapped)."}
     )
     max_per_class: int | None = field(default=None, metadata={"help": "Upper bound on neighbors of one class."})
+    candidate_factor: int = field(
+        default=1,
+        metadata={
+            "help": "Ask the backend for this many times k x ratio names per class and keep them all, ranked, in "
+            "neighbors/candidates.json (the rank stage's input); neighbors.json keeps the name-ranked top k x ratio. "
+            "3 with the rank stage: neighbors chosen by how confusable they look."
+        },
+    )
     vocabulary: Any = field(
         default=None,
         metadata={
@@ -181,7 +189,14 @@ def _problems(args: NeighborsArguments) -> list[str]:
     for key in ("max_per_class", "max_targets_per_aux", "max_requests"):
         need(getattr(args, key) is None or (_is_int(getattr(args, key)) and getattr(args, key) > 0), key,
              "a positive integer or null")  # fmt: skip
-    for key in ("depth", "max_candidates", "max_tokens", "concurrency", "max_consecutive_failures"):
+    for key in (
+        "depth",
+        "max_candidates",
+        "max_tokens",
+        "concurrency",
+        "max_consecutive_failures",
+        "candidate_factor",
+    ):
         need(_is_int(getattr(args, key)) and getattr(args, key) > 0, key, "a positive integer")
     for key in ("max_retries", "top_up"):
         need(_is_int(getattr(args, key)) and getattr(args, key) >= 0, key, "an integer >= 0")
@@ -436,7 +451,10 @@ def _run(section: NeighborsArguments | dict, context: CurateContext) -> dict:
         vocabulary = Vocabulary(allowed)
     backend = get_backend(args.backend, **backend_options(args, context))
     cache = RequestCache(args.cache_path or os.path.join(out_dir, "cache.jsonl")) if args.backend == "openai" else None
-    asked = [q for q in queries if q.num_requested > 0]  # a group with ratio 0 is not asked
+    # the backend proposes candidate_factor x what each class keeps; top-up and screening count the wide number, so
+    # nothing cuts the candidates before the rank stage sees them (the per-auxiliary cap applies to the final choice)
+    wide = [dataclasses.replace(q, num_requested=q.num_requested * args.candidate_factor) for q in queries]
+    asked = [q for q in wide if q.num_requested > 0]  # a group with ratio 0 is not asked
     if args.dry_run:
         if not hasattr(backend, "estimate"):
             logger.info("dry run: backend %s makes no requests", args.backend)
@@ -453,15 +471,20 @@ def _run(section: NeighborsArguments | dict, context: CurateContext) -> dict:
         "neighbors: %d target classes (%d asked), backend %s, k=%d, ratios %s, vocabulary %s",
         len(queries), len(asked), args.backend, args.k, ratios, len(vocabulary) if vocabulary is not None else "none",
     )  # fmt: skip
+    limit = getattr(backend, "max_candidates", None)
+    if args.candidate_factor > 1 and limit and max(q.num_requested for q in wide) > limit:
+        logger.warning("candidate_factor %d asks up to %d candidates per class, more than the backend's "
+                       "max_candidates=%d", args.candidate_factor, max(q.num_requested for q in wide), limit)  # fmt: skip
     answers = iter(backend.propose(asked, vocabulary=vocabulary, cache=cache))
     proposals = [next(answers) if q.num_requested > 0 else Proposal(status="skipped") for q in queries]
-    top_up(backend, queries, proposals, guard, vocabulary, cache, args.top_up)
+    top_up(backend, wide, proposals, guard, vocabulary, cache, args.top_up)
     settings = {
         "k": args.k, "ratios": args.ratios, "group_ratios": ratios, "max_auto_ratio": args.max_auto_ratio,
         "max_per_class": args.max_per_class,
         "vocabulary": args.vocabulary if isinstance(args.vocabulary, str) else (len(args.vocabulary or []) or None),
         "vocabulary_size": len(vocabulary) if vocabulary else None, "max_targets_per_aux": args.max_targets_per_aux,
-        "leak_guard_nested": args.leak_guard_nested, "top_up": args.top_up, **backend.settings(),
+        "leak_guard_nested": args.leak_guard_nested, "top_up": args.top_up,
+        **({"candidate_factor": args.candidate_factor} if args.candidate_factor > 1 else {}), **backend.settings(),
     }  # fmt: skip
     header = {
         "backend": args.backend,
@@ -470,6 +493,10 @@ def _run(section: NeighborsArguments | dict, context: CurateContext) -> dict:
         "settings": settings,
     }
     manifest = assemble(queries, proposals, guard, vocabulary, args.max_targets_per_aux, header)
+    candidates = assemble(wide, proposals, guard, vocabulary, None, header)
+    for entry, q in zip(candidates["targets"], queries):
+        entry["num_neighbors"] = q.num_requested  # what the rank stage keeps of the num_requested candidates
+    write_manifest(candidates, os.path.join(out_dir, CANDIDATES_NAME))
     path = os.path.join(out_dir, MANIFEST_NAME)
     if not write_manifest(manifest, path):
         logger.info("manifest unchanged: %s", path)
