@@ -73,7 +73,7 @@ def test_dotted_overrides_reach_every_section_and_nested_keys(tmp_path):
     assert config.arguments("filter").gamma_low == 0.1 and config.arguments("build").target_name == "2024"
     assert config.target.num_classes == 5 and config.output_dir == str(tmp_path)
     assert config.stages == ["neighbors", "retrieve"]  # pipeline order, whatever the command line's
-    assert list(STAGES) == ["neighbors", "retrieve", "filter", "build"]
+    assert list(STAGES) == ["neighbors", "rank", "retrieve", "filter", "build"]
 
 
 @pytest.mark.parametrize(

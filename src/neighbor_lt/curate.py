@@ -4,6 +4,8 @@ Each step is a *stage*: a typed settings dataclass (the YAML section of the same
 and a function ``run(arguments, context)``. :data:`STAGES` lists them in order:
 
 - ``neighbors`` (:mod:`neighbor_lt.neighbors.stage`): neighbor classes of every target class -> ``neighbors.json``;
+- ``rank`` (:mod:`neighbor_lt.neighbors.rank`, optional): the name backend's wider candidate list re-ranked by how
+  confusable a probe of each candidate's images looks with the target's images -> ``neighbors.json`` again;
 - ``retrieve`` / ``filter`` / ``build`` (:mod:`neighbor_lt.retrieval.stages`): images of the neighbor classes, the
   filters of step 2, and the auxiliary dataset (``aux_dataset/``).
 
@@ -64,6 +66,8 @@ class Stage:
     arguments: str
     run: str
     help: str
+    #: Runs by default only when the YAML file has its section (``rank:``); ``--stages`` names it explicitly.
+    optional: bool = False
 
     def arguments_class(self) -> type:
         return _load(self.arguments)
@@ -79,6 +83,13 @@ STAGES: dict[str, Stage] = {
         Stage(
             "neighbors", "neighbor_lt.neighbors.stage:NeighborsArguments", "neighbor_lt.neighbors.stage:run",
             "Step 1: neighbor classes of each target class (LLM, WordNet or a mapping) -> neighbors/neighbors.json.",
+        ),
+        Stage(
+            "rank", "neighbor_lt.neighbors.rank:RankArguments", "neighbor_lt.neighbors.rank:run",
+            "Optional step 1b: probe images of each candidate (neighbors.candidate_factor x k x ratio), scored by how "
+            "confusable they look with the target -> the top k x ratio in neighbors/neighbors.json, rank/report.*. "
+            "Runs when the YAML has a rank: section.",
+            optional=True,
         ),
         Stage(
             "retrieve", "neighbor_lt.retrieval.stages:RetrieveArguments", "neighbor_lt.retrieval.stages:run_retrieve",
@@ -153,6 +164,8 @@ class CurateContext:
         config_path: the YAML file; a relative path that does not exist from the working directory is looked up
             next to it.
         target: an already loaded target ``DatasetDict`` (tests, notebooks), used instead of ``target_args``.
+        sections: stage name -> its settings (a :class:`CurateConfig`'s sections), for a stage that reuses another's
+            (the rank stage searches and downloads its probes with the ``retrieve:`` settings).
     """
 
     def __init__(
@@ -161,11 +174,23 @@ class CurateContext:
         target_args: DataArguments | None = None,
         config_path: str | None = None,
         target=None,
+        sections: dict | None = None,
     ):
         self.output_dir = output_dir
         self.target_args = target_args
         self.config_path = config_path
         self._target = target
+        self.sections = sections if sections is not None else {}
+
+    def arguments(self, stage: str):
+        """The settings of ``stage`` (its section, or its defaults when the configuration has none)."""
+        section = self.sections.get(stage)
+        cls = STAGES[stage].arguments_class()
+        if isinstance(section, cls):
+            return section
+        from .configs import from_dict
+
+        return from_dict(cls, section or {}, stage)
 
     @property
     def has_target(self) -> bool:
@@ -310,7 +335,7 @@ class CurateConfig:
         return self.sections[stage]
 
     def context(self) -> CurateContext:
-        return CurateContext(self.output_dir, self.target, self.config_path)
+        return CurateContext(self.output_dir, self.target, self.config_path, sections=self.sections)
 
     def resolved(self) -> dict:
         """The configuration as one mapping, every default filled in and secrets redacted."""
@@ -351,7 +376,7 @@ def load_config(
         path: the YAML file (None with ``values``).
         overrides: ``["--neighbors.k", "3", ...]`` (or parsed ``(key, value)`` pairs).
         output_dir: replaces the file's ``output_dir``.
-        stages: replaces the file's ``stages`` (default: all, in order).
+        stages: replaces the file's ``stages`` (default: all, in order; ``rank`` only when the file has its section).
         retry_failed: ``retrieve.retry_failed`` (the neighbors stage always asks failed classes again).
         values: the mapping itself instead of a file.
 
@@ -405,7 +430,7 @@ def load_config(
     output_dir = output_dir or values.get("output_dir")
     if not output_dir:
         raise ConfigError(f"{path}: set output_dir (or pass --output_dir)")
-    chosen = stages or values.get("stages") or list(STAGES)
+    chosen = stages or values.get("stages") or [n for n, s in STAGES.items() if not s.optional or n in values]
     if isinstance(chosen, str):
         chosen = [chosen]
     bad = [s for s in chosen if s not in STAGES]
@@ -454,7 +479,7 @@ def run_stage(name: str, config: CurateConfig, context: CurateContext):
 
 
 # ---- command line ------------------------------------------------------------------------------------------------
-CLI_HELP = """Curate an auxiliary (neighbor) dataset: neighbors -> retrieve -> filter -> build.
+CLI_HELP = """Curate an auxiliary (neighbor) dataset: neighbors -> [rank] -> retrieve -> filter -> build.
 
 Any key of the YAML file can be overridden on the command line by its dotted path (--SECTION.KEY VALUE,
 --SECTION.KEY.SUBKEY VALUE), e.g. --neighbors.k 3 --retrieve.backend bing --retrieve.download.num_workers 8.

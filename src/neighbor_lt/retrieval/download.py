@@ -358,9 +358,17 @@ class Downloader:
         output_dir: folder of ``downloads.jsonl``, ``images/`` and ``download_summary.json``.
         config: a :class:`DownloadConfig`.
         resolver: ``getaddrinfo``-compatible name resolver (default ``socket.getaddrinfo``; tests inject one).
+        reuse_dir: another downloader's folder (the rank stage's probes): a candidate with an ``ok`` record there
+            (same auxiliary class and URL) takes its stored image instead of a request, then is deduplicated here.
     """
 
-    def __init__(self, output_dir: str, config: DownloadConfig | None = None, resolver: Callable | None = None):
+    def __init__(
+        self,
+        output_dir: str,
+        config: DownloadConfig | None = None,
+        resolver: Callable | None = None,
+        reuse_dir: str | None = None,
+    ):
         import httpx
         import imagehash  # noqa: F401  # now, not in 16+ worker threads at once on their first image (import lock)
 
@@ -382,6 +390,11 @@ class Downloader:
         self._stop = threading.Event()
         self._commit_lock = threading.Lock()  # an image file and its manifest line are written together
         self._writer: JsonlWriter | None = None
+        self.reuse_dir = reuse_dir
+        self._reuse: dict[str, dict] = {}
+        if reuse_dir:
+            manifest = os.path.join(reuse_dir, "downloads.jsonl")
+            self._reuse = {r["key"]: r for r in read_jsonl(manifest) if r.get("outcome") == "ok" and r.get("path")}
 
     # ---- resumption -------------------------------------------------------------------------------------------
     def load_records(self, retry_failed: bool = False) -> dict[str, dict]:
@@ -643,7 +656,10 @@ class Downloader:
     def _validate_and_dedup(self, candidate: Candidate, record: dict) -> tuple[dict, bytes | None]:
         import imagehash
 
-        if candidate.image_bytes is not None:
+        reused = self._reused(record["key"])
+        if reused is not None:
+            result = reused
+        elif candidate.image_bytes is not None:
             result = {"outcome": "ok", "data": candidate.image_bytes}
         else:
             with self._lock:
@@ -656,6 +672,7 @@ class Downloader:
             else:
                 result = self.fetch(candidate.image_url)
         data = result.pop("data", None)
+        hashes = {k: result.pop(k) for k in ("sha256", "phash") if k in result}  # a reused image's, as first received
         record.update({k: v for k, v in result.items() if k != "content_type"})
         if result["outcome"] != "ok":
             return record, None
@@ -663,7 +680,8 @@ class Downloader:
         record.update(outcome=outcome, detail=detail)
         if image is None:
             return record, None
-        sha, phash = hashlib.sha256(data).hexdigest(), str(imagehash.phash(image))
+        sha = hashes.get("sha256") or hashlib.sha256(data).hexdigest()
+        phash = hashes.get("phash") or str(imagehash.phash(image))
         record.update(sha256=sha, phash=phash, width=image.width, height=image.height, bytes=len(data))
         with self._lock:
             first = self._sha.get(sha) or self._find_phash(phash)
@@ -679,6 +697,17 @@ class Downloader:
             image.save(buffer, "JPEG", quality=self.config.jpeg_quality)
             data = buffer.getvalue()
         return record, data
+
+    def _reused(self, key: str) -> dict | None:
+        """The stored image of ``key`` in ``reuse_dir`` as a fetch result (its record's fields), or None."""
+        previous = self._reuse.get(key)
+        path = os.path.join(self.reuse_dir, previous["path"]) if previous else None
+        if path is None or not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            data = f.read()
+        fields = ("final_url", "status", "content_type", "sha256", "phash")
+        return {"outcome": "ok", "data": data, **{k: previous[k] for k in fields if k in previous}, "reused": True}
 
     def _find_phash(self, phash: str) -> str | None:
         if self.config.phash_distance < 0:

@@ -33,6 +33,12 @@ def caption_matches(name: str, caption: str) -> bool:
     return name_in_text(name, caption)
 
 
+def embedding_key(model_name_or_path: str, pooling: str) -> str:
+    """The cache key of an embedding space (a model and its pooling), known before the model is loaded."""
+    name = model_name_or_path
+    return f"{os.path.abspath(name) if os.path.isdir(name) else name}|{pooling}"
+
+
 class ImageEmbedder:
     """L2-normalized image embeddings from any HF ``AutoModel`` (DINOv2, ViT, CLIP, ...), batched with a progress bar.
 
@@ -71,7 +77,7 @@ class ImageEmbedder:
     @property
     def key(self) -> str:
         """Identifies the embedding space (cache key)."""
-        return f"{os.path.abspath(self.name) if os.path.isdir(self.name) else self.name}|{self.pooling}"
+        return embedding_key(self.name, self.pooling)
 
     def _forward(self, pixel_values):
         model = self.model

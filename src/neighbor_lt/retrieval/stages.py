@@ -32,6 +32,7 @@ import numpy as np
 
 from ..configs import ConfigError, from_dict
 from ..curate import CurateContext, StageError, check_backend_options
+from ..neighbors.confusability import card_summary
 from ..secrets import install_log_redaction, redact, redact_mapping
 from .builder import push_aux_dataset, select_per_class, write_aux_dataset
 from .card import render_dataset_card
@@ -60,6 +61,9 @@ from .search import SEARCH_BACKENDS, Candidate, SearchError, get_search_backend
 
 logger = logging.getLogger(__name__)
 
+#: The rank stage's probe folder under ``<output_dir>/rank``: a retrieve folder (searches.jsonl, downloads.jsonl,
+#: images/) whose searches and images the retrieve stage reuses.
+PROBE_DIR = "probes"
 
 __all__ = ["BuildArguments", "FilterArguments", "RetrieveArguments", "StageError", "run_build", "run_filter",
            "run_retrieve"]  # fmt: skip
@@ -255,23 +259,16 @@ def run_retrieve(section: RetrieveArguments | dict, context: CurateContext) -> d
         args.neighbor_manifest or os.path.join(context.output_dir, "neighbors", "neighbors.json")
     )
     aux = manifest["auxiliary"]
-    downloader = Downloader(out, download)
+    # the rank stage's probes (searches and images of the candidate classes): reused, never fetched twice
+    probes = os.path.join(context.output_dir, "rank", PROBE_DIR)
+    probes = probes if os.path.isdir(probes) else None
+    downloader = Downloader(out, download, reuse_dir=probes)
     try:
         if args.img2dataset_dir:
             summary = downloader.run(iter_img2dataset(args.img2dataset_dir), desc="img2dataset ingest")
             return _report_downloads(summary, "img2dataset ingest", args.retry_failed)
-        kwargs = dict(args.backend_kwargs)
-        if args.backend == "pool" and args.exclude_target_classes:
-            excluded = set(kwargs.get("exclude_names") or [])
-            for target in manifest.get("targets", []):
-                excluded.update(str(target[k]) for k in ("name", "query") if target.get(k))
-            excluded.update(_target_names_safe(context))
-            kwargs["exclude_names"] = sorted(excluded)
-        try:
-            backend = get_search_backend(args.backend, **kwargs)
-        except (ValueError, TypeError) as e:  # unknown backend, missing key, unknown option: one line, no secret
-            raise StageError(redact(f"retrieve: cannot start the {args.backend!r} backend: {e}")) from None
-        candidates, searches = _search_all(backend, args, aux, out)
+        backend = search_backend(args, manifest, context)
+        candidates, searches = _search_all(backend, args, aux, out, reuse_dir=probes)
         if args.search_only:
             return {"candidates": len(candidates)}
         summary = downloader.run(candidates, desc=f"retrieve ({args.backend})", retry_failed=args.retry_failed)
@@ -284,6 +281,25 @@ def run_retrieve(section: RetrieveArguments | dict, context: CurateContext) -> d
         return summary
     finally:
         downloader.close()
+
+
+def search_backend(args: RetrieveArguments, manifest: dict, context: CurateContext):
+    """The search backend of the ``retrieve:`` settings; a pool never returns a target class of ``manifest``.
+
+    Raises:
+        StageError: the backend cannot start (unknown backend, missing key, unknown option), in one line.
+    """
+    kwargs = dict(args.backend_kwargs)
+    if args.backend == "pool" and args.exclude_target_classes:
+        excluded = set(kwargs.get("exclude_names") or [])
+        for target in manifest.get("targets", []):
+            excluded.update(str(target[k]) for k in ("name", "query") if target.get(k))
+        excluded.update(_target_names_safe(context))
+        kwargs["exclude_names"] = sorted(excluded)
+    try:
+        return get_search_backend(args.backend, **kwargs)
+    except (ValueError, TypeError) as e:  # unknown backend, missing key, unknown option: one line, no secret
+        raise StageError(redact(f"retrieve: cannot start the {args.backend!r} backend: {e}")) from None
 
 
 def _target_names_safe(context: CurateContext) -> list[str]:
@@ -314,17 +330,24 @@ def _report_downloads(summary: dict, desc: str, retried: bool) -> dict:
     return summary
 
 
-def _search_all(backend, args: RetrieveArguments, aux: list[dict], out: str) -> tuple[list[Candidate], Counter]:
+def _search_all(
+    backend, args: RetrieveArguments, aux: list[dict], out: str, reuse_dir: str | None = None
+) -> tuple[list[Candidate], Counter]:
     """Run every query once; web results are cached in searches.jsonl (pool hits carry bytes and are recomputed).
 
     A failed search is not cached (the next run asks again); a search with zero results is cached as ``empty`` and
-    asked again with ``retry_failed``. Returns the candidates and counts (ok, empty, failed, not_sent, cached).
+    asked again with ``retry_failed``. A cached search's hits take the manifest's current ``neighbor_of``. With
+    ``reuse_dir`` (the rank stage's probes), its cached searches answer too. Returns the candidates and counts (ok,
+    empty, failed, not_sent, cached).
     """
     from tqdm.auto import tqdm
 
     cache_path = os.path.join(out, "searches.jsonl")
     cacheable = args.backend != "pool"
     cached = {r["aux_name"]: r for r in read_jsonl(cache_path)} if cacheable else {}
+    if cacheable and reuse_dir:
+        for record in read_jsonl(os.path.join(reuse_dir, "searches.jsonl")):
+            cached.setdefault(record["aux_name"], record)
     writer = JsonlWriter(cache_path) if cacheable else None
     candidates, stats = [], Counter()
     errors: dict[str, list[str]] = {}  # distinct error message -> the queries that got it
@@ -336,7 +359,9 @@ def _search_all(backend, args: RetrieveArguments, aux: list[dict], out: str) -> 
             query = args.query_template.format(name=name)
             previous = cached.get(name)
             if previous is not None and (previous["candidates"] or not args.retry_failed):
-                hits = [Candidate(**c) for c in previous["candidates"]]
+                hits = [
+                    Candidate(**{**c, "aux_name": name, "neighbor_of": neighbor_of}) for c in previous["candidates"]
+                ]
                 stats["cached"] += 1
             else:
                 try:
@@ -677,6 +702,7 @@ def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[st
         leak_phash_distance=filter_cfg.get("leak_phash_distance") if filter_cfg.get("leak_check") else "off",
         stage_counts=stage_counts,
         class_counts=class_counts,
+        visual_ranking=card_summary(manifest) if manifest.get("ranking") else None,
     )
     write_aux_dataset(groups, os.path.join(context.output_dir, "retrieve"), dataset_dir, card, args.rows_per_shard)
     summary = {
