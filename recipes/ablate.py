@@ -6,6 +6,8 @@ Usage:
     python recipes/ablate.py --config recipes/tiny_imagenet_lt/ablate.yaml --development true          # dev split
     python recipes/ablate.py --config recipes/tiny_imagenet_lt/ablate.yaml --report_only true         # table so far
     python recipes/ablate.py --config my_ablate.yaml --train.num_train_epochs 10 --curate.neighbors.k 3
+    python recipes/ablate.py --config recipes/tiny_imagenet_lt/ablate.yaml --variants c_v \
+        --visual.rank.model_name_or_path outputs/tiny_imagenet_lt/ablate/runs/a/seed0   # (c+v), opt-in
 
 What it does, all through the product:
 1. Curation, once: ``recipes/curate.py`` (neighbors -> retrieve -> filter -> build) for the real neighbor set, and a
@@ -64,6 +66,9 @@ DEFAULTS = {
     "train": {},  # overrides of train-recipe keys, for every run
     "curate_config": None,  # the curate recipe YAML (its target section is replaced by the train config's data keys)
     "curate": {},  # overrides: {section: {key: value}}
+    # (c+v) only: curate overrides of the visually ranked set, on top of `curate`: {rank: {model_name_or_path: ...}}
+    # (required), neighbors.candidate_factor 3 unless set
+    "visual": {},
     "variants": ["a", "c", "a_steps", "b", "d"],
     "seeds": [0, 1, 2],
     "control_seed": 0,  # seed of the random-class control
@@ -129,6 +134,11 @@ def parse_config(argv: list[str]) -> dict:
     bad = [v for v in config["variants"] if v not in ablation.VARIANTS]
     if bad:
         raise ConfigError(f"unknown variant(s) {bad}; choose from {list(ablation.VARIANTS)}")
+    if "c_v" in config["variants"] and not ((config["visual"] or {}).get("rank") or {}).get("model_name_or_path"):
+        raise ConfigError(
+            "variant c_v needs visual.rank.model_name_or_path: the image model that ranks the candidates (a Hub id, "
+            "or a folder from recipes/train.py, e.g. the (a) run of a first pass with --variants a)"
+        )
     if not config["seeds"] or not all(isinstance(s, int) for s in config["seeds"]):
         raise ConfigError(f"seeds must be a list of integers, got {config['seeds']!r}")
     config["config_path"] = path
@@ -206,13 +216,34 @@ def curate_sets(config: dict, train: dict, out: str) -> dict:
         os.path.join(control_dir, "curate.yaml"), resolved_curate_config(config, train, control_dir)
     )
     run_curate(control_yaml, CURATE_STAGES[1:], os.path.join(control_dir, "curate.log"))
-    logger.info("curation done in %.0f s; control: %s", time.time() - t0, stats)
-    return {
+    sets = {
         "neighbors": os.path.join(real_dir, "aux_dataset"),
         "random": os.path.join(control_dir, "aux_dataset"),
         "control": stats,
         "manifest": manifest_stats(manifest),
     }
+    if any(ablation.VARIANTS[v].aux == "visual" for v in config["variants"]):
+        sets.update(curate_visual_set(config, train, out))
+    logger.info("curation done in %.0f s; control: %s", time.time() - t0, stats)
+    return sets
+
+
+def curate_visual_set(config: dict, train: dict, out: str) -> dict:
+    """The (c+v) set: the neighbor set's curation with the ``visual`` overrides and the rank stage, in curate/visual."""
+    visual_dir = os.path.join(out, "curate", "visual")
+    overrides = {**config, "curate": copy.deepcopy(config["curate"] or {})}
+    visual = copy.deepcopy(config["visual"] or {})
+    visual.setdefault("neighbors", {}).setdefault("candidate_factor", 3)
+    for section, values in visual.items():
+        overrides["curate"][section] = {**(overrides["curate"].get(section) or {}), **(values or {})}
+    visual_yaml = _write_yaml(
+        os.path.join(visual_dir, "curate.yaml"), resolved_curate_config(overrides, train, visual_dir)
+    )
+    stages = (CURATE_STAGES[0], "rank", *CURATE_STAGES[1:])
+    run_curate(visual_yaml, stages, os.path.join(visual_dir, "curate.log"))
+    with open(os.path.join(visual_dir, "neighbors", "neighbors.json")) as f:
+        manifest = json.load(f)
+    return {"visual": os.path.join(visual_dir, "aux_dataset"), "visual_manifest": manifest_stats(manifest)}
 
 
 def manifest_stats(manifest: dict) -> dict:
@@ -377,6 +408,7 @@ def report(config, argv, runs, sets, steps_c, wall_s) -> dict:
     summary = {
         "command": command, "date": datetime.date.today().isoformat(), "machine": machine, "split": split,
         "wall_s": round(wall_s, 1), "steps_of_c": steps_c, "neighbors": sets["manifest"], "control": sets["control"],
+        **({"visual": sets["visual_manifest"]} if "visual_manifest" in sets else {}),
         "variants": {
             v: {
                 "label": ablation.VARIANTS[v].label,

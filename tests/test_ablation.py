@@ -94,6 +94,40 @@ def test_config_overrides_and_errors(tmp_path):
         recipe.parse_config(["--config", str(cfg), "--seeds"])
 
 
+def test_the_visual_variant_is_opt_in_and_curates_its_own_set(tmp_path, monkeypatch):
+    recipe = _load_recipe()
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'o'}\ntrain_config: t.yaml\ncurate_config: {tmp_path / 'c.yaml'}\n")
+    (tmp_path / "c.yaml").write_text("neighbors: {backend: wordnet, k: 5}\nretrieve: {backend: pool}\n")
+    assert "c_v" not in recipe.parse_config(["--config", str(cfg)])["variants"]
+    with pytest.raises(ConfigError, match="c_v needs visual.rank.model_name_or_path"):
+        recipe.parse_config(["--config", str(cfg), "--variants", "c", "c_v"])
+    config = recipe.parse_config(
+        ["--config", str(cfg), "--variants", "c_v", "--visual.rank.model_name_or_path", "runs/a/seed0",
+         "--curate.neighbors.k", "3"]
+    )  # fmt: skip
+    assert ablation.VARIANTS["c_v"].loss == ablation.VARIANTS["c"].loss and ablation.VARIANTS["c_v"].aux == "visual"
+    calls = []
+
+    def fake_curate(path, stages, log):
+        calls.append((path, tuple(stages)))
+        os.makedirs(tmp_path / "o" / "curate" / "visual" / "neighbors", exist_ok=True)
+        (tmp_path / "o" / "curate" / "visual" / "neighbors" / "neighbors.json").write_text(json.dumps(_manifest()))
+
+    monkeypatch.setattr(recipe, "run_curate", fake_curate)
+    sets = recipe.curate_visual_set(config, {"dataset_name": "parquet"}, str(tmp_path / "o"))
+    ((path, stages),) = calls
+    assert stages == ("neighbors", "rank", "retrieve", "filter", "build") and path.endswith(
+        "curate/visual/curate.yaml"
+    )
+    import yaml
+
+    written = yaml.safe_load(open(path))
+    assert written["rank"] == {"model_name_or_path": "runs/a/seed0"} and written["neighbors"]["k"] == 3
+    assert written["neighbors"]["candidate_factor"] == 3 and written["output_dir"].endswith("curate/visual")
+    assert sets["visual"].endswith("curate/visual/aux_dataset") and sets["visual_manifest"]["aux_classes"] == 3
+
+
 def test_ablation_end_to_end_on_tiny_inputs(tmp_path, monkeypatch, capsys):
     """All five variants, one seed, two steps each, through recipes/curate.py and recipes/train.py's main()."""
     monkeypatch.chdir(REPO)
@@ -108,7 +142,7 @@ def test_ablation_end_to_end_on_tiny_inputs(tmp_path, monkeypatch, capsys):
         "--curate.neighbors.k", "2",
     ]  # fmt: skip
     summary = recipe.main(argv)
-    assert set(summary["variants"]) == set(ablation.VARIANTS)
+    assert set(summary["variants"]) == set(ablation.VARIANTS) - set(ablation.OPT_IN)  # (c+v) is asked for by name
     saved = json.loads((out / "summary.json").read_text())
     assert saved["paired"].keys() == {"c_vs_a_steps", "c_vs_b", "c_vs_d", "c_vs_a"}
     for name, variant in saved["variants"].items():

@@ -10,6 +10,8 @@ The variants (the paper's ablation, Table 5, plus an equal-steps baseline and a 
 - ``c``: neighbor silencing + masking (ours, eq. 4).
 - ``d``: random auxiliary classes with the same bipartite shape as the real neighbors, trained as ``c`` (is the gain
   from *neighbors*, or from any extra classes?).
+- ``c_v`` (opt-in): neighbors chosen by how confusable they look (the curation's ``rank`` stage over a wider name-ranked
+  candidate list), trained as ``c``.
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ VARIANTS = {
         Variant("b", "(b) aux merged, BalCE (eq. 3)", "balanced_softmax", "neighbors"),
         Variant("c", "(c) neighbor silencing + mask (ours)", "neighbor_silencing", "neighbors"),
         Variant("d", "(d) random aux classes, as (c)", "neighbor_silencing", "random"),
+        Variant("c_v", "(c+v) visually ranked neighbors, as (c)", "neighbor_silencing", "visual"),
     )
 }
+#: Variants a recipe curates only when asked for (their auxiliary set needs more than the neighbor set's settings).
+OPT_IN = ("c_v",)
 COMPARISONS = ("a_steps", "b", "d", "a")  # what (c) is compared with, per class
 
 
