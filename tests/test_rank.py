@@ -287,3 +287,37 @@ def test_the_per_auxiliary_cap_applies_to_the_visual_choice():
     assert capped["reason"] == "cap: auxiliary class already serves 1 targets" and capped["visual_rank"] == 1
     assert [a["neighbor_of"] for a in manifest["auxiliary"]] == [["rare"], ["common"]]
     assert manifest["summary"]["kept"] == 2 and manifest["summary"]["max_targets_per_aux_class"] == 1
+
+
+def test_web_probes_are_searched_and_fetched_once(tmp_path, tiny_imagenet_dir, colour_embedder):
+    """Against a Bing-style search API and image host on 127.0.0.1: the retrieve stage reuses the rank stage's
+    searches and probe images, so every search is sent once and every image fetched once."""
+    from retrieval_fixtures.server import ImageServer, load_jpegs
+
+    names = ["school bus", "ambulance", "tow truck", "canoe", "yacht"]
+    results = {n: [(f"/img/{6 * c + i}.jpg", f"/page/{i}", f"{n} {i}") for i in range(6)] for c, n in enumerate(names)}
+    server = ImageServer(load_jpegs(tiny_imagenet_dir, 40), search_results=results).start()
+    try:
+        retrieve = {
+            "backend": "bing", "max_results_per_query": 6,
+            "backend_kwargs": {"api_key": "test-key", "endpoint": server.url("/v7.0/images/search")},
+            "download": {"allowed_networks": ["127.0.0.1/32"], "requests_per_second_per_host": 0, "num_workers": 2},
+        }  # fmt: skip
+        context = CurateContext(str(tmp_path), target=make_target(), sections={"retrieve": retrieve})
+        run_neighbors(neighbors_section(), context)
+        manifest = rank.run(RANK, context)
+        assert manifest["ranking"]["status"] == "ran" and manifest["ranking"]["candidates_without_probes"] == [
+            "unicorn"
+        ]
+        searches = server.requests["/v7.0/images/search"]
+        assert searches == 6  # one per candidate, unicorn included
+        assert sum(n for p, n in server.requests.items() if p.startswith("/img/")) == 5 * 4  # the probes only
+        summary = run_retrieve(retrieve, context)
+    finally:
+        server.stop()
+    assert server.requests["/v7.0/images/search"] == searches  # the retrieve stage searched nothing again
+    fetched = {p: n for p, n in server.requests.items() if p.startswith("/img/")}
+    assert max(fetched.values()) == 1 and len(fetched) == 5 * 4 + 2 * 2  # the 2 kept classes' other 2 images
+    records = read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")
+    assert summary["ok"] == 12 and sum(bool(r.get("reused")) for r in records) == 8
+    assert {r["aux_name"] for r in records} == set(kept(manifest)["fire engine"] + kept(manifest)["ocean liner"])
