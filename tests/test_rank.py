@@ -321,3 +321,19 @@ def test_web_probes_are_searched_and_fetched_once(tmp_path, tiny_imagenet_dir, c
     records = read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")
     assert summary["ok"] == 12 and sum(bool(r.get("reused")) for r in records) == 8
     assert {r["aux_name"] for r in records} == set(kept(manifest)["fire engine"] + kept(manifest)["ocean liner"])
+
+
+def test_the_filter_follows_the_current_manifest(tmp_path, pool_file, colour_embedder):
+    """Retrieved before the ranking (the name-ranked 'school bus'), then ranked: the dataset holds the new choice."""
+    import pandas as pd
+
+    context = context_for(tmp_path, pool_file)
+    run_neighbors(neighbors_section(), context)
+    run_retrieve(context.sections["retrieve"], context)
+    assert {r["aux_name"] for r in read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")} == {"school bus"}
+    rank.run(RANK, context)
+    run_retrieve(context.sections["retrieve"], context)
+    summary = run_filter({"model_name_or_path": None, "leak_check": False}, context)
+    decisions = pd.read_parquet(tmp_path / "filter" / "decisions.parquet")
+    assert set(decisions["aux_name"]) == {"ambulance", "yacht"} and summary["images"] == 12
+    assert set(decisions["neighbor_of"]) == {'["fire engine"]', '["ocean liner"]'}

@@ -454,7 +454,7 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
     if not os.path.exists(manifest_path):
         raise StageError(f"filter: {manifest_path} not found: run the retrieve stage first")
     records = {r["key"]: r for r in read_jsonl(manifest_path)}  # a key's last line wins (retried URLs)
-    items = [r for r in records.values() if r["outcome"] == "ok"]
+    items = _current_classes([r for r in records.values() if r["outcome"] == "ok"], context)
     if not items:
         raise StageError(
             f"filter: no retrieved image to filter ({len(records)} record(s) in {manifest_path}, none ok): "
@@ -573,6 +573,28 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
             "see filter/decisions.parquet and loosen the thresholds"
         )
     return summary
+
+
+def _current_classes(items: list[dict], context: CurateContext) -> list[dict]:
+    """The retrieved images of the auxiliary classes the neighbor manifest holds now, with its ``neighbor_of``.
+
+    ``retrieve/downloads.jsonl`` keeps the images of every earlier manifest (a rerun of the neighbors or rank stage
+    may drop or re-pair classes); the filter, and so the dataset, follows the current one.
+    """
+    retrieve_cfg = _load_json(os.path.join(context.output_dir, "retrieve", "config.json"), {}) or {}
+    path = retrieve_cfg.get("neighbor_manifest") or os.path.join(context.output_dir, "neighbors", "neighbors.json")
+    manifest = _load_json(path) if os.path.exists(path) else None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("auxiliary"), list):
+        return items
+    current = {a["name"]: list(a.get("neighbor_of") or []) for a in manifest["auxiliary"] if isinstance(a, dict)}
+    kept = [{**r, "neighbor_of": current[r["aux_name"]]} for r in items if r.get("aux_name") in current]
+    if len(kept) < len(items):
+        gone = sorted({r.get("aux_name") for r in items if r.get("aux_name") not in current})
+        logger.info(
+            "filter: %d retrieved image(s) of %d class(es) no longer in %s left out (e.g. %s)",
+            len(items) - len(kept), len(gone), path, ", ".join(map(repr, gone[:3])),
+        )  # fmt: skip
+    return kept
 
 
 def _phashes(ds, args: FilterArguments) -> np.ndarray:
