@@ -242,14 +242,20 @@ def test_rank_settings_and_the_default_stages(tmp_path):
         load_config(None, values={**base, "neighbors": neighbors_section(factor=0)})
 
 
-def test_rank_with_a_tiny_dinov2(tmp_path, pool_file):
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory):
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
-    model = tmp_path / "dinov2"
+    model = tmp_path_factory.mktemp("dinov2")
     config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                           image_size=32, patch_size=8)  # fmt: skip
     Dinov2Model(config).save_pretrained(model)
     BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(model)
+    return str(model)
+
+
+def test_rank_with_a_tiny_dinov2(tmp_path, pool_file, tiny_dinov2):
+    model = tiny_dinov2
     context = context_for(tmp_path, pool_file)
     run_neighbors(neighbors_section(), context)
     manifest = rank.run({**RANK, "model_name_or_path": str(model), "score": "confusion"}, context)
@@ -337,3 +343,23 @@ def test_the_filter_follows_the_current_manifest(tmp_path, pool_file, colour_emb
     decisions = pd.read_parquet(tmp_path / "filter" / "decisions.parquet")
     assert set(decisions["aux_name"]) == {"ambulance", "yacht"} and summary["images"] == 12
     assert set(decisions["neighbor_of"]) == {'["fire engine"]', '["ocean liner"]'}
+
+
+def test_filter_scores_are_redone_when_an_image_changes_targets(tmp_path, pool_file, tiny_dinov2):
+    import pandas as pd
+
+    from neighbor_lt.neighbors.manifest import write_manifest
+
+    context = context_for(tmp_path, pool_file)
+    run_neighbors(neighbors_section(), context)
+    run_retrieve(context.sections["retrieve"], context)
+    section = {"model_name_or_path": tiny_dinov2, "leak_check": False, "gamma_low": None, "gamma_high": None}
+    run_filter(section, context)
+    assert set(pd.read_parquet(tmp_path / "filter" / "decisions.parquet")["parent"]) == {"fire engine"}
+    path = tmp_path / "neighbors" / "neighbors.json"
+    manifest = load_manifest(path)
+    manifest["auxiliary"][0]["neighbor_of"] = ["ocean liner"]  # school bus re-paired
+    write_manifest(manifest, str(path))
+    run_filter(section, context)
+    decisions = pd.read_parquet(tmp_path / "filter" / "decisions.parquet")
+    assert set(decisions["parent"]) == {"ocean liner"} and set(decisions["neighbor_of"]) == {'["ocean liner"]'}

@@ -507,8 +507,12 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
     # scores, resumable in chunks
     scores_path = os.path.join(out, f"scores-{scorer_id}.jsonl")
     scores = {s["key"]: s for s in read_jsonl(scores_path)}
-    todo = [r for r in items if r["key"] not in scores]
-    logger.info("filter: %d image(s), %d already scored, %d to score", len(items), len(scores), len(todo))
+    # a score is redone when its image's targets changed (a new neighbor manifest); older scores carry no targets
+    todo = [
+        r for r in items
+        if r["key"] not in scores or scores[r["key"]].get("targets", r["neighbor_of"]) != r["neighbor_of"]
+    ]  # fmt: skip
+    logger.info("filter: %d image(s), %d already scored, %d to score", len(items), len(items) - len(todo), len(todo))
     writer = JsonlWriter(scores_path)
     try:
         chunk = 512
@@ -528,6 +532,7 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
                         sims = prototypes[parents] @ vector
                         result["similarity"] = float(sims.max())
                         result["parent"] = record["neighbor_of"][int(sims.argmax())]
+                    result["targets"] = list(record.get("neighbor_of") or [])
                 if eval_embeddings is not None:
                     best, where = max_similarity(emb, eval_embeddings)
                     for result, value, i in zip(results, best, where):
