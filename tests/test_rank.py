@@ -363,3 +363,31 @@ def test_filter_scores_are_redone_when_an_image_changes_targets(tmp_path, pool_f
     run_filter(section, context)
     decisions = pd.read_parquet(tmp_path / "filter" / "decisions.parquet")
     assert set(decisions["parent"]) == {"ocean liner"} and set(decisions["neighbor_of"]) == {'["ocean liner"]'}
+
+
+def test_the_command_line_runs_rank_when_the_yaml_has_its_section(tmp_path, pool_file, tiny_dinov2):
+    import yaml
+
+    from neighbor_lt.curate import main
+
+    make_target()["train"].to_parquet(tmp_path / "train.parquet")
+    config = {
+        "output_dir": str(tmp_path / "out"),
+        "target": {"dataset_name": "parquet", "train_files": [str(tmp_path / "train.parquet")]},
+        "neighbors": neighbors_section(),
+        "rank": {"model_name_or_path": tiny_dinov2, "probe_images": 3},
+        "retrieve": {"backend": "pool", "backend_kwargs": {"data_files": pool_file}, "max_results_per_query": 5},
+        "filter": {"leak_check": False},
+        "build": {"max_images_per_class": 5},
+    }
+    path = tmp_path / "curate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["--config", str(path), "--stages", "rank"]) == 1  # no candidates yet: one line, exit 1
+    assert main(["--config", str(path)]) == 0
+    manifest = load_manifest(tmp_path / "out" / "neighbors" / "neighbors.json")
+    assert manifest["ranking"]["status"] == "ran" and manifest["ranking"]["probe_images"] == 3
+    assert yaml.safe_load((tmp_path / "out" / "curate_config.yaml").read_text())["rank"]["probe_images"] == 3
+    card = (tmp_path / "out" / "aux_dataset" / "README.md").read_text()
+    assert "## Neighbors ranked by how they look" in card
+    records = read_jsonl(tmp_path / "out" / "retrieve" / "downloads.jsonl")
+    assert len(records) == 10 and sum(bool(r.get("reused")) for r in records) == 6
