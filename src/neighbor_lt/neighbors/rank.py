@@ -153,7 +153,7 @@ def fetch_probes(candidates: dict, args: RankArguments, context: CurateContext, 
         StageError: the search backend cannot start, or no candidate class has any search result.
     """
     from neighbor_lt.retrieval.download import DownloadConfig, Downloader, read_jsonl
-    from neighbor_lt.retrieval.stages import _search_all, search_backend
+    from neighbor_lt.retrieval.stages import search_all, search_backend
     from neighbor_lt.secrets import redact
 
     retrieve = context.arguments("retrieve")
@@ -166,7 +166,7 @@ def fetch_probes(candidates: dict, args: RankArguments, context: CurateContext, 
     cached = retrieve.backend != "pool"
     asked = retrieve if cached else dataclasses.replace(retrieve, max_results_per_query=args.probe_images)
     backend = search_backend(retrieve, candidates, context)
-    hits, _ = _search_all(backend, asked, aux, probe_dir)
+    hits, _ = search_all(backend, asked, aux, probe_dir)
     chosen: dict[str, list] = {}
     for hit in sorted(hits, key=lambda h: h.rank):
         if len(chosen.setdefault(hit.aux_name, [])) < args.probe_images:

@@ -268,7 +268,7 @@ def run_retrieve(section: RetrieveArguments | dict, context: CurateContext) -> d
             summary = downloader.run(iter_img2dataset(args.img2dataset_dir), desc="img2dataset ingest")
             return _report_downloads(summary, "img2dataset ingest", args.retry_failed)
         backend = search_backend(args, manifest, context)
-        candidates, searches = _search_all(backend, args, aux, out, reuse_dir=probes)
+        candidates, searches = search_all(backend, args, aux, out, reuse_dir=probes)
         if args.search_only:
             return {"candidates": len(candidates)}
         summary = downloader.run(candidates, desc=f"retrieve ({args.backend})", retry_failed=args.retry_failed)
@@ -330,7 +330,7 @@ def _report_downloads(summary: dict, desc: str, retried: bool) -> dict:
     return summary
 
 
-def _search_all(
+def search_all(
     backend, args: RetrieveArguments, aux: list[dict], out: str, reuse_dir: str | None = None
 ) -> tuple[list[Candidate], Counter]:
     """Run every query once; web results are cached in searches.jsonl (pool hits carry bytes and are recomputed).
