@@ -17,6 +17,13 @@ not a list of names) or ``skipped`` (the class's group ratio is 0). ``num_reques
 unknown); ``wnid`` is the synset the name was read in (``sense_corrected``: not its most frequent sense; ``suspect``:
 the lexicographer file of a sense a photo does not show). An auxiliary name never matches a target class name in
 any spelling, and one synset is one auxiliary class.
+
+After the ``rank`` stage (:mod:`neighbor_lt.neighbors.rank`) the manifest also has a top-level ``ranking`` record
+(``model``, ``pooling``, ``score``, ``min_score``, ``probe_images``, ``candidate_factor``, ``status``: ``ran`` or
+``not_run`` with its ``reason``, counts); every target a ``ranking`` record (``status``: ``ranked`` or ``name_ranked``
+with its ``reason``; ``candidates``: each candidate with ``name_rank``, ``backend``, ``distance``, ``name_similarity``,
+``probe_images``, ``prototype``, ``confusion``, ``score``, ``visual_rank``, ``kept`` and the ``reason`` it was not);
+its ``scores`` and each auxiliary entry ``prototype`` / ``confusion`` aligned like ``similarity``.
 """
 
 from __future__ import annotations

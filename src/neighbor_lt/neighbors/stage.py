@@ -1,5 +1,8 @@
 """The ``neighbors`` stage of ``recipes/curate.py``: target set -> backend -> ``<output_dir>/neighbors/neighbors.json``.
 
+Every screened candidate (``candidate_factor`` x what a class keeps) also goes, ranked, to ``neighbors/candidates.json``,
+the input of the optional ``rank`` stage.
+
 The settings are checked before any request (a bad ``k`` or ``ratios`` sends nothing). A class the leak guard or the
 reply parser leaves short is asked once more for the missing number (``top_up``). The stage raises ``ConfigError``
 for a setting to fix and ``NeighborSearchError`` when no class got a usable neighbor or the endpoint is down; after
