@@ -3,6 +3,8 @@
 Usage:
     python benchmarks/throughput.py                                   # demo ViT (128 wide, 4 layers, 64 px), CPU
     python benchmarks/throughput.py --model-size base --image-size 224 --bf16 --device cuda   # ViT-B/16 on a GPU
+    python benchmarks/throughput.py --config recipes/tiny_imagenet_lt/resnet/train.yaml --batch-size 128 \
+        --aux_dataset outputs/tiny_imagenet_lt/ablate/curate/neighbors/aux_dataset   # the ablation's model and data
 
 Three comparisons, each a ratio of images/s (target in brackets):
 
@@ -107,6 +109,7 @@ def build(args, workdir):
             "--disable_tqdm", "true", "--bf16", str(args.bf16).lower(), "--use_cpu", str(args.device == "cpu").lower()]  # fmt: skip
     if args.model_size:
         argv += ["--config_overrides", SIZES[args.model_size]]
+    argv += list(getattr(args, "recipe_args", []))
     if args.input_pipeline:
         argv += ["--input_pipeline", args.input_pipeline]
         if args.input_pipeline == "tensor":
@@ -253,7 +256,7 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--machine_note", default="", help="added to the machine line, e.g. 'shared, load 8'")
     parser.add_argument("--no_append", action="store_true", help="print only; leave RESULTS.md alone")
-    args = parser.parse_args()
+    args, args.recipe_args = parser.parse_known_args()  # the rest goes to the train recipe, e.g. --aux_dataset DIR
     if args.threads:
         torch.set_num_threads(args.threads)
     for lib in (datasets, transformers):
