@@ -137,3 +137,28 @@ def test_train_main_rejects_bad_config_before_training(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown loss"):
         train.main(_tiny_args(tmp_path / "b", "--loss", "focal"))
     assert not (tmp_path / "a" / "model.safetensors").exists()
+
+
+def test_two_cpu_processes_with_torchrun(tmp_path):
+    """The documented way to run several CPU processes: torchrun starts two (gloo), both train on disjoint shares of
+    each epoch, args.yaml records them and the global batch, and the masked model and table are written once."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NEIGHBOR_LT_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(REPO / "recipes" / "train.py"),
+         *_tiny_args(out, "--input_pipeline", "tensor", "--max_steps", "2", "--disable_tqdm", "true")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    run = yaml.safe_load((out / "args.yaml").read_text())["run"]
+    assert run == {"num_processes": 2, "global_train_batch_size": 32}
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["train_steps"] == 2 and saved["train_images"] == 64 and saved["num_images"] == 500
+    assert done.stdout.count("Masked target-only model saved") == 1
+    assert done.stdout.count("top-1 %") == 1

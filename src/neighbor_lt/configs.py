@@ -281,6 +281,14 @@ def read_yaml_mapping(path: str) -> dict:
     return values
 
 
+def _several_processes_without_gpu() -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def parse_args(dataclass_types, args: list[str] | None = None):
     """Parse dataclasses from an optional ``--config`` YAML file, overridden by command-line flags.
 
@@ -318,6 +326,11 @@ def parse_args(dataclass_types, args: list[str] | None = None):
     namespaces, remaining = parser.parse_known_args(args)
     if remaining:
         raise ConfigError(f"unknown command-line argument(s): {' '.join(remaining)}")
+    if getattr(namespaces, "use_cpu", True) is False and _several_processes_without_gpu():
+        # torchrun on CPU: without use_cpu, transformers runs N independent copies of the whole training (each
+        # process thinks it is alone); with it, the gloo process group shares every epoch between them.
+        namespaces.use_cpu = True
+        logger.info("%s processes and no GPU: use_cpu set, so they share the training", os.environ["WORLD_SIZE"])
     outputs = []
     for dc in dataclass_types:
         keys = {f.name for f in dataclasses.fields(dc) if f.init}
