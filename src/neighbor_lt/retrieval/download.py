@@ -369,8 +369,10 @@ class Downloader:
         resolver: Callable | None = None,
         reuse_dir: str | None = None,
     ):
-        import httpx
-        import imagehash  # noqa: F401  # now, not in 16+ worker threads at once on their first image (import lock)
+        from ..extras import require
+
+        httpx = require("httpx", "the image downloader")
+        require("imagehash", "the downloader's perceptual-hash dedup")  # now, not in 16+ threads at their first image
 
         self.output_dir = output_dir
         self.config = config = config or DownloadConfig()

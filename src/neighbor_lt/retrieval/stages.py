@@ -603,8 +603,11 @@ def _current_classes(items: list[dict], context: CurateContext) -> list[dict]:
 
 
 def _phashes(ds, args: FilterArguments) -> np.ndarray:
-    import imagehash
     from tqdm.auto import tqdm
+
+    from ..extras import require
+
+    imagehash = require("imagehash", "the filter stage's perceptual-hash leak check")
 
     images = iter_images(ds, args.image_column)
     return phash_to_int(str(imagehash.phash(im.convert("RGB"))) for im in tqdm(images, total=len(ds), desc="phash"))
