@@ -295,7 +295,12 @@ def main():
     load = os.getloadavg()[0]
     threads = torch.get_num_threads()
     model_cfg = setup["model"].config
-    model_desc = SIZES[args.model_size] if args.model_size else model_cfg.to_diff_dict()
+    skip = ("id2label", "label2id", "architectures", "transformers_version", "dtype", "stage_names", "out_features")
+    model_desc = (
+        SIZES[args.model_size]
+        if args.model_size
+        else {k: v for k, v in model_cfg.to_diff_dict().items() if k not in skip and not k.startswith("out_")}
+    )
     model_line = (
         f"{model_cfg.model_type} `{model_desc}`, {args.image_size} px, batch {args.batch_size}, "
         f"{'bf16' if args.bf16 else 'fp32'}, device {args.device}, {threads} torch threads; training: "

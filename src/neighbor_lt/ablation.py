@@ -227,7 +227,7 @@ def paired_test(per_class: dict, ours: str = "c", others=COMPARISONS, groups: li
                 "better": int((diff > 0).sum()),
                 "worse": int((diff < 0).sum()),
                 "tied": int((diff == 0).sum()),
-                "wilcoxon_p": round(p, 4),
+                "wilcoxon_p": float(f"{p:.3g}"),
             }
         out[f"{ours}_vs_{other}"] = result
     return out
@@ -274,13 +274,13 @@ def format_paired(paired: dict) -> str:
     for key, r in paired.items():
         a, f = r["all"], r.get("few")
         few = (
-            f"{f['mean_diff']:+.2f} | {f['better']} / {f['worse']} / {f['tied']} | {f['wilcoxon_p']:.3g}"
+            f"{f['mean_diff']:+.2f} | {f['better']} / {f['worse']} / {f['tied']} | {f['wilcoxon_p']:.2g}"
             if f and f["classes"]
             else "- | - | -"
         )
         lines.append(
             f"| {key.replace('_vs_', ' vs ')} (seeds {','.join(map(str, r['seeds']))}) | {a['classes']} | "
-            f"{a['mean_diff'] or 0:+.2f} | {a['better']} / {a['worse']} / {a['tied']} | {a['wilcoxon_p']:.3g} | {few} |"
+            f"{a['mean_diff'] or 0:+.2f} | {a['better']} / {a['worse']} / {a['tied']} | {a['wilcoxon_p']:.2g} | {few} |"
         )
     return "\n".join(lines)
 
