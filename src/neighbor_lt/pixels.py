@@ -33,6 +33,8 @@ from datasets import Dataset
 from datasets import Image as ImageFeature
 from PIL import Image
 
+from .data import MergedImageDataset
+
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
@@ -107,7 +109,7 @@ def pixel_cache(dataset: Dataset, size: int, cache_dir: str | None = None, where
     return np.load(path, mmap_mode="r")
 
 
-class CachedImageDataset(torch.utils.data.Dataset):
+class CachedImageDataset(MergedImageDataset):
     """Target rows ``0..N_t-1`` then auxiliary rows (labels shifted by ``L``) as uint8 ``[3, S, S]`` tensors.
 
     The same rows and labels as :class:`~neighbor_lt.data.MergedImageDataset`, so the
@@ -120,19 +122,10 @@ class CachedImageDataset(torch.utils.data.Dataset):
     def __init__(
         self, target: Dataset, aux: Dataset | None, num_targets: int, size: int, cache_dir: str | None = None
     ):
-        self.num_targets, self.size = num_targets, int(size)
+        super().__init__(target, aux, num_targets)  # rows, labels and their order
+        self.size = int(size)
         self.target_pixels = pixel_cache(target, self.size, cache_dir, where="target")
         self.aux_pixels = pixel_cache(aux, self.size, cache_dir, where="auxiliary") if aux is not None else None
-        self.target_labels = np.asarray(target["label"], dtype=np.int64)
-        self.aux_labels = np.asarray(aux["label"], dtype=np.int64) if aux is not None else np.zeros(0, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.target_labels) + len(self.aux_labels)
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Merged label of every row."""
-        return np.concatenate([self.target_labels, self.aux_labels + self.num_targets])
 
     def __getitem__(self, index: int) -> dict:
         batch = self.__getitems__([index])
@@ -251,7 +244,6 @@ def make_train_dataset(data_args, training_args, target, aux, num_targets: int, 
     if data_args.input_pipeline != "pil":
         raise ValueError(f"input_pipeline must be one of {INPUT_PIPELINES}, got {data_args.input_pipeline!r}")
     from .augment import ImageTransform
-    from .data import MergedImageDataset
 
     transform = ImageTransform(
         size, mean, std, train=True, rand_augment=training_args.rand_augment, crop_scale=crop_scale
