@@ -56,6 +56,7 @@ from neighbor_lt.configs import (
     pop_config_path,
     read_yaml_mapping,
 )
+from neighbor_lt.files import write_json_atomic
 
 logger = logging.getLogger("ablate")
 RECIPES = os.path.dirname(os.path.abspath(__file__))
@@ -211,7 +212,7 @@ def curate_sets(config: dict, train: dict, out: str) -> dict:
     control_path = os.path.join(control_dir, "neighbors", "neighbors.json")
     if not os.path.exists(control_path):
         os.makedirs(os.path.dirname(control_path), exist_ok=True)
-        ablation.write_json(control_path, control)
+        write_json_atomic(control_path, control, indent=1)
     control_yaml = _write_yaml(
         os.path.join(control_dir, "curate.yaml"), resolved_curate_config(config, train, control_dir)
     )
@@ -295,7 +296,10 @@ def read_run(run_dir: str, variant: str, seed: int) -> dict | None:
         result = json.load(f)
     result = {k: (float("nan") if v is None and k in ablation.GROUPS else v) for k, v in result.items()}
     meta_path = os.path.join(run_dir, "ablation_run.json")
-    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+    meta = {}
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
     per_class, counts, groups = ablation.read_per_class(os.path.join(run_dir, "per_class_accuracy.csv"))
     return {
         "variant": variant, "seed": seed, **{k: result.get(k) for k in ablation.GROUPS},
@@ -370,7 +374,9 @@ def main(argv=None) -> dict:
                 logger.exception("run %s seed %d failed", name, seed)
                 failed.append(f"{name} seed {seed}: {type(err).__name__}: {err}")
                 continue
-            ablation.write_json(os.path.join(run_dir, "ablation_run.json"), {"wall_s": round(time.time() - t0, 1)})
+            write_json_atomic(
+                os.path.join(run_dir, "ablation_run.json"), {"wall_s": round(time.time() - t0, 1)}, indent=1
+            )
             result = read_run(run_dir, name, seed)
             print(_line(i, len(plan), result), flush=True)
         else:
@@ -419,7 +425,7 @@ def report(config, argv, runs, sets, steps_c, wall_s) -> dict:
         },
         "paired": paired, "targets": targets, "figure": figure,
     }  # fmt: skip
-    ablation.write_json(os.path.join(out, f"summary{suffix}.json"), summary)
+    write_json_atomic(os.path.join(out, f"summary{suffix}.json"), summary, indent=1)
     text = ablation.markdown_table(table)
     print(f"\n{text}\n\n{ablation.format_paired(paired) if paired else ''}\n")
     for line in targets:

@@ -17,7 +17,6 @@ The variants (the paper's ablation, Table 5, plus an equal-steps baseline and a 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -328,10 +327,3 @@ def append_results(path: str, section: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as f:
         f.write("\n" + section.rstrip() + "\n")
-
-
-def write_json(path: str, value) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)

@@ -28,6 +28,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from .files import write_json_atomic
 from .metrics import FEW_THRESHOLD, GROUPS, MANY_THRESHOLD, group_of
 
 INFO_FILE = "neighbor_lt.json"
@@ -191,13 +192,7 @@ class RunFolder:
     # -- helpers ------------------------------------------------------------------------------------------------------
 
     def _write_json(self, name: str, values: dict) -> str:
-        os.makedirs(self.path, exist_ok=True)
-        path = self.file(name)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(values, f, indent=2)
-        os.replace(tmp, path)  # a reader never sees half a file
-        return path
+        return write_json_atomic(self.file(name), values, indent=2)  # a reader never sees half a file
 
     def _read_json(self, name: str):
         if not self.has(name):

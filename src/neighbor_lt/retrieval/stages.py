@@ -32,6 +32,7 @@ import numpy as np
 
 from ..configs import ConfigError, from_dict
 from ..curate import CurateContext, StageError, check_backend_options
+from ..files import write_json_atomic
 from ..neighbors.confusability import card_summary
 from ..secrets import install_log_redaction, redact, redact_mapping
 from .builder import push_aux_dataset, select_per_class, write_aux_dataset
@@ -170,10 +171,7 @@ def _arguments(section, cls, where: str):
 
 
 def _save_json(path: str, value) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, default=str)
-    os.replace(tmp, path)
+    write_json_atomic(path, value, indent=2, default=str)
 
 
 def _load_json(path: str, default=None):
