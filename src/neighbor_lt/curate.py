@@ -481,6 +481,11 @@ def run_stage(name: str, config: CurateConfig, context: CurateContext):
 # ---- command line ------------------------------------------------------------------------------------------------
 CLI_HELP = """Curate an auxiliary (neighbor) dataset: neighbors -> [rank] -> retrieve -> filter -> build.
 
+The YAML file has a top-level `output_dir`, `stages`, a `target` section (the target set, same keys as the
+`# Data` keys of recipes/*/train.yaml) and one section per stage. Every stage reads what the previous one wrote
+under `output_dir` and is resumable: rerunning a finished stage does no new work. The resolved configuration
+(secrets redacted) is written to `<output_dir>/curate_config.yaml`.
+
 Any key of the YAML file can be overridden on the command line by its dotted path (--SECTION.KEY VALUE,
 --SECTION.KEY.SUBKEY VALUE), e.g. --neighbors.k 3 --retrieve.backend bing --retrieve.download.num_workers 8.
 
