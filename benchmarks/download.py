@@ -151,12 +151,11 @@ def reset_server(port: int) -> dict:
 
 
 # ---- the contenders ---------------------------------------------------------------------------------------------
-def run_ours(urls, out, args) -> dict:
-    import imagehash  # noqa: F401  # imported before the clock starts, as img2dataset's are
-
+def run_ours(urls, out, args, processes=None) -> dict:
     from neighbor_lt.retrieval import Candidate, DownloadConfig, Downloader
 
     config = DownloadConfig(
+        num_processes=args.processes if processes is None else processes,
         num_workers=args.concurrency,
         max_connections_per_host=args.concurrency,
         requests_per_second_per_host=0,
@@ -165,11 +164,12 @@ def run_ours(urls, out, args) -> dict:
         allowed_networks=[f"{HOST}/32"],
     )
     candidates = [Candidate("bench", url, rank=i) for i, url in enumerate(urls)]
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu = time.perf_counter(), time.process_time() + _children_cpu()
     downloader = Downloader(out, config)
     summary = downloader.run(candidates, desc="ours")
     downloader.close()
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    # the download processes' CPU counts once they are joined, which run() does before it returns
+    seconds, cpu = time.perf_counter() - start, time.process_time() + _children_cpu() - cpu
     # a duplicate was fetched and decoded fine; dedup only declined to store it again
     return {"seconds": seconds, "cpu_seconds": cpu, "fetched": summary["ok"] + summary["duplicate"], "stored": summary["ok"],
             "outcomes": {k: v for k, v in summary.items() if v and k != "total"}}  # fmt: skip
@@ -224,6 +224,7 @@ def run_img2dataset(urls, out, args, decode=False) -> dict:
 
 CONTENDERS = {
     "ours": run_ours,
+    "ours (one process)": lambda urls, out, args: run_ours(urls, out, args, processes=1),
     "img2dataset (hand-off settings)": run_img2dataset,
     "img2dataset (decoding)": lambda urls, out, args: run_img2dataset(urls, out, args, decode=True),
 }
@@ -261,6 +262,7 @@ def main():
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight, for both downloaders")
     parser.add_argument("--retries", type=int, default=3, help="retries after a failed request, for both")
     parser.add_argument("--backoff-base", type=float, default=0.05, help="our first retry's backoff (seconds)")
+    parser.add_argument("--processes", type=int, default=0, help="our num_processes (0: its default, per core)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each downloader")
     parser.add_argument("--only", choices=list(CONTENDERS), default=None, help="run one (for profiling)")
     parser.add_argument("--machine_note", default="", help="added to the machine line, e.g. 'shared, load 8'")
@@ -306,7 +308,8 @@ def main():
         f"{args.concurrency} requests in flight and {args.retries} retries for each; medians of {args.rounds} "
         f"alternating rounds. Server ceiling (bare aiohttp client, same concurrency): {ceiling:.0f} requests/s.",
         "",
-        f"Settings: ours `DownloadConfig(num_workers={args.concurrency}, max_connections_per_host={args.concurrency}, "
+        f"Settings: ours `DownloadConfig(num_processes={args.processes}, num_workers={args.concurrency}, "
+        f"max_connections_per_host={args.concurrency}, "
         f"requests_per_second_per_host=0, max_retries={args.retries}, backoff_base={args.backoff_base}, "
         "allowed_networks=['127.0.0.1/32'])`, every other field at its default (size limits, decode check, "
         "decompression-bomb guard, robots.txt, X-Robots-Tag, SHA-256 + perceptual-hash dedup all on); img2dataset "

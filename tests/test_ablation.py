@@ -128,6 +128,75 @@ def test_the_visual_variant_is_opt_in_and_curates_its_own_set(tmp_path, monkeypa
     assert sets["visual"].endswith("curate/visual/aux_dataset") and sets["visual_manifest"]["aux_classes"] == 3
 
 
+def test_aux_datasets_curated_elsewhere_are_checked(tmp_path):
+    recipe = _load_recipe()
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'o'}\ntrain_config: t.yaml\n")  # no curate_config: not needed then
+    real = tmp_path / "curate" / "neighbors"
+    (real / "aux_dataset").mkdir(parents=True)
+    (real / "neighbors").mkdir()
+    (real / "neighbors" / "neighbors.json").write_text(json.dumps(_manifest()))
+    bare = tmp_path / "random_aux"
+    bare.mkdir()
+    args = ["--config", str(cfg), "--aux_datasets.neighbors", str(real / "aux_dataset")]
+    config = recipe.parse_config([*args, "--variants", "a", "a_steps", "b", "c", "--aux_datasets.random", str(bare)])
+    assert config["aux_datasets"] == {"neighbors": str(real / "aux_dataset"), "random": str(bare)}
+    sets = recipe.given_sets(config)
+    assert sets["neighbors"] == str(real / "aux_dataset") and sets["random"] == str(bare)
+    assert sets["manifest"]["aux_classes"] == 3 and sets["manifest"]["pairs"] == 6
+    assert sets["control"] == {"aux_dataset": str(bare)}  # no neighbors.json beside it: no statistics
+    with pytest.raises(ConfigError, match="aux_datasets.neighbors: .*nope does not exist"):
+        recipe.parse_config(["--config", str(cfg), "--aux_datasets.neighbors", str(tmp_path / "nope")])
+    with pytest.raises(ConfigError, match="variant d needs aux_datasets.random"):
+        recipe.parse_config([*args, "--variants", "c", "d"])
+    with pytest.raises(ConfigError, match="variant a_steps needs aux_datasets.neighbors"):
+        recipe.parse_config(["--config", str(cfg), "--aux_datasets.random", str(bare), "--variants", "a_steps"])
+    with pytest.raises(ConfigError, match="unknown set"):
+        recipe.parse_config([*args, "--aux_datasets.real", str(bare)])
+    with pytest.raises(ConfigError, match="must set curate_config"):  # curating needs it
+        recipe.parse_config(["--config", str(cfg)])
+
+
+def test_aux_datasets_skip_curation_and_reach_the_runs(tmp_path, monkeypatch, capsys):
+    """With aux_datasets the recipe curates nothing and hands the given folder to the runs that need it."""
+    monkeypatch.chdir(REPO)
+    recipe = _load_recipe()
+
+    def no_curation(*args, **kwargs):
+        raise AssertionError("curation ran although aux_datasets was given")
+
+    monkeypatch.setattr(recipe, "curate_sets", no_curation)
+    monkeypatch.setattr(recipe, "run_curate", no_curation)
+    calls = []
+
+    def fake_train(args):
+        opts = dict(zip(args[::2], args[1::2]))
+        calls.append(opts)
+        out = Path(opts["--output_dir"])
+        out.mkdir(parents=True)
+        groups = {k: 0.5 for k in ablation.GROUPS}
+        (out / "eval_results.json").write_text(
+            json.dumps({**groups, **{f"train_{k}": v for k, v in groups.items()}, "train_steps": 2, "train_images": 8})
+        )
+        (out / "per_class_accuracy.csv").write_text(
+            "label,name,train_count,group,accuracy\n0,x,9,many,0.5\n1,y,1,few,0.5\n"
+        )
+
+    monkeypatch.setattr(recipe, "load_train_main", lambda: fake_train)
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'o'}\ntrain_config: recipes/demo/train.yaml\n")
+    summary = recipe.main(
+        ["--config", str(cfg), "--seeds", "0", "--variants", "a_steps", "c",
+         "--aux_datasets.neighbors", "recipes/demo/data/aux"]
+    )  # fmt: skip
+    a_steps, c = calls
+    assert c["--aux_dataset"] == "recipes/demo/data/aux" and a_steps["--aux_dataset"] == ""
+    assert a_steps["--max_steps"] == str(summary["steps_of_c"]) and summary["steps_of_c"] > 0
+    assert summary["aux_datasets"] == {"neighbors": "recipes/demo/data/aux"} and "control" not in summary
+    assert summary["neighbors"] == {"aux_dataset": "recipes/demo/data/aux"}  # no neighbors.json next to it
+    assert set(summary["variants"]) == {"a_steps", "c"}
+
+
 def test_ablation_end_to_end_on_tiny_inputs(tmp_path, monkeypatch, capsys):
     """All five variants, one seed, two steps each, through recipes/curate.py and recipes/train.py's main()."""
     monkeypatch.chdir(REPO)

@@ -54,12 +54,12 @@ def test_curate_and_ablate_reach_their_recipes(capsys):
 
 def test_a_missing_extra_is_named(monkeypatch, capsys):
     def filter_stage(argv):
-        raise ModuleNotFoundError("No module named 'imagehash'", name="imagehash")
+        raise ModuleNotFoundError("No module named 'httpx'", name="httpx")
 
     monkeypatch.setitem(cli.COMMANDS, "curate", (filter_stage, "curate"))
     assert cli.main(["curate", "--config", "x.yaml"]) == 1
     assert capsys.readouterr().err.strip() == (
-        'neighbor-lt curate: imagehash is not installed: pip install "neighbor-lt[retrieval]"'
+        'neighbor-lt curate: httpx is not installed: pip install "neighbor-lt[retrieval]"'
     )
 
     def broken(argv):
@@ -72,13 +72,13 @@ def test_a_missing_extra_is_named(monkeypatch, capsys):
 
 def test_require_names_the_extra_in_a_fresh_interpreter():
     code = (
-        "import sys; sys.modules['imagehash'] = None\n"
+        "import sys; sys.modules['httpx'] = None\n"
         "from neighbor_lt.extras import require\n"
-        "require('imagehash', 'the leak check')"
+        "require('httpx', 'the leak check')"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode != 0
-    assert 'ModuleNotFoundError: the leak check needs imagehash: pip install "neighbor-lt[retrieval]"' in done.stderr
+    assert 'ModuleNotFoundError: the leak check needs httpx: pip install "neighbor-lt[retrieval]"' in done.stderr
     assert extras.require("json", "tests").dumps([]) == "[]"
 
 

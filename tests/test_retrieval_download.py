@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from retrieval_fixtures.server import ImageServer, load_jpegs
+from PIL import Image
+from retrieval_fixtures.server import ImageServer, load_jpegs, resolve_without_dns
 
 from neighbor_lt.retrieval import AddressGuard, Candidate, DownloadConfig, Downloader
-from neighbor_lt.retrieval.download import read_jsonl
+from neighbor_lt.retrieval.download import perceptual_hash, read_jsonl
 
 FIXTURES = Path(__file__).parent / "retrieval_fixtures"
 
@@ -78,7 +79,8 @@ def test_address_guard_rules():
     assert not loop_only.is_allowed("127.0.0.2")
 
 
-def test_every_outcome(server, tmp_path, only_loopback):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_every_outcome(server, tmp_path, only_loopback, processes):
     urls = {
         "img/0.jpg": "ok",
         "img/1.jpg": "ok",
@@ -105,7 +107,9 @@ def test_every_outcome(server, tmp_path, only_loopback):
     candidates = [Candidate("goldfish", server.url("/" + path), rank=i) for i, path in enumerate(urls)]
     candidates.append(Candidate("goldfish", f"http://localhost:{server.port}/img/9.jpg"))  # resolved, then allowed
     candidates.append(Candidate("goldfish", "ftp://127.0.0.1/x.jpg"))
-    downloader = Downloader(str(tmp_path), loopback_config())
+    config = loopback_config(num_processes=processes)
+    start = server.requests.copy()  # the server is shared by the parametrized runs
+    downloader = Downloader(str(tmp_path), config)
     summary = downloader.run(candidates)
     records = read_jsonl(tmp_path / "downloads.jsonl")
     got = outcomes(records)
@@ -115,9 +119,10 @@ def test_every_outcome(server, tmp_path, only_loopback):
     assert by_url[f"http://localhost:{server.port}/img/9.jpg"]["outcome"] == "ok"
     assert by_url["ftp://127.0.0.1/x.jpg"]["outcome"] == "bad_url"
     assert summary["ok"] == 6 and summary["total"] == len(candidates)
-    assert server.requests["/status/500"] == 3  # retried twice
+    assert server.requests["/status/500"] - start["/status/500"] == 3  # retried twice
     assert server.requests["/private/7.jpg"] == 0  # robots.txt checked before fetching
-    assert set(only_loopback) == {"127.0.0.1"}
+    if processes == 1:  # the download processes connect outside this test's monkeypatch
+        assert set(only_loopback) == {"127.0.0.1"}
     # stored images: resized JPEGs named by the SHA-256 of the downloaded bytes
     ok = [r for r in records if r["outcome"] == "ok"]
     for record in ok:
@@ -131,7 +136,7 @@ def test_every_outcome(server, tmp_path, only_loopback):
         Candidate("goldfish", server.url("/reenc/3.jpg")),
         Candidate("koi", server.url("/img/1.jpg")),
     ]
-    summary = Downloader(str(tmp_path), loopback_config()).run(candidates + more)
+    summary = Downloader(str(tmp_path), config).run(candidates + more)
     records = read_jsonl(tmp_path / "downloads.jsonl")
     assert len(records) == len(candidates) + 3 and summary["ok"] == 6
     assert [r["outcome"] for r in records[-3:]] == ["duplicate"] * 3
@@ -152,7 +157,8 @@ def test_guard_is_on_by_default(server, tmp_path, only_loopback):
     assert only_loopback == []
 
 
-def test_kill_midway_then_resume(jpegs, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_kill_midway_then_resume(jpegs, tmp_path, processes):
     server = ImageServer(jpegs, delay=0.15).start()
     try:
         candidates = [Candidate("fish", server.url(f"/delay/{i}.jpg"), rank=i) for i in range(40)]
@@ -161,7 +167,8 @@ def test_kill_midway_then_resume(jpegs, tmp_path):
         spec.write_text(json.dumps([{"query": c.query, "image_url": c.image_url, "rank": c.rank} for c in candidates]))
         out = tmp_path / "out"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        process = subprocess.Popen([sys.executable, str(FIXTURES / "run_download.py"), str(spec), str(out)], env=env)
+        command = [sys.executable, str(FIXTURES / "run_download.py"), str(spec), str(out), f"processes={processes}"]
+        process = subprocess.Popen(command, env=env)
         manifest = out / "downloads.jsonl"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and process.poll() is None:
@@ -173,7 +180,7 @@ def test_kill_midway_then_resume(jpegs, tmp_path):
         first = read_jsonl(manifest)
         assert 8 <= len(first) < len(candidates), "the run should have been killed midway"
 
-        subprocess.run([sys.executable, str(FIXTURES / "run_download.py"), str(spec), str(out)], env=env, check=True)
+        subprocess.run(command, env=env, check=True)
         records = read_jsonl(manifest)
         keys = [r["key"] for r in records]
         assert len(keys) == len(set(keys)) == len(candidates)  # nothing lost, nothing twice
@@ -233,6 +240,70 @@ def test_bad_urls_are_recorded_and_never_stop_the_run(server, tmp_path, only_loo
     assert again == summary and server.requests == before
 
 
+def test_download_processes_fetch_each_url_once_and_record_every_outcome(server, tmp_path):
+    good = [server.url(f"/img/{i}.jpg") for i in range(10, 22)]
+    bad = {
+        "http://127.0.0.1:abc/x.jpg": "bad_url",
+        "http://[::1/x.jpg": "bad_url",
+        "http://dead-domain.invalid/x.jpg": "dns_error",
+        server.url("/status/404"): "http_error",
+        server.url("/corrupt.jpg"): "not_image",
+    }
+    candidates = [Candidate("goldfish", url, rank=i) for i, url in enumerate(good + list(bad))]
+    candidates += [Candidate("koi", url) for url in good[:3]]  # the same URLs found for another class
+    before = server.requests.copy()
+    config = loopback_config(num_processes=2)
+    summary = Downloader(str(tmp_path), config, resolver=resolve_without_dns).run(candidates)
+    records = read_jsonl(tmp_path / "downloads.jsonl")
+    assert len(records) == len({r["key"] for r in records}) == len(candidates)
+    by_key = {r["key"]: r for r in records}
+    assert all(by_key[f"goldfish\t{url}"]["outcome"] == "ok" for url in good)
+    for url, outcome in bad.items():
+        assert by_key[f"goldfish\t{url}"]["outcome"] == outcome, by_key[f"goldfish\t{url}"]
+    for url in good[:3]:
+        assert by_key[f"koi\t{url}"]["outcome"] == "duplicate" and "same URL" in by_key[f"koi\t{url}"]["detail"]
+    for url in good:  # one request per URL, across both processes
+        path = url.split(str(server.port), 1)[1]
+        assert server.requests[path] - before[path] == 1, path
+    assert summary["ok"] == len(good) and summary["duplicate"] == 3 and summary["total"] == len(candidates)
+    stored = sorted(p.name for p in (tmp_path / "images").rglob("*") if p.is_file())
+    assert stored == sorted(by_key[f"goldfish\t{url}"]["sha256"] + ".jpg" for url in good)
+    # a rerun resumes with nothing to fetch
+    before = server.requests.copy()
+    assert Downloader(str(tmp_path), config, resolver=resolve_without_dns).run(candidates) == summary
+    assert server.requests == before
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_default_rate_limit_is_polite_and_reported(server, tmp_path, caplog, processes):
+    """The default 4 requests/s per host holds for the whole run (shared out between download processes), and the
+    summary says how long it held requests back."""
+    assert DownloadConfig().requests_per_second_per_host == 4.0
+    config = loopback_config(requests_per_second_per_host=4.0, num_processes=processes)
+    candidates = [Candidate("goldfish", server.url(f"/img/{i}.jpg"), rank=i) for i in range(23, 33)]
+    started = time.monotonic()
+    with caplog.at_level("INFO", logger="neighbor_lt.retrieval.download"):
+        summary = Downloader(str(tmp_path), config, resolver=resolve_without_dns).run(candidates)
+    took = time.monotonic() - started
+    assert summary["ok"] == 10
+    # 10 images (+ robots.txt per process) at 4/s, the first of each process free: at least 2 s
+    assert took >= 2.0, f"{took:.2f} s: the per-host limit did not hold"
+    assert summary["throttled_seconds"] >= 1
+    assert "per-host rate limit (requests_per_second_per_host=4.0) held requests back" in caplog.text
+
+
+def test_perceptual_hash_is_imagehash_phash(jpegs):
+    import io
+
+    import imagehash  # a test dependency only: the downloader and the filters use perceptual_hash
+
+    images = [Image.open(io.BytesIO(data)) for data in jpegs]
+    images += [Image.new("RGB", (64, 64), (10, 20, 30)), Image.linear_gradient("L"), Image.new("L", (300, 200), 9)]
+    images += [Image.effect_noise((500, 300), 50).convert("RGB"), Image.open(io.BytesIO(jpegs[0])).convert("RGBA")]
+    for image in images:
+        assert perceptual_hash(image) == str(imagehash.phash(image))
+
+
 def test_retry_failed_fetches_only_retryable_failures(jpegs, tmp_path, only_loopback):
     main, no_robots = ImageServer(jpegs).start(), ImageServer(jpegs).start()
     try:
@@ -272,7 +343,8 @@ def test_retry_failed_fetches_only_retryable_failures(jpegs, tmp_path, only_loop
         no_robots.stop()
 
 
-def test_ctrl_c_stops_within_two_seconds_and_loses_nothing(jpegs, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ctrl_c_stops_within_two_seconds_and_loses_nothing(jpegs, tmp_path, processes):
     server = ImageServer(jpegs, delay=0.3).start()
     try:
         # URL 3 (and every 8th after it) takes 3 s: at the interrupt a download is certainly in flight
@@ -282,7 +354,7 @@ def test_ctrl_c_stops_within_two_seconds_and_loses_nothing(jpegs, tmp_path):
         spec.write_text(json.dumps([{"query": c.query, "image_url": c.image_url, "rank": c.rank} for c in candidates]))
         out = tmp_path / "out"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        command = [sys.executable, str(FIXTURES / "run_download.py"), str(spec), str(out)]
+        command = [sys.executable, str(FIXTURES / "run_download.py"), str(spec), str(out), f"processes={processes}"]
         process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
         manifest = out / "downloads.jsonl"
         deadline = time.monotonic() + 60

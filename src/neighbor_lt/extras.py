@@ -12,7 +12,6 @@ from types import ModuleType
 EXTRA_OF = {
     "openai": "neighbors",
     "httpx": "retrieval",
-    "imagehash": "retrieval",
     "ddgs": "retrieval",
     "matplotlib": "plots",
     "sklearn": "plots",
@@ -40,10 +39,10 @@ def require(module: str, purpose: str) -> ModuleType:
     """Import an optional module, or fail with a ``ModuleNotFoundError`` that names the extra installing it.
 
     Example:
-        >>> imagehash = require("imagehash", "the perceptual-hash leak check")  # doctest: +SKIP
+        >>> httpx = require("httpx", "the image downloader")  # doctest: +SKIP
 
     Args:
-        module: the import name (``imagehash``, ``sklearn.decomposition``).
+        module: the import name (``httpx``, ``sklearn.decomposition``).
         purpose: what needs it, for the message.
     """
     try:

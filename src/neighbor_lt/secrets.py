@@ -60,6 +60,12 @@ def register_secret(value: str | None) -> None:
 _MIN_ENV_SECRET_LEN = 8  # an env value shorter than this ("true", "1", "none") is a setting, not a credential
 
 
+def registered_secrets() -> list[str]:
+    """The values given to :func:`register_secret` so far (handed to worker processes, which redact them too)."""
+    with _lock:
+        return sorted(_registered)
+
+
 def secret_env_values() -> list[str]:
     """Values of environment variables whose names look secret (``*_API_KEY``, ``*TOKEN*``, ``*SECRET*`` ...).
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -43,6 +44,14 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 PRIVATE_TARGETS = ["http://10.1.2.3/x.jpg", "http://192.168.0.7/x.jpg", "http://169.254.169.254/latest/meta-data/"]
+
+
+def resolve_without_dns(host, port, *args, **kwargs):
+    """A picklable getaddrinfo (download processes get it) that never queries DNS: ``*.invalid`` fails as a dead
+    domain does, IP literals pass through."""
+    if host.endswith(".invalid"):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    return socket.getaddrinfo(host, port, *args, flags=socket.AI_NUMERICHOST, **kwargs)
 
 
 def load_jpegs(data_dir, n: int = 40) -> list[bytes]:

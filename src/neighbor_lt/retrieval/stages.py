@@ -44,6 +44,7 @@ from .download import (
     JsonlWriter,
     candidate_to_dict,
     iter_img2dataset,
+    perceptual_hash,
     read_jsonl,
 )
 from .filters import (
@@ -603,12 +604,8 @@ def _current_classes(items: list[dict], context: CurateContext) -> list[dict]:
 def _phashes(ds, args: FilterArguments) -> np.ndarray:
     from tqdm.auto import tqdm
 
-    from ..extras import require
-
-    imagehash = require("imagehash", "the filter stage's perceptual-hash leak check")
-
     images = iter_images(ds, args.image_column)
-    return phash_to_int(str(imagehash.phash(im.convert("RGB"))) for im in tqdm(images, total=len(ds), desc="phash"))
+    return phash_to_int(perceptual_hash(im.convert("RGB")) for im in tqdm(images, total=len(ds), desc="phash"))
 
 
 # ---- build ------------------------------------------------------------------------------------------------------
