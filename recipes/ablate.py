@@ -8,11 +8,18 @@ Usage:
     python recipes/ablate.py --config my_ablate.yaml --train.num_train_epochs 10 --curate.neighbors.k 3
     python recipes/ablate.py --config recipes/tiny_imagenet_lt/ablate.yaml --variants c_v \
         --visual.rank.model_name_or_path outputs/tiny_imagenet_lt/ablate/runs/a/seed0   # (c+v), opt-in
+    python recipes/ablate.py --config recipes/tiny_imagenet_lt/ablate.yaml --variants a a_steps c \
+        --aux_datasets.neighbors outputs/tiny_imagenet_lt/ablate/curate/neighbors/aux_dataset   # curated already
 
 What it does, all through the product:
 1. Curation, once: ``recipes/curate.py`` (neighbors -> retrieve -> filter -> build) for the real neighbor set, and a
    random-class control with the same bipartite shape (every target keeps its number of auxiliary classes, every
-   auxiliary class its number of targets) through the same retrieve / filter / build stages.
+   auxiliary class its number of targets) through the same retrieve / filter / build stages. Curated elsewhere
+   already (e.g. on a machine without the image pool or WordNet): ``aux_datasets: {neighbors: DIR, random: DIR,
+   visual: DIR}`` names the build stage's ``aux_dataset`` folders (or their Parquet files) and curation is skipped;
+   each variant's set must be given (``a_steps`` needs ``neighbors`` for its step count), and the report's neighbor
+   statistics come from the ``neighbors.json`` of the curation layout beside each folder
+   (``<dir>/../neighbors/neighbors.json``, or a ``neighbors.json`` in or beside it), left out when there is none.
 2. Every variant x seed by calling ``recipes/train.py``'s ``main()`` (the Trainer, data path, masking and
    evaluation users run): (a) balanced softmax, target only; (a=) the same for as many optimizer steps as (c);
    (b) auxiliary classes merged, balanced softmax (eq. 3); (c) neighbor silencing + mask (ours); (d) random
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import glob
 import importlib.util
 import json
 import logging
@@ -66,6 +74,10 @@ DEFAULTS = {
     "train_config": None,  # the train recipe YAML every run starts from
     "train": {},  # overrides of train-recipe keys, for every run
     "curate_config": None,  # the curate recipe YAML (its target section is replaced by the train config's data keys)
+    # Curated already, elsewhere: {neighbors: DIR, random: DIR, visual: DIR}, the `aux_dataset` folders of the curate
+    # recipe's build stage (or Parquet files); when set, curation is skipped and curate_config / curate / visual /
+    # control_* are not used. Only the sets the variants need: b, c and a_steps need neighbors, d random, c_v visual.
+    "aux_datasets": {},
     "curate": {},  # overrides: {section: {key: value}}
     # (c+v) only: curate overrides of the visually ranked set, on top of `curate`: {rank: {model_name_or_path: ...}}
     # (required), neighbors.candidate_factor 3 unless set
@@ -129,13 +141,24 @@ def parse_config(argv: list[str]) -> dict:
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown}; known: {sorted(DEFAULTS)} (train keys go under train.)")
-    for key in ("output_dir", "train_config", "curate_config"):
+    given = check_aux_datasets(config)
+    for key in ("output_dir", "train_config") if given else ("output_dir", "train_config", "curate_config"):
         if not config[key]:
             raise ConfigError(f"{path} must set {key}")
     bad = [v for v in config["variants"] if v not in ablation.VARIANTS]
     if bad:
         raise ConfigError(f"unknown variant(s) {bad}; choose from {list(ablation.VARIANTS)}")
-    if "c_v" in config["variants"] and not ((config["visual"] or {}).get("rank") or {}).get("model_name_or_path"):
+    if given:
+        needs = {v: ablation.VARIANTS[v].aux or ("neighbors" if ablation.VARIANTS[v].equal_steps else None)
+                 for v in config["variants"]}  # fmt: skip
+        missing = {v: s for v, s in needs.items() if s and s not in given}
+        if missing:
+            raise ConfigError(
+                "aux_datasets skips curation, so every variant's set must be given: "
+                + "; ".join(f"variant {v} needs aux_datasets.{s}" for v, s in missing.items())
+                + f" (given: {sorted(given) or 'none'})"
+            )
+    elif "c_v" in config["variants"] and not ((config["visual"] or {}).get("rank") or {}).get("model_name_or_path"):
         raise ConfigError(
             "variant c_v needs visual.rank.model_name_or_path: the image model that ranks the candidates (a Hub id, "
             "or a folder from recipes/train.py, e.g. the (a) run of a first pass with --variants a)"
@@ -144,6 +167,61 @@ def parse_config(argv: list[str]) -> dict:
         raise ConfigError(f"seeds must be a list of integers, got {config['seeds']!r}")
     config["config_path"] = path
     return config
+
+
+AUX_SETS = ("neighbors", "random", "visual")
+
+
+def check_aux_datasets(config: dict) -> dict:
+    """The ``aux_datasets`` mapping (curated elsewhere), checked: known set names, paths that exist."""
+    given = config["aux_datasets"]
+    if given is None:
+        given = config["aux_datasets"] = {}
+    if not isinstance(given, dict):
+        raise ConfigError(
+            f"aux_datasets must be a mapping {{neighbors: DIR, random: DIR, visual: DIR}}, got {given!r}"
+        )
+    unknown = sorted(set(given) - set(AUX_SETS))
+    if unknown:
+        raise ConfigError(f"aux_datasets: unknown set(s) {unknown}; known: {list(AUX_SETS)}")
+    for name, path in given.items():
+        if not path or not isinstance(path, str):
+            raise ConfigError(f"aux_datasets.{name} must be a path, got {path!r}")
+        if not (os.path.exists(path) or (any(ch in path for ch in "*?[") and glob.glob(path))):
+            raise ConfigError(
+                f"aux_datasets.{name}: {path} does not exist (an aux_dataset folder of the curate recipe's build "
+                "stage, or its Parquet files)"
+            )
+    return given
+
+
+def find_manifest(aux_path: str) -> str | None:
+    """The ``neighbors.json`` of an auxiliary set curated elsewhere, if one can be found next to it."""
+    folder = aux_path if os.path.isdir(aux_path) else os.path.dirname(aux_path)
+    folder = os.path.normpath(folder)
+    parents = [os.path.dirname(folder)]
+    if os.path.basename(folder) == "data":  # <set>/aux_dataset/data/*.parquet
+        parents.append(os.path.dirname(parents[0]))
+    candidates = [os.path.join(folder, "neighbors.json")]
+    for parent in parents:
+        candidates += [os.path.join(parent, "neighbors", "neighbors.json"), os.path.join(parent, "neighbors.json")]
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def given_sets(config: dict) -> dict:
+    """The auxiliary sets of ``aux_datasets`` (curated elsewhere) in the shape :func:`curate_sets` returns."""
+    sets = {}
+    for name, path in config["aux_datasets"].items():
+        sets[name] = path
+        manifest_path = find_manifest(path)
+        stats = {"aux_dataset": path}
+        if manifest_path:
+            with open(manifest_path) as f:
+                stats.update(manifest_stats(json.load(f)), manifest=manifest_path)
+        key = {"neighbors": "manifest", "random": "control", "visual": "visual_manifest"}[name]
+        sets[key] = stats
+    logger.info("curation skipped (aux_datasets): %s", config["aux_datasets"])
+    return sets
 
 
 def resolved_train_config(config: dict) -> dict:
@@ -339,10 +417,14 @@ def main(argv=None) -> dict:
     ################
     # Curation (once)
     ################
-    sets = curate_sets(config, train, out)  # every stage skips finished work
-    steps_c = steps_of_c(train_yaml, sets["neighbors"])
+    if config["aux_datasets"]:  # curated already, elsewhere
+        sets = given_sets(config)
+    else:
+        sets = curate_sets(config, train, out)  # every stage skips finished work
+    steps_c = steps_of_c(train_yaml, sets["neighbors"]) if "neighbors" in sets else None
     print(
-        f"auxiliary sets ready: {sets['manifest']}; control {sets['control']}; (c) takes {steps_c} steps", flush=True
+        f"auxiliary sets ready: {sets.get('manifest')}; control {sets.get('control')}; (c) takes {steps_c} steps",
+        flush=True,
     )
 
     ################
@@ -413,7 +495,10 @@ def report(config, argv, runs, sets, steps_c, wall_s) -> dict:
     machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU threads, torch {_torch_version()}"
     summary = {
         "command": command, "date": datetime.date.today().isoformat(), "machine": machine, "split": split,
-        "wall_s": round(wall_s, 1), "steps_of_c": steps_c, "neighbors": sets["manifest"], "control": sets["control"],
+        "wall_s": round(wall_s, 1), "steps_of_c": steps_c,
+        **({"aux_datasets": config["aux_datasets"]} if config["aux_datasets"] else {}),
+        **({"neighbors": sets["manifest"]} if "manifest" in sets else {}),
+        **({"control": sets["control"]} if "control" in sets else {}),
         **({"visual": sets["visual_manifest"]} if "visual_manifest" in sets else {}),
         "variants": {
             v: {
@@ -438,7 +523,8 @@ def report(config, argv, runs, sets, steps_c, wall_s) -> dict:
             "",
             f"- Command: `{command}`",
             f"- Machine: {machine}; wall time {wall_s / 60:.1f} min for this invocation (runs done before are reused)",
-            f"- Neighbors: {json.dumps(sets['manifest'])}; control: {json.dumps(sets['control'])}",
+            f"- Neighbors: {json.dumps(sets.get('manifest'))}; control: {json.dumps(sets.get('control'))}"
+            + ("; curated elsewhere (aux_datasets)" if config["aux_datasets"] else ""),
             f"- (c) and (a=) take {steps_c} optimizer steps; every run is `recipes/train.py`'s `main()`",
             "",
             text,
