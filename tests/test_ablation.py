@@ -74,6 +74,15 @@ def test_paired_test_and_targets():
     lines = ablation.check_targets({"c": row(40.0), "a_steps": row(35.0), "d": row(41.0), "b": row(39.0)})
     assert any("Few: +5.00" in line and "met" in line for line in lines)
     assert any(line.startswith("(c) - (d) Few: -1.00") and "NOT met" in line for line in lines)
+    # (c+v), visually chosen neighbors: against (c), (d) and (a=), with its own bars
+    per_class["c_v"] = {0: base + 0.1, 1: base + 0.1}
+    paired = ablation.paired_tests(per_class, groups=groups)
+    assert {"c_vs_a_steps", "c_vs_d", "c_v_vs_c", "c_v_vs_d", "c_v_vs_a_steps"} <= set(paired)
+    assert paired["c_v_vs_c"]["all"]["tied"] == 30 and paired["c_v_vs_d"]["seeds"] == [0]
+    assert paired["c_v_vs_a_steps"]["all"]["better"] == 30
+    lines = ablation.check_targets({"c": row(40.0), "d": row(41.0), "c_v": row(41.2)})
+    assert "(c+v) - (c) Few: +1.20 (target +1.5) -> NOT met" in lines
+    assert "(c+v) - (d) Few: +0.20 (target > 0) -> met" in lines
 
 
 def test_config_overrides_and_errors(tmp_path):
