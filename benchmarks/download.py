@@ -11,17 +11,18 @@ answer, and answers HTTP 500 to a seeded ``--error-rate`` share of requests: req
 whatever the arrival order, and a retry draws afresh. ``/robots.txt`` allows everything.
 
 Both downloaders get the same URL list, the same number of requests in flight (``--concurrency``: our
-``num_workers`` and ``max_connections_per_host``; img2dataset's ``thread_count`` in one process) and the same
-retries (``--retries``). Ours keeps every guard on (address guard allowing only 127.0.0.1/32, size limits, decode
+``num_workers`` and ``max_connections_per_host``, shared out over its download processes, by default one per core;
+img2dataset's ``thread_count`` in one worker process) and the same retries (``--retries``). Ours keeps every guard on (address guard allowing only 127.0.0.1/32, size limits, decode
 check, decompression-bomb guard, robots.txt, X-Robots-Tag, SHA-256 and perceptual-hash dedup); only its per-host
 request-rate limit is off (``requests_per_second_per_host=0``) and its retry backoff is ``--backoff-base`` instead
 of the polite 1 s default, since img2dataset has neither. img2dataset runs as our hand-off docs configure it
 (``resize_mode="no"``, ``disable_all_reencoding=True``) with its X-Robots-Tag check on, ``max_image_area`` and
 ``min_image_size`` set like our guards, EXIF extraction off (we do not read EXIF).
 
-The runs alternate (ours, img2dataset, ours, ...); each starts from an empty output folder and the figures are
+The runs alternate (ours, ours in one process, img2dataset, ...); each starts from an empty output folder and the figures are
 medians over ``--rounds``. Wall time counts from the call to its return (img2dataset's includes starting its
-worker process). A raw aiohttp client that only fetches bytes gives the server's ceiling on this machine, to show
+worker process, ours starting its download processes). "ours (one process)" is our downloader with
+``num_processes=1``, all its threads in the calling process. A raw aiohttp client that only fetches bytes gives the server's ceiling on this machine, to show
 the server is not the bottleneck. Results are appended to benchmarks/RESULTS.md.
 """
 
