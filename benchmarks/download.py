@@ -318,7 +318,8 @@ def main():
         "skip_reencode=True, extract_exif=False, min_image_size=16, max_image_area=40e6`, X-Robots-Tag check on "
         "(its default), with `disable_all_reencoding=True` (hand-off settings: never decodes, so its size checks do "
         "not run) or False (decoding: OpenCV decodes to check them). Every run starts from an empty folder; wall "
-        "time excludes imports for all.",
+        "time excludes the calling process's imports and includes starting worker processes (img2dataset's one, "
+        "ours' download processes); CPU counts the workers once they have ended.",
         "",
         "| downloader | images/s (wall) | images/s (img2dataset's own shard clock) | success rate | wall s "
         "| CPU ms / image | requests served | per-round images/s (wall) | outcomes (last run) |",

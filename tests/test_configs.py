@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from neighbor_lt.configs import DataArguments, ModelArguments, NeighborLTTrainingArguments, parse_args, save_args
-from neighbor_lt.secrets import is_secret_name
+from neighbor_lt.secrets import is_secret_name, redact, redactor, register_secret
 
 REPO = Path(__file__).resolve().parents[1]
 TYPES = (ModelArguments, DataArguments, NeighborLTTrainingArguments)
@@ -21,6 +21,20 @@ TYPES = (ModelArguments, DataArguments, NeighborLTTrainingArguments)
 )  # fmt: skip
 def test_secret_names_are_whole_words(name, secret):
     assert is_secret_name(name) is secret
+
+
+def test_a_redactor_knows_the_secrets_of_its_time(monkeypatch):
+    """redact() reads the environment on every call; a redactor (the downloader's hot loop) keeps what it saw."""
+    monkeypatch.setenv("MY_SERVICE_API_KEY", "env-canary-4242")
+    register_secret("registered-canary-77")
+    bound = redactor()
+    text = "http://u:p@h/x?key=abc env-canary-4242 registered-canary-77 Bearer tok123"
+    assert bound(text) == redact(text) == (
+        "http://<redacted>@h/x?key=<redacted> <redacted> <redacted> Bearer <redacted>"
+    )
+    monkeypatch.setenv("LATER_TOKEN", "later-canary-999")
+    assert "later-canary-999" in bound("later-canary-999") and redact("later-canary-999") == "<redacted>"
+    assert redactor()("later-canary-999") == "<redacted>"
 
 
 def test_args_yaml_reruns_the_same_configuration(tmp_path, monkeypatch):

@@ -12,11 +12,40 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
-from .builder import aux_features, select_per_class, write_aux_dataset
-from .card import render_dataset_card
-from .download import AddressGuard, DownloadConfig, Downloader, iter_img2dataset
-from .filters import ImageEmbedder, caption_matches, compute_prototypes, decide
-from .search import SEARCH_BACKENDS, Candidate, get_search_backend
+# Attributes load on first use (PEP 562): a download process imports only the downloader, not the builder's and
+# card's Hub and datasets imports (~0.3 s of CPU in every process).
+_ATTRIBUTES = {
+    "aux_features": "builder",
+    "select_per_class": "builder",
+    "write_aux_dataset": "builder",
+    "render_dataset_card": "card",
+    "AddressGuard": "download",
+    "DownloadConfig": "download",
+    "Downloader": "download",
+    "iter_img2dataset": "download",
+    "ImageEmbedder": "filters",
+    "caption_matches": "filters",
+    "compute_prototypes": "filters",
+    "decide": "filters",
+    "SEARCH_BACKENDS": "search",
+    "Candidate": "search",
+    "get_search_backend": "search",
+}
+
+
+def __getattr__(name: str):
+    if name in _ATTRIBUTES:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_ATTRIBUTES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ATTRIBUTES))
+
 
 __all__ = [
     "SEARCH_BACKENDS",

@@ -47,6 +47,7 @@ import queue
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -61,7 +62,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..secrets import redact, register_secret, registered_secrets
+from ..secrets import redact, redactor, register_secret, registered_secrets
 from .search import DEFAULT_USER_AGENT, Candidate
 
 logger = logging.getLogger(__name__)
@@ -425,6 +426,7 @@ class Downloader:
         self._sha: dict[str, str] = {}  # sha256 -> key of the first record
         self._phash: dict[str, str] = {}
         self._url_results: dict[str, dict] = {}  # redacted URL -> its first record
+        self._redact = redactor()  # the secrets known now; renewed by run()
         self._throttled_elsewhere: Counter = Counter()  # host -> seconds held back in the download processes
         self._stop = threading.Event()
         self._commit_lock = threading.Lock()  # an image file and its manifest line are written together
@@ -652,14 +654,14 @@ class Downloader:
     def _prepare(self, candidate: Candidate) -> tuple[dict, bytes | None] | None:
         """The candidate's record and the bytes to store (for an ``ok``), or None when interrupted."""
         local = candidate.image_bytes is not None
-        url = candidate.image_url if local else redact(candidate.image_url)  # no credential ever reaches a file
+        url = candidate.image_url if local else self._redact(candidate.image_url)  # no credential reaches a file
         record = {
             "key": f"{candidate.aux_name}\t{url}",
             "aux_name": candidate.aux_name,
             "neighbor_of": list(candidate.neighbor_of),
             "query": candidate.query,
             "source_url": url,
-            "page_url": candidate.page_url if local else redact(candidate.page_url),
+            "page_url": candidate.page_url if local else self._redact(candidate.page_url),
             "caption": candidate.caption,
             "rank": candidate.rank,
         }
@@ -674,7 +676,7 @@ class Downloader:
             data = None
         for key in ("final_url", "detail"):
             if key in record and not local:
-                record[key] = redact(record[key])
+                record[key] = self._redact(record[key])
         record["seconds"] = round(time.monotonic() - start, 4)
         return record, data
 
@@ -781,13 +783,14 @@ class Downloader:
             desc: progress-bar label.
             retry_failed: fetch again the URLs whose record is a retryable failure (:func:`is_retryable`).
         """
+        self._redact = redactor()  # secrets registered since construction (a search backend's key) are known now
         done = self.load_records(retry_failed)
         for record in done.values():
             if not record["source_url"].startswith("pool://"):
                 self._url_results.setdefault(record["source_url"], record)
         todo, keys = [], set(done)
         for candidate in candidates:
-            url = candidate.image_url if candidate.image_bytes is not None else redact(candidate.image_url)
+            url = candidate.image_url if candidate.image_bytes is not None else self._redact(candidate.image_url)
             key = f"{candidate.aux_name}\t{url}"
             if key not in keys:
                 keys.add(key)
@@ -903,7 +906,7 @@ class Downloader:
         waiting: dict[str, list[Candidate]] = {}  # redacted URL in flight -> later candidates with the same URL
         leaders = 0
         for candidate in todo:
-            url = redact(candidate.image_url)
+            url = self._redact(candidate.image_url)
             if url in self._url_results:  # a previous run fetched it: settled here without a request
                 self._commit(self._prepare(candidate))
                 bar.update()
@@ -925,8 +928,9 @@ class Downloader:
             )
             for i in range(processes)
         ]
-        for worker in workers:
-            worker.start()
+        with _no_main_rerun():
+            for worker in workers:
+                worker.start()
 
         def settle(prepared: tuple[dict, bytes | None]) -> None:
             self._commit(prepared)
@@ -974,9 +978,10 @@ class Downloader:
         finally:
             stop.set()
             for worker in workers:
-                worker.join(timeout=0.2)
+                worker.join(timeout=0.5)
                 if worker.is_alive():
                     worker.kill()
+                    worker.join(timeout=1)
 
     def summary(self) -> dict[str, int]:
         """Counts per outcome over the whole manifest (one per key), the number of retryable failures and the seconds
@@ -1007,6 +1012,28 @@ class Downloader:
             clients, self._clients = self._clients, []
         for client in clients:
             client.close()
+
+
+@contextmanager
+def _no_main_rerun():
+    """Start spawned download processes without re-running the caller's ``__main__`` in each.
+
+    multiprocessing's spawn imports the main script again in every child (as ``__mp_main__``) so that functions
+    defined there can be unpickled; a download process needs nothing from it, and re-running ``recipes/curate.py``'s
+    imports costs ~3 s of CPU per process. Hiding the main module's file and spec while the processes start makes
+    the children skip that step.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: getattr(main, name) for name in ("__file__", "__spec__") if hasattr(main, name)}
+    try:
+        if main is not None:
+            main.__spec__ = None
+            if "__file__" in saved:
+                del main.__file__
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
 
 
 def _download_process(output_dir, config, resolver, reuse_dir, jobs, results, stop, secrets) -> None:
