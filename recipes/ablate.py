@@ -484,7 +484,7 @@ def report(config, argv, runs, sets, steps_c, wall_s) -> dict:
     for r in runs:
         per_class.setdefault(r["variant"], {})[r["seed"]] = np.asarray(r["per_class"], dtype=float)
     groups = runs[0]["groups"] if runs else None
-    paired = ablation.paired_test(per_class, "c", groups=groups) if runs else {}
+    paired = ablation.paired_tests(per_class, groups=groups) if runs else {}
     targets = ablation.check_targets(table)
     split = "development" if config["development"] else "evaluation"
     suffix = "-dev" if config["development"] else ""
@@ -524,12 +524,13 @@ def report(config, argv, runs, sets, steps_c, wall_s) -> dict:
             f"- Command: `{command}`",
             f"- Machine: {machine}; wall time {wall_s / 60:.1f} min for this invocation (runs done before are reused)",
             f"- Neighbors: {json.dumps(sets.get('manifest'))}; control: {json.dumps(sets.get('control'))}"
-            + ("; curated elsewhere (aux_datasets)" if config["aux_datasets"] else ""),
+            + ("; curated elsewhere (aux_datasets)" if config["aux_datasets"] else "")
+            + (f"; (c+v) visually ranked: {json.dumps(sets['visual_manifest'])}" if sets.get("visual_manifest") else ""),
             f"- (c) and (a=) take {steps_c} optimizer steps; every run is `recipes/train.py`'s `main()`",
             "",
             text,
             "",
-            "Paired per-class accuracy, (c) minus each other variant (class means over the seeds both have):",
+            "Paired per-class accuracy, (c) (and (c+v)) minus each other variant (class means over the seeds both have):",
             "",
             ablation.format_paired(paired) if paired else "(no pairs)",
             "",

@@ -16,6 +16,7 @@ from retrieval_fixtures.server import ImageServer, load_jpegs, resolve_without_d
 
 from neighbor_lt.retrieval import AddressGuard, Candidate, DownloadConfig, Downloader
 from neighbor_lt.retrieval.download import perceptual_hash, read_jsonl
+from neighbor_lt.secrets import register_secret
 
 FIXTURES = Path(__file__).parent / "retrieval_fixtures"
 
@@ -251,10 +252,14 @@ def test_download_processes_fetch_each_url_once_and_record_every_outcome(server,
     }
     candidates = [Candidate("goldfish", url, rank=i) for i, url in enumerate(good + list(bad))]
     candidates += [Candidate("koi", url) for url in good[:3]]  # the same URLs found for another class
+    register_secret("process-canary-5150")  # a key known to this process only: the download processes redact it too
+    candidates.append(Candidate("carp", server.url("/img/30.jpg?cb=process-canary-5150"), rank=99))
     before = server.requests.copy()
     config = loopback_config(num_processes=2)
     summary = Downloader(str(tmp_path), config, resolver=resolve_without_dns).run(candidates)
-    records = read_jsonl(tmp_path / "downloads.jsonl")
+    assert "process-canary-5150" not in (tmp_path / "downloads.jsonl").read_text()
+    candidates.pop()
+    records = [r for r in read_jsonl(tmp_path / "downloads.jsonl") if r["aux_name"] != "carp"]
     assert len(records) == len({r["key"] for r in records}) == len(candidates)
     by_key = {r["key"]: r for r in records}
     assert all(by_key[f"goldfish\t{url}"]["outcome"] == "ok" for url in good)
@@ -265,12 +270,14 @@ def test_download_processes_fetch_each_url_once_and_record_every_outcome(server,
     for url in good:  # one request per URL, across both processes
         path = url.split(str(server.port), 1)[1]
         assert server.requests[path] - before[path] == 1, path
-    assert summary["ok"] == len(good) and summary["duplicate"] == 3 and summary["total"] == len(candidates)
+    assert summary["ok"] == len(good) + 1 and summary["duplicate"] == 3 and summary["total"] == len(candidates) + 1
     stored = sorted(p.name for p in (tmp_path / "images").rglob("*") if p.is_file())
-    assert stored == sorted(by_key[f"goldfish\t{url}"]["sha256"] + ".jpg" for url in good)
+    assert len(stored) == len(good) + 1
+    assert set(stored) >= {by_key[f"goldfish\t{url}"]["sha256"] + ".jpg" for url in good}
     # a rerun resumes with nothing to fetch
     before = server.requests.copy()
-    assert Downloader(str(tmp_path), config, resolver=resolve_without_dns).run(candidates) == summary
+    again = Downloader(str(tmp_path), config, resolver=resolve_without_dns).run(candidates)
+    assert again == summary
     assert server.requests == before
 
 
