@@ -299,6 +299,42 @@ def test_default_rate_limit_is_polite_and_reported(server, tmp_path, caplog, pro
     assert "per-host rate limit (requests_per_second_per_host=4.0) held requests back" in caplog.text
 
 
+def test_a_keep_alive_connection_the_server_dropped_is_reopened(jpegs, tmp_path):
+    """HTTP/1.1 keep-alive: the server answers one request per connection as if it kept it open, then closes it
+    (as idle connections are closed on the real web); the next request on it is sent again on a new connection."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port, connections = listener.getsockname()[1], []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(conn)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            robots = b"/robots.txt " in request.split(b"\r\n", 1)[0]
+            body = b"User-agent: *\n" if robots else jpegs[len(connections) % len(jpegs)]
+            kind = b"text/plain" if robots else b"image/jpeg"
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: " + kind + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        candidates = [Candidate("fish", f"http://127.0.0.1:{port}/{i}.jpg", rank=i) for i in range(3)]
+        summary = Downloader(str(tmp_path), loopback_config(num_workers=1, max_retries=0)).run(candidates)
+    finally:
+        listener.close()
+    assert summary["ok"] == 3, read_jsonl(tmp_path / "downloads.jsonl")
+    assert len(connections) == 4  # robots.txt and three images, each on its own connection
+
+
 def test_perceptual_hash_is_imagehash_phash(jpegs):
     import io
 
