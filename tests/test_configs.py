@@ -29,8 +29,8 @@ def test_a_redactor_knows_the_secrets_of_its_time(monkeypatch):
     register_secret("registered-canary-77")
     bound = redactor()
     text = "http://u:p@h/x?key=abc env-canary-4242 registered-canary-77 Bearer tok123"
-    assert bound(text) == redact(text) == (
-        "http://<redacted>@h/x?key=<redacted> <redacted> <redacted> Bearer <redacted>"
+    assert (
+        bound(text) == redact(text) == ("http://<redacted>@h/x?key=<redacted> <redacted> <redacted> Bearer <redacted>")
     )
     monkeypatch.setenv("LATER_TOKEN", "later-canary-999")
     assert "later-canary-999" in bound("later-canary-999") and redact("later-canary-999") == "<redacted>"
