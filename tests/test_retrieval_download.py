@@ -117,6 +117,7 @@ def test_every_outcome(server, tmp_path, only_loopback, processes):
     for path, expected in urls.items():
         assert got[path] == expected, (path, [r for r in records if r["source_url"].endswith(path)])
     by_url = {r["source_url"]: r for r in records}
+    assert by_url[server.url("/slow/8.jpg")]["detail"] == "ReadTimeout"
     assert by_url[f"http://localhost:{server.port}/img/9.jpg"]["outcome"] == "ok"
     assert by_url["ftp://127.0.0.1/x.jpg"]["outcome"] == "bad_url"
     assert summary["ok"] == 6 and summary["total"] == len(candidates)

@@ -308,8 +308,9 @@ class _Connections:
                     continue
                 raise _HttpError(f"{type(e).__name__}: {e}") from None
             except TimeoutError:
+                connected = connection.sock is not None
                 connection.close()
-                raise _HttpTimeout("ReadTimeout" if connection.sock else "ConnectTimeout") from None
+                raise _HttpTimeout("ReadTimeout" if connected else "ConnectTimeout") from None
             except (OSError, http.client.HTTPException, UnicodeError) as e:
                 connection.close()
                 raise _HttpError(f"{type(e).__name__}: {e}") from None
