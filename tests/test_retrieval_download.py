@@ -336,6 +336,35 @@ def test_a_keep_alive_connection_the_server_dropped_is_reopened(jpegs, tmp_path)
     assert len(connections) == 4  # robots.txt and three images, each on its own connection
 
 
+def test_https_goes_through_the_guard_and_verifies_the_certificate(jpegs, tmp_path):
+    """A loopback https server with a self-signed certificate for 127.0.0.1: refused as unverified by default,
+    downloaded once its certificate is given as ``ca_bundle`` (SNI, verification and keep-alive over TLS)."""
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days",
+         "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = ImageServer(jpegs)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+    server.start()
+    try:
+        urls = [f"https://127.0.0.1:{server.port}/img/{i}.jpg" for i in range(33, 36)]
+        candidates = [Candidate("goldfish", url, rank=i) for i, url in enumerate(urls)]
+        refused = Downloader(str(tmp_path / "default"), loopback_config()).run(candidates)
+        records = read_jsonl(tmp_path / "default" / "downloads.jsonl")
+        assert refused["ok"] == 0 and refused["robots_unreachable"] == 3
+        assert "CERTIFICATE_VERIFY_FAILED" in records[0]["detail"]
+        trusted = Downloader(str(tmp_path / "trusted"), loopback_config(ca_bundle=str(cert))).run(candidates)
+        assert trusted["ok"] == 3
+    finally:
+        server.stop()
+
+
 def test_perceptual_hash_is_imagehash_phash(jpegs):
     import io
 

@@ -134,6 +134,10 @@ class DownloadConfig:
     allowed_networks: list[str] = field(
         default_factory=list, metadata={"help": "CIDRs exempt from the address guard (tests: ['127.0.0.1/32'])."}
     )
+    ca_bundle: str | None = field(
+        default=None,
+        metadata={"help": "PEM file of extra certificate authorities to trust for https (a mirror with its own CA)."},
+    )
     respect_robots_txt: bool = field(default=True, metadata={"help": "Skip URLs that robots.txt disallows for us."})
     respect_x_robots_tag: bool = field(default=True, metadata={"help": "Skip responses carrying an opt-out header."})
     opt_out_directives: list[str] = field(
@@ -508,6 +512,8 @@ class Downloader:
         self._local = threading.local()
         self._connections: list[_Connections] = []
         self._ssl_context = ssl.create_default_context()  # shared: building one costs ~30 ms of CPU
+        if config.ca_bundle:
+            self._ssl_context.load_verify_locations(cafile=config.ca_bundle)
         self.ua_token = config.user_agent.split("/")[0].split()[0]
         self._limiters: dict[str, _HostLimiter] = {}
         self._robots: dict[str, object] = {}  # origin -> True (no rules), RobotFileParser, or the reason it failed
@@ -631,7 +637,7 @@ class Downloader:
             else:
                 return "robots.txt unreachable (too many redirects)"
         except (_HttpError, ValueError) as e:
-            return f"robots.txt unreachable ({type(e).__name__})"
+            return f"robots.txt unreachable ({e})"[:200]
         if 400 <= status < 500:
             return True
         if status >= 500:
