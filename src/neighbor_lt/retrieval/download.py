@@ -699,7 +699,7 @@ class Downloader:
             try:
                 with self._limiter(host).slot(), self._http.get(url) as response:
                     status = response.status_code
-                    if response.is_redirect and response.headers.get("location"):
+                    if response.is_redirect:  # a redirect status with a Location header
                         return {"location": response.headers["location"], "status": status}
                     if status == 429 or status >= 500:
                         retry_after = response.headers.get("retry-after")
