@@ -16,7 +16,6 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import yaml
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
@@ -150,13 +149,6 @@ def check_hub_access(hub_model_id: str | None, hub_token: str | None = None) -> 
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: str | os.PathLike) -> Any:
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _resolved_args(run: RunFolder, *arg_objects) -> dict:
     """``args.yaml`` of a run, overridden by the argument dataclasses when given."""
     values = run.read_args()
@@ -206,22 +198,15 @@ def _target_dataset(args: dict) -> tuple[str, str, str, str | None]:
 
 def _manifest_for(args: dict) -> dict | None:
     """The neighbor manifest of the run: ``neighbor_manifest``, or one next to / inside the auxiliary set folder."""
-    candidates = [args.get("neighbor_manifest")]
+    from .neighbors.manifest import ManifestError, find_manifest, load_manifest
+
     aux = args.get("aux_dataset")
-    if aux and os.path.isdir(aux):
-        candidates += [
-            os.path.join(aux, "neighbors.json"),
-            os.path.join(aux, "neighbors", "neighbors.json"),
-            os.path.join(os.path.dirname(os.path.abspath(aux)), "neighbors", "neighbors.json"),
-        ]
-    for path in candidates:
-        if path and os.path.isdir(path):
-            path = os.path.join(path, "neighbors.json")
-        if path and path.endswith(".json") and os.path.isfile(path):
+    for path in (args.get("neighbor_manifest"), find_manifest(aux) if aux else None):
+        if path and os.path.exists(path):
             try:
-                return _read_json(path)
-            except ValueError:
-                logger.warning("unreadable neighbor manifest %s", path)
+                return load_manifest(path)
+            except ManifestError as e:
+                logger.warning("unreadable neighbor manifest: %s", e)
     return None
 
 

@@ -48,21 +48,103 @@ MANIFEST_NAME = "neighbors.json"
 CANDIDATES_NAME = "candidates.json"
 
 
-def load_manifest(path: str) -> dict:
-    """Read a neighbor manifest (a ``neighbors.json`` file, or the folder holding one).
+class ManifestError(ValueError):
+    """A neighbor manifest that cannot be used (missing, not JSON, another version, malformed entries); one line."""
+
+
+def default_manifest_path(output_dir: str) -> str:
+    """Where the curate recipe's neighbors stage writes the manifest: ``<output_dir>/neighbors/neighbors.json``."""
+    return os.path.join(output_dir, "neighbors", MANIFEST_NAME)
+
+
+def load_manifest(path: str | os.PathLike, validate: bool = False) -> dict:
+    """Read a neighbor manifest (a ``neighbors.json`` file, or the folder holding one): the one reader of the format.
 
     Example:
         >>> manifest = load_manifest("outputs/tiny_imagenet_lt/neighbors/neighbors.json")  # doctest: +SKIP
         >>> manifest["auxiliary"][0]["neighbor_of"]  # doctest: +SKIP
         ['n01443537']
+
+    Args:
+        path: the file, or a folder holding ``neighbors.json``.
+        validate: also check every auxiliary entry (:func:`check_auxiliary`), as the stages that fetch images do.
+
+    Raises:
+        ManifestError: the file is missing, is not JSON, is another format version, or (``validate``) names an
+            auxiliary class without a name or with unknown targets; the message names the file and the entries.
     """
+    path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, MANIFEST_NAME)
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise ValueError(f"{path}: unsupported neighbor manifest version {manifest.get('version')!r}")
+    if not os.path.isfile(path):
+        raise ManifestError(f"neighbor manifest {path} not found: run the neighbors stage first")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ManifestError(f"neighbor manifest {path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
+        version = manifest.get("version") if isinstance(manifest, dict) else None
+        raise ManifestError(f"{path}: unsupported neighbor manifest version {version!r}")
+    if validate:
+        check_auxiliary(manifest, path)
     return manifest
+
+
+def check_auxiliary(manifest: dict, path: str = "neighbor manifest") -> None:
+    """Check that every auxiliary entry has a ``name`` and a ``neighbor_of`` list naming targets of ``targets``.
+
+    Raises:
+        ManifestError: naming the first three problems (and how many more), before any request is sent.
+    """
+    if not isinstance(manifest.get("auxiliary"), list):
+        raise ManifestError(f"neighbor manifest {path} has no 'auxiliary' list")
+    targets = manifest.get("targets") or []
+    known = {str(t["name"]) for t in targets if isinstance(t, dict) and t.get("name") not in (None, "")}
+    problems, names = [], set()
+    for i, entry in enumerate(manifest["auxiliary"]):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"auxiliary[{i}] has no 'name' ({json.dumps(entry)[:80]})")
+            continue
+        if name in names:
+            logger.warning("neighbor manifest: auxiliary class %r appears more than once; its images are merged", name)
+        names.add(name)
+        neighbor_of = entry.get("neighbor_of")
+        if not isinstance(neighbor_of, list) or not neighbor_of:
+            problems.append(f"auxiliary class {name!r} has no 'neighbor_of' list")
+        elif known and (unknown := [t for t in neighbor_of if t not in known]):
+            problems.append(f"auxiliary class {name!r} is a neighbor of unknown target(s) {unknown[:3]}")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ManifestError(f"neighbor manifest {path}: {'; '.join(problems[:3])}{more}")
+    if not known:
+        logger.warning("neighbor manifest %s has no 'targets' list: 'neighbor_of' names are not checked", path)
+
+
+def find_manifest(aux_dataset: str | os.PathLike) -> str | None:
+    """The ``neighbors.json`` of an auxiliary set folder (or of its Parquet files), if one lies in or beside it.
+
+    Looked for in the folder, in its ``neighbors/`` subfolder, and in the curate recipe's layout around it
+    (``<output_dir>/aux_dataset`` beside ``<output_dir>/neighbors/neighbors.json``, also from ``aux_dataset/data``).
+
+    Example:
+        >>> find_manifest("outputs/tiny_imagenet_lt/aux_dataset")  # doctest: +SKIP
+        'outputs/tiny_imagenet_lt/neighbors/neighbors.json'
+    """
+    import glob
+
+    aux_dataset = os.fspath(aux_dataset)
+    if not (os.path.exists(aux_dataset) or glob.glob(aux_dataset)):
+        return None  # a Hub id, or nothing: no local folder to look beside
+    folder = os.path.normpath(aux_dataset if os.path.isdir(aux_dataset) else os.path.dirname(aux_dataset))
+    parents = [os.path.dirname(folder)]
+    if os.path.basename(folder) == "data":  # <output_dir>/aux_dataset/data/*.parquet
+        parents.append(os.path.dirname(parents[0]))
+    candidates = [os.path.join(folder, MANIFEST_NAME), os.path.join(folder, "neighbors", MANIFEST_NAME)]
+    for parent in parents:
+        candidates += [os.path.join(parent, "neighbors", MANIFEST_NAME), os.path.join(parent, MANIFEST_NAME)]
+    return next((c for c in candidates if os.path.isfile(c)), None)
 
 
 def neighbor_map(path_or_manifest) -> dict[str, list[str]]:
@@ -81,12 +163,18 @@ def neighbor_pairs(path_or_manifest) -> list[tuple[str, str]]:
     return [(aux, target) for aux, targets in neighbor_map(path_or_manifest).items() for target in targets]
 
 
-def write_manifest(manifest: dict, path: str) -> bool:
-    """Write atomically; keep the file (and its ``created`` stamp) when nothing but the stamp would change.
+def save_manifest(manifest: dict, path: str | os.PathLike) -> bool:
+    """Write a neighbor manifest atomically (the one writer of the format); keep the file (and its ``created`` stamp)
+    when nothing but the stamp would change.
+
+    Example:
+        >>> save_manifest(manifest, "outputs/tiny_imagenet_lt/neighbors/neighbors.json")  # doctest: +SKIP
+        True
 
     Returns:
         True when the file was (re)written, False when the existing one already held this manifest.
     """
+    path = os.fspath(path)
     if os.path.isfile(path):
         try:
             with open(path, encoding="utf-8") as f:
@@ -102,6 +190,9 @@ def write_manifest(manifest: dict, path: str) -> bool:
         f.write("\n")
     os.replace(tmp, path)
     return True
+
+
+write_manifest = save_manifest  # the name the neighbors and rank stages import
 
 
 def _reason_kind(reason: str) -> str:

@@ -34,6 +34,7 @@ from ..configs import ConfigError, from_dict
 from ..curate import CurateContext, StageError, check_backend_options
 from ..files import write_json_atomic
 from ..neighbors.confusability import card_summary
+from ..neighbors.manifest import ManifestError, default_manifest_path, load_manifest
 from ..secrets import install_log_redaction, redact, redact_mapping
 from .builder import push_aux_dataset, select_per_class, write_aux_dataset
 from .card import render_dataset_card
@@ -183,42 +184,27 @@ def _load_json(path: str, default=None):
 
 
 def load_neighbor_manifest(path: str) -> dict:
-    """Read and validate the neighbors stage's manifest (``{"version", "backend", "targets", "auxiliary"}``).
+    """Read and validate the neighbors stage's manifest (:func:`~neighbor_lt.neighbors.manifest.load_manifest`).
 
-    Every auxiliary entry needs a ``name`` and a ``neighbor_of`` list naming targets of the ``targets`` list; a problem
-    is a :class:`StageError` naming the entries, raised before any request is sent.
+    Raises:
+        StageError: the manifest's problem in one line (:class:`~neighbor_lt.neighbors.manifest.ManifestError`),
+            before any request is sent.
     """
-    if not os.path.exists(path):
-        raise StageError(f"neighbor manifest {path} not found: run the neighbors stage first")
     try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except json.JSONDecodeError as e:
-        raise StageError(f"neighbor manifest {path} is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("auxiliary"), list):
-        raise StageError(f"neighbor manifest {path} has no 'auxiliary' list")
-    targets = manifest.get("targets") or []
-    known = {str(t["name"]) for t in targets if isinstance(t, dict) and t.get("name") not in (None, "")}
-    problems, names = [], set()
-    for i, entry in enumerate(manifest["auxiliary"]):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not name.strip():
-            problems.append(f"auxiliary[{i}] has no 'name' ({json.dumps(entry)[:80]})")
-            continue
-        if name in names:
-            logger.warning("neighbor manifest: auxiliary class %r appears more than once; its images are merged", name)
-        names.add(name)
-        neighbor_of = entry.get("neighbor_of")
-        if not isinstance(neighbor_of, list) or not neighbor_of:
-            problems.append(f"auxiliary class {name!r} has no 'neighbor_of' list")
-        elif known and (unknown := [t for t in neighbor_of if t not in known]):
-            problems.append(f"auxiliary class {name!r} is a neighbor of unknown target(s) {unknown[:3]}")
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise StageError(f"neighbor manifest {path}: {'; '.join(problems[:3])}{more}")
-    if not known:
-        logger.warning("neighbor manifest %s has no 'targets' list: 'neighbor_of' names are not checked", path)
-    return manifest
+        return load_manifest(path, validate=True)
+    except ManifestError as e:
+        raise StageError(str(e)) from None
+
+
+def current_manifest(context: CurateContext) -> tuple[str, dict | None]:
+    """The manifest the retrieve stage used (its ``neighbor_manifest`` or the default) and its contents, or None
+    when it cannot be read now."""
+    retrieve_cfg = _load_json(os.path.join(context.output_dir, "retrieve", "config.json"), {}) or {}
+    path = retrieve_cfg.get("neighbor_manifest") or default_manifest_path(context.output_dir)
+    try:
+        return path, load_manifest(path)
+    except ManifestError:
+        return path, None
 
 
 def _target_names(context: CurateContext) -> list[str] | None:
@@ -254,9 +240,7 @@ def run_retrieve(section: RetrieveArguments | dict, context: CurateContext) -> d
     out = context.stage_dir("retrieve")
     config = {**dataclasses.asdict(args), "download": dataclasses.asdict(download)}
     _save_json(os.path.join(out, "config.json"), redact_mapping(config))
-    manifest = load_neighbor_manifest(
-        args.neighbor_manifest or os.path.join(context.output_dir, "neighbors", "neighbors.json")
-    )
+    manifest = load_neighbor_manifest(args.neighbor_manifest or default_manifest_path(context.output_dir))
     aux = manifest["auxiliary"]
     # the rank stage's probes (searches and images of the candidate classes): reused, never fetched twice
     probes = os.path.join(context.output_dir, "rank", PROBE_DIR)
@@ -585,10 +569,8 @@ def _current_classes(items: list[dict], context: CurateContext) -> list[dict]:
     ``retrieve/downloads.jsonl`` keeps the images of every earlier manifest (a rerun of the neighbors or rank stage
     may drop or re-pair classes); the filter, and so the dataset, follows the current one.
     """
-    retrieve_cfg = _load_json(os.path.join(context.output_dir, "retrieve", "config.json"), {}) or {}
-    path = retrieve_cfg.get("neighbor_manifest") or os.path.join(context.output_dir, "neighbors", "neighbors.json")
-    manifest = _load_json(path) if os.path.exists(path) else None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("auxiliary"), list):
+    path, manifest = current_manifest(context)
+    if manifest is None or not isinstance(manifest.get("auxiliary"), list):
         return items
     current = {a["name"]: list(a.get("neighbor_of") or []) for a in manifest["auxiliary"] if isinstance(a, dict)}
     kept = [{**r, "neighbor_of": current[r["aux_name"]]} for r in items if r.get("aux_name") in current]
@@ -663,7 +645,7 @@ def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[st
             f"build: no auxiliary class has min_images_per_class={args.min_images_per_class} image(s) "
             f"({len(items)} kept image(s)); the previous aux_dataset, if any, is left untouched"
         )
-    manifest = _load_json(os.path.join(context.output_dir, "neighbors", "neighbors.json"), {}) or {}
+    manifest = current_manifest(context)[1] or {}
     order = [a["name"] for a in manifest.get("auxiliary", [])]
     groups = dict(sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
     retrieve_cfg = _load_json(os.path.join(context.output_dir, "retrieve", "config.json"), {}) or {}
