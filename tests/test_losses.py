@@ -215,3 +215,29 @@ def test_bf16_logits_give_bf16_gradients():
     loss = neighbor_silencing_loss(logits, torch.tensor([0, 1, 2, 3]), torch.ones(6), torch.tensor([[0, 4], [1, 5]]))
     loss.backward()
     assert loss.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", list(losses_module.LOSSES))
+def test_create_loss_modules_equal_their_functions(name):
+    g = torch.Generator().manual_seed(0)
+    logits, counts = torch.randn(6, 5, generator=g), torch.tensor([40.0, 10.0, 3.0, 5.0, 5.0])
+    targets, pairs = torch.tensor([0, 1, 2, 3, 4, 1]), torch.tensor([[1, 3], [2, 4]])
+    criterion = losses_module.create_loss(name, counts, neighbor_pairs=pairs, lambda_s=0.3)
+    assert isinstance(criterion, torch.nn.Module) and losses_module.get_loss(name) is type(criterion)
+    extra = {"neighbor_pairs": pairs, "lambda_s": 0.3} if criterion.uses_neighbors else {}
+    for reduction in ("mean", "sum", "none"):
+        expected = losses_module.LOSS_FUNCTIONS[name](logits, targets, counts, reduction=reduction, **extra)
+        assert torch.allclose(criterion(logits, targets, reduction=reduction), expected)
+
+
+def test_create_loss_validates_its_options():
+    counts = torch.ones(3)
+    with pytest.raises(ValueError, match="unknown loss 'focal'; choose from ce, balanced_softmax, neighbor_silencing"):
+        losses_module.create_loss("focal", counts)
+    with pytest.raises(ValueError, match="lambda_s must be positive"):
+        losses_module.create_loss("neighbor_silencing", counts, neighbor_pairs=[[0, 2]], lambda_s=0.0)
+    with pytest.raises(ValueError, match="outside 0..2"):
+        losses_module.create_loss("neighbor_silencing", counts, neighbor_pairs=[[0, 3]])
+    with pytest.raises(ValueError, match=r"class_counts must be positive; classes \[1\]"):
+        losses_module.create_loss("balanced_softmax", torch.tensor([2.0, 0.0, 1.0]))
+    assert losses_module.create_loss("ce", counts, lambda_s=0.0)(torch.zeros(1, 3), torch.tensor([0])) > 0

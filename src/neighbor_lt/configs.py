@@ -18,11 +18,11 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from .losses import LOSSES
 from .secrets import REDACTED, is_secret_name
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("ce", "balanced_softmax", "neighbor_silencing", "bal_bce")
 #: Section of ``args.yaml`` with facts of the run that are not arguments (see :func:`save_args`).
 RUN_KEY = "run"
 

@@ -23,6 +23,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .configs import RUN_KEY, ConfigError
+from .losses import LOSSES
 from .metrics import GROUPS, present_groups
 from .run_folder import RunFolder
 from .secrets import redact_mapping
@@ -66,13 +67,6 @@ PLOTS = (
         "2-D projection of the features of a head class, a confusable tail class and their neighbor classes.",
     ),
 )
-
-LOSS_NAMES = {
-    "neighbor_silencing": "neighbor-silencing loss",
-    "balanced_softmax": "balanced softmax cross-entropy (no neighbor silencing)",
-    "ce": "plain cross-entropy",
-    "bal_bce": "balanced binary cross-entropy",
-}
 
 
 class HubAccessError(ConfigError):
@@ -370,7 +364,7 @@ def render_model_card(
         )
     max_rows = 100
     loss = args.get("loss") or info.loss
-    loss_name = LOSS_NAMES.get(loss, f"`{loss}` loss")
+    loss_name = LOSSES[loss].title if loss in LOSSES else f"`{loss}` loss"
     if loss == "neighbor_silencing":
         loss_name += f" (lambda_s = {_first_set(info.lambda_s, args.get('lambda_s'))})"
     group_sizes = (results or {}).get("group_sizes") or saved.get("group_sizes") or {}

@@ -5,12 +5,16 @@ of class indices or a float tensor ``[B, C]`` of soft targets (Mixup / CutMix / 
 loss is the target-weighted sum of the per-class losses. No function builds a dense ``C x C`` tensor: the
 neighbor pairs stay a sparse edge list, so 28,500 classes (iNaturalist 2018 plus its auxiliary set) cost what
 balanced softmax costs.
+
+The Trainer uses them as modules (timm ``timm/loss/`` style): one :class:`torch.nn.Module` per loss owning its inputs
+(class counts, the neighbor lists, ``lambda_s``), chosen by name from :data:`LOSSES` through :func:`create_loss`.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = [
     "balanced_softmax_loss",
@@ -18,7 +22,15 @@ __all__ = [
     "balanced_bce_loss",
     "cross_entropy_loss",
     "neighbor_csr",
+    "LongTailLoss",
+    "CrossEntropyLoss",
+    "BalancedSoftmaxLoss",
+    "NeighborSilencingLoss",
+    "BalancedBCELoss",
+    "LOSSES",
     "LOSS_FUNCTIONS",
+    "get_loss",
+    "create_loss",
 ]
 
 
@@ -241,9 +253,127 @@ def balanced_bce_loss(logits, targets, class_counts, reduction: str = "mean") ->
     return _reduce(per_sample, reduction)
 
 
-LOSS_FUNCTIONS = {
-    "ce": cross_entropy_loss,
-    "balanced_softmax": balanced_softmax_loss,
-    "neighbor_silencing": neighbor_silencing_loss,
-    "bal_bce": balanced_bce_loss,
+class LongTailLoss(nn.Module):
+    """A loss over the merged label space that owns its class counts: ``forward(logits, targets, reduction)``.
+
+    Subclasses set :attr:`function` (the pure loss above) and pass any further inputs through :meth:`extra`.
+
+    Args:
+        class_counts: ``[C]`` images per class (all positive); kept as a buffer, so ``.to(device)`` moves it.
+    """
+
+    function = staticmethod(cross_entropy_loss)
+    #: How a model card names the loss.
+    title = "plain cross-entropy"
+    #: Whether the loss reads ``neighbor_pairs`` (a run without pairs then reduces it to balanced softmax).
+    uses_neighbors = False
+
+    def __init__(self, class_counts, **_):
+        super().__init__()
+        counts = torch.as_tensor(class_counts, dtype=torch.float32).reshape(-1)
+        self.register_buffer("class_counts", counts, persistent=False)
+
+    def extra(self, logits: torch.Tensor) -> dict:
+        """Keyword inputs of :attr:`function` beyond ``(logits, targets, class_counts, reduction)``."""
+        return {}
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if self.class_counts.device != logits.device:
+            self.to(logits.device)
+        return self.function(logits, targets, self.class_counts, reduction=reduction, **self.extra(logits))
+
+
+class CrossEntropyLoss(LongTailLoss):
+    """Plain cross-entropy (the counts are ignored). Example: ``create_loss("ce", counts)(logits, labels)``."""
+
+    function = staticmethod(cross_entropy_loss)
+
+
+class BalancedSoftmaxLoss(LongTailLoss):
+    """Balanced softmax, eq. 2. Example: ``create_loss("balanced_softmax", counts)(logits, labels)``."""
+
+    function = staticmethod(balanced_softmax_loss)
+    title = "balanced softmax cross-entropy (no neighbor silencing)"
+
+
+class BalancedBCELoss(LongTailLoss):
+    """LiVT's balanced BCE. Example: ``create_loss("bal_bce", counts)(logits, labels)``."""
+
+    function = staticmethod(balanced_bce_loss)
+    title = "balanced binary cross-entropy"
+
+
+class NeighborSilencingLoss(LongTailLoss):
+    """Neighbor-silencing cross-entropy, eq. 4, with the neighbor lists precomputed once (:func:`neighbor_csr`).
+
+    Example:
+        >>> loss = NeighborSilencingLoss(torch.ones(3), neighbor_pairs=torch.tensor([[0, 2]]), lambda_s=0.1)
+        >>> loss(torch.zeros(1, 3), torch.tensor([0]))  # log(1 + 1 + 0.1)
+        tensor(0.7419)
+
+    Args:
+        class_counts: ``[C]`` images per class (for an auxiliary class: the images drawn per epoch).
+        neighbor_pairs: ``[E, 2]`` (target class, auxiliary class) pairs; none gives balanced softmax.
+        lambda_s: silencing factor, > 0.
+    """
+
+    function = staticmethod(neighbor_silencing_loss)
+    title = "neighbor-silencing loss"
+    uses_neighbors = True
+
+    def __init__(self, class_counts, neighbor_pairs=None, lambda_s: float = 0.1, **_):
+        super().__init__(class_counts)
+        if not lambda_s > 0:
+            raise ValueError(f"lambda_s must be positive, got {lambda_s}")
+        self.lambda_s = float(lambda_s)
+        pairs = torch.as_tensor(neighbor_pairs if neighbor_pairs is not None else [], dtype=torch.int64)
+        ptr, neighbors = neighbor_csr(pairs.reshape(-1, 2), self.class_counts.numel())
+        self.register_buffer("neighbor_pairs", pairs.reshape(-1, 2), persistent=False)
+        self.register_buffer("ptr", ptr, persistent=False)
+        self.register_buffer("neighbors", neighbors, persistent=False)
+
+    def extra(self, logits: torch.Tensor) -> dict:
+        return {"neighbor_pairs": self.neighbor_pairs, "lambda_s": self.lambda_s, "csr": (self.ptr, self.neighbors)}
+
+
+#: The losses by the name a config selects them with (``loss:`` in a training YAML).
+LOSSES: dict[str, type[LongTailLoss]] = {
+    "ce": CrossEntropyLoss,
+    "balanced_softmax": BalancedSoftmaxLoss,
+    "neighbor_silencing": NeighborSilencingLoss,
+    "bal_bce": BalancedBCELoss,
 }
+#: The pure function behind each loss name.
+LOSS_FUNCTIONS = {name: cls.function for name, cls in LOSSES.items()}
+
+
+def get_loss(name: str) -> type[LongTailLoss]:
+    """The loss class registered as ``name``; a ``ValueError`` listing the valid names otherwise."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+def create_loss(name: str, class_counts, neighbor_pairs=None, lambda_s: float = 0.1) -> LongTailLoss:
+    """The loss module ``name`` over ``class_counts`` (inputs a loss does not read are ignored).
+
+    Example:
+        >>> criterion = create_loss("balanced_softmax", torch.tensor([10.0, 1.0]))
+        >>> criterion(torch.tensor([[1.0, 0.0]]), torch.tensor([1]))
+        tensor(3.3387)
+
+    Args:
+        name: one of :data:`LOSSES`.
+        class_counts: ``[C]`` images per class of the merged label space, all positive.
+        neighbor_pairs: ``[E, 2]`` (target, auxiliary) pairs, for the losses with ``uses_neighbors``.
+        lambda_s: silencing factor (> 0), for ``neighbor_silencing``.
+    """
+    cls = get_loss(name)
+    counts = torch.as_tensor(class_counts, dtype=torch.float32)
+    if counts.dim() != 1 or not counts.numel():
+        raise ValueError(f"class_counts must be a non-empty 1-D list of counts, got shape {tuple(counts.shape)}")
+    if bool((counts <= 0).any()):
+        raise ValueError(
+            f"class_counts must be positive; classes {torch.nonzero(counts <= 0).flatten().tolist()} are not"
+        )
+    return cls(counts, neighbor_pairs=neighbor_pairs, lambda_s=lambda_s)

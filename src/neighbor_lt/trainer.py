@@ -8,7 +8,7 @@ import torch
 from transformers import Trainer
 
 from .augment import MixupCutmix
-from .losses import LOSS_FUNCTIONS, neighbor_csr
+from .losses import create_loss
 from .modeling import layerwise_param_groups
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ class NeighborSilencingTrainer(Trainer):
     Args:
         class_counts: ``[C]`` images per class of the merged label space (auxiliary: draws per epoch).
         neighbor_pairs: ``[E, 2]`` (target, auxiliary) pairs, for ``neighbor_silencing``.
+            ``class_counts``, ``neighbor_pairs`` and ``args.lambda_s`` go to :func:`~neighbor_lt.losses.create_loss`
+            with ``args.loss``; the resulting module is ``self.criterion``.
         num_target_classes: ``L``; evaluation predicts over the target rows only (the auxiliary rows are masked).
         train_sampler: a sampler for the training set (e.g. ``AuxiliaryCappedSampler``).
         batch_augment: turns uint8 ``pixel_values`` batches (the tensor input pipeline,
@@ -52,16 +54,11 @@ class NeighborSilencingTrainer(Trainer):
     ):
         super().__init__(*args, **kwargs)
         self.batch_augment = batch_augment
-        if self.args.loss not in LOSS_FUNCTIONS:
-            raise ValueError(f"unknown loss {self.args.loss!r}; choose from {list(LOSS_FUNCTIONS)}")
-        self.loss_fn = LOSS_FUNCTIONS[self.args.loss]
-        self.class_counts = torch.as_tensor(class_counts, dtype=torch.float32)
-        num_classes = self.class_counts.numel()
-        self.neighbor_pairs = torch.as_tensor(
-            neighbor_pairs if neighbor_pairs is not None else [], dtype=torch.int64
-        ).reshape(-1, 2)
+        self.criterion = create_loss(
+            self.args.loss, class_counts, neighbor_pairs=neighbor_pairs, lambda_s=self.args.lambda_s
+        )
+        num_classes = self.criterion.class_counts.numel()
         self.num_target_classes = num_target_classes or num_classes
-        self.csr = neighbor_csr(self.neighbor_pairs, num_classes)
         self.train_sampler = train_sampler
         self.mixup = MixupCutmix(
             num_classes,
@@ -103,16 +100,10 @@ class NeighborSilencingTrainer(Trainer):
             inputs["pixel_values"], targets = self.mixup(inputs["pixel_values"], labels)
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        counts = self.class_counts.to(logits.device)
-        kwargs = {}
-        if self.args.loss == "neighbor_silencing":
-            if self.csr[0].device != logits.device:
-                self.csr = tuple(t.to(logits.device) for t in self.csr)
-            kwargs = {"neighbor_pairs": self.neighbor_pairs, "lambda_s": self.args.lambda_s, "csr": self.csr}
         if num_items_in_batch is None:
-            loss = self.loss_fn(logits, targets, counts, reduction="mean", **kwargs)
+            loss = self.criterion(logits, targets, reduction="mean")
         else:
-            loss = self.loss_fn(logits, targets, counts, reduction="sum", **kwargs) / num_items_in_batch
+            loss = self.criterion(logits, targets, reduction="sum") / num_items_in_batch
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 loss = loss * self.accelerator.num_processes
         if return_outputs:
