@@ -153,6 +153,7 @@ def fetch_probes(candidates: dict, args: RankArguments, context: CurateContext, 
         StageError: the search backend cannot start, or no candidate class has any search result.
     """
     from neighbor_lt.retrieval.download import DownloadConfig, Downloader, read_jsonl
+    from neighbor_lt.retrieval.search import search_backend_class
     from neighbor_lt.retrieval.stages import search_all, search_backend
     from neighbor_lt.secrets import redact
 
@@ -163,7 +164,7 @@ def fetch_probes(candidates: dict, args: RankArguments, context: CurateContext, 
     aux = candidates["auxiliary"]
     # a pool search is not cached and its first n hits are the first n of a longer one: ask only the probe; a web
     # search is cached at the retrieve stage's length, so the retrieve stage reuses it
-    cached = retrieve.backend != "pool"
+    cached = search_backend_class(retrieve.backend).cacheable
     asked = retrieve if cached else dataclasses.replace(retrieve, max_results_per_query=args.probe_images)
     backend = search_backend(retrieve, candidates, context)
     hits, _ = search_all(backend, asked, aux, probe_dir)

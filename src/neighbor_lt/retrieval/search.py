@@ -61,6 +61,26 @@ def _api_key(value: str | None, env: str | None, what: str) -> str:
     return key
 
 
+class SearchBackend:
+    """What a search backend declares, so that the stages ask it instead of testing its name.
+
+    Subclass it, set the capabilities and implement ``search(query, max_results, **hints) -> list[Candidate]``.
+    """
+
+    #: reads a local collection and returns the image bytes: nothing to download, and it takes ``exclude_names`` (the
+    #: target classes it must never return)
+    local: bool = False
+    #: its answers are kept in ``retrieve/searches.jsonl`` so that a rerun never asks twice (a paid or remote source)
+    cacheable: bool = True
+    #: answers come in pages, one request each: ``page_size`` results per request, at most ``max_results`` per query
+    pages: bool = False
+    page_size: int = 0
+    max_results: int | None = None
+
+    def search(self, query: str, max_results: int = 100, **hints) -> list[Candidate]:
+        raise NotImplementedError
+
+
 class SearchError(Exception):
     """A search request failed; the message is the API's own error (redacted), never the request URL."""
 
@@ -98,7 +118,7 @@ def _api_message(response) -> str:
     return str(error or data)[:300]
 
 
-class GoogleImageSearch:
+class GoogleImageSearch(SearchBackend):
     """Google Custom Search JSON API, image search (``searchType=image``), 10 results per page.
 
     Example:
@@ -112,6 +132,8 @@ class GoogleImageSearch:
         timeout: seconds per request.
         extra_params: more query parameters (``safe``, ``imgSize``, ``rights`` ...).
     """
+
+    pages, page_size, max_results = True, 10, 100
 
     def __init__(
         self,
@@ -150,7 +172,7 @@ class GoogleImageSearch:
         return out[:max_results]
 
 
-class BingImageSearch:
+class BingImageSearch(SearchBackend):
     """A Bing-style image search API (``value[].contentUrl / hostPageUrl / name``, ``count`` + ``offset`` paging).
 
     Example:
@@ -164,6 +186,8 @@ class BingImageSearch:
         timeout: seconds per request.
         extra_params: more query parameters (``safeSearch``, ``license`` ...).
     """
+
+    pages, page_size = True, 150
 
     def __init__(
         self,
@@ -199,7 +223,7 @@ class BingImageSearch:
         return out[:max_results]
 
 
-class DuckDuckGoImageSearch:
+class DuckDuckGoImageSearch(SearchBackend):
     """DuckDuckGo image search through the ``ddgs`` package, with a configurable endpoint.
 
     DuckDuckGo has no keyed API: ``ddgs`` reads a token from the search page and then the ``i.js`` JSON endpoint.
@@ -215,6 +239,8 @@ class DuckDuckGoImageSearch:
         safesearch: "on", "moderate" or "off".
         timeout: seconds per request.
     """
+
+    pages, page_size = True, 100
 
     def __init__(
         self,
@@ -268,7 +294,7 @@ def _builder_for(path: str) -> str:
     return {"parquet": "parquet", "csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json"}.get(ext, "parquet")
 
 
-class PoolSearch:
+class PoolSearch(SearchBackend):
     """Search a local image collection by name: rows whose caption/name column holds the query, or whose id matches.
 
     A caption such as ``"goldfish, Carassius auratus"`` is split on commas and matches a query equal to one of its
@@ -290,6 +316,8 @@ class PoolSearch:
         exclude_names: names (ids, labels or captions) of target classes, never returned.
         seed: seed of the order in which the matches of a query are returned (None keeps the pool's order).
     """
+
+    local, cacheable = True, False
 
     def __init__(
         self,
@@ -364,7 +392,7 @@ class PoolSearch:
         return out
 
 
-class UrlListSearch:
+class UrlListSearch(SearchBackend):
     """User-supplied URL lists (CSV, Parquet or JSONL): rows for a query are those whose name column equals it.
 
     Without a name column, rows whose caption contains the query (whole words) are returned.
@@ -406,7 +434,7 @@ class UrlListSearch:
         ]
 
 
-SEARCH_BACKENDS: dict[str, type] = {
+SEARCH_BACKENDS: dict[str, type[SearchBackend]] = {
     "google": GoogleImageSearch,
     "bing": BingImageSearch,
     "duckduckgo": DuckDuckGoImageSearch,
@@ -415,7 +443,18 @@ SEARCH_BACKENDS: dict[str, type] = {
 }
 
 
-def get_search_backend(name: str, **kwargs: Any):
+def search_backend_class(name: str) -> type[SearchBackend]:
+    """The class registered as ``name`` in ``SEARCH_BACKENDS`` (for its capabilities and options).
+
+    Raises:
+        ValueError: an unknown name, with the valid ones.
+    """
+    if name not in SEARCH_BACKENDS:
+        raise ValueError(f"unknown search backend {name!r}; choose from {', '.join(sorted(SEARCH_BACKENDS))}")
+    return SEARCH_BACKENDS[name]
+
+
+def get_search_backend(name: str, **kwargs: Any) -> SearchBackend:
     """Build a search backend by name (one of ``SEARCH_BACKENDS``); ``kwargs`` go to its constructor.
 
     Example:
@@ -423,12 +462,10 @@ def get_search_backend(name: str, **kwargs: Any):
         >>> [c.image_url for c in backend.search("goldfish", max_results=5)]  # doctest: +SKIP
 
     Args:
-        name: "google", "bing", "duckduckgo", "pool" or "urls".
+        name: a key of ``SEARCH_BACKENDS``.
         **kwargs: the backend's options (endpoint, api_key, data_files ...).
 
     Raises:
-        ValueError: for an unknown name.
+        ValueError: for an unknown name (the message lists the valid ones).
     """
-    if name not in SEARCH_BACKENDS:
-        raise ValueError(f"unknown search backend {name!r}; choose from {sorted(SEARCH_BACKENDS)}")
-    return SEARCH_BACKENDS[name](**kwargs)
+    return search_backend_class(name)(**kwargs)

@@ -60,7 +60,7 @@ from .filters import (
     min_hamming,
     phash_to_int,
 )
-from .search import SEARCH_BACKENDS, Candidate, SearchError, get_search_backend
+from .search import SEARCH_BACKENDS, Candidate, SearchError, get_search_backend, search_backend_class
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +112,11 @@ class RetrieveArguments:
 
     def __post_init__(self):
         """Check the backend, its options (against its constructor) and the downloader keys before any request."""
-        if self.backend not in SEARCH_BACKENDS:
-            raise ConfigError(
-                f"retrieve.backend must be one of {', '.join(sorted(SEARCH_BACKENDS))} (got {self.backend!r})"
-            )
-        check_backend_options(
-            SEARCH_BACKENDS[self.backend], self.backend_kwargs, f"retrieve.backend_kwargs ({self.backend})"
-        )
+        try:
+            backend = search_backend_class(self.backend)
+        except ValueError as e:
+            raise ConfigError(f"retrieve.backend: {e}") from None
+        check_backend_options(backend, self.backend_kwargs, f"retrieve.backend_kwargs ({self.backend})")
         from_dict(DownloadConfig, self.download, "retrieve.download")
 
 
@@ -273,7 +271,7 @@ def search_backend(args: RetrieveArguments, manifest: dict, context: CurateConte
         StageError: the backend cannot start (unknown backend, missing key, unknown option), in one line.
     """
     kwargs = dict(args.backend_kwargs)
-    if args.backend == "pool" and args.exclude_target_classes:
+    if search_backend_class(args.backend).local and args.exclude_target_classes:
         excluded = set(kwargs.get("exclude_names") or [])
         for target in manifest.get("targets", []):
             excluded.update(str(target[k]) for k in ("name", "query") if target.get(k))
@@ -326,7 +324,7 @@ def search_all(
     from tqdm.auto import tqdm
 
     cache_path = os.path.join(out, "searches.jsonl")
-    cacheable = args.backend != "pool"
+    cacheable = getattr(backend, "cacheable", True)
     cached = {r["aux_name"]: r for r in read_jsonl(cache_path)} if cacheable else {}
     if cacheable and reuse_dir:
         for record in read_jsonl(os.path.join(reuse_dir, "searches.jsonl")):
@@ -676,10 +674,11 @@ def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[st
     download = retrieve_cfg.get("download", {})
     backend_kwargs = retrieve_cfg.get("backend_kwargs") or {}
     search_source = backend_kwargs.get("endpoint") or backend_kwargs.get("dataset") or backend_kwargs.get("path")
-    if retrieve_cfg.get("backend") == "pool":
+    local = getattr(SEARCH_BACKENDS.get(retrieve_cfg.get("backend")), "local", False)
+    if local:
         search_source = backend_kwargs.get("dataset") or backend_kwargs.get("data_files")
         search_source = ", ".join(search_source) if isinstance(search_source, list) else search_source
-    pool = retrieve_cfg.get("backend") == "pool" and not retrieve_cfg.get("img2dataset_dir")
+    pool = local and not retrieve_cfg.get("img2dataset_dir")
     embedding = bool(filter_cfg.get("model_name_or_path"))
     card = render_dataset_card(
         args.hub_dataset_id or f"{os.path.basename(os.path.abspath(context.output_dir))}-aux",
