@@ -13,6 +13,8 @@ import numpy as np
 MANY_THRESHOLD = 100
 FEW_THRESHOLD = 20
 GROUPS = ("many", "medium", "few")
+#: The accuracies a run reports, in the order tables show them: Overall, then the groups.
+ACCURACY_KEYS = ("overall", *GROUPS)
 
 
 def group_of(count: int, many_threshold: int = MANY_THRESHOLD, few_threshold: int = FEW_THRESHOLD) -> str:
