@@ -19,7 +19,7 @@ import os
 import sys
 
 import torch
-from transformers import ViTImageProcessorPil, set_seed
+from transformers import set_seed
 
 from neighbor_lt.augment import ImageTransform
 from neighbor_lt.configs import ConfigError, DataArguments, no_pin_memory_on_cpu, parse_args, save_args, setup_logging
@@ -36,7 +36,7 @@ from neighbor_lt.mae import (
     resolve_resume,
     save_reconstruction_grid,
 )
-from neighbor_lt.modeling import IMAGENET_MEAN, IMAGENET_STD
+from neighbor_lt.modeling import IMAGENET_MEAN, IMAGENET_STD, crop_processor
 
 logger = logging.getLogger("pretrain_mae")
 
@@ -78,8 +78,8 @@ def main(argv=None):
     # Model
     ################
     model = build_mae_model(model_args)
-    size = {"height": model_args.image_size, "width": model_args.image_size}
-    processor = ViTImageProcessorPil(do_resize=True, size=size, image_mean=mean, image_std=std)
+    # what the fine-tuned classifier is evaluated with: shorter side to size / crop_pct, then a center crop
+    processor = crop_processor(model_args.image_size, eval_tf.crop_pct, mean, std)
 
     ################
     # Trainer

@@ -313,6 +313,22 @@ def _random_resized_crop_box(width, height, scale, ratio=(3 / 4, 4 / 3)):
     return x, y, x + side, y + side
 
 
+DEFAULT_CROP_PCT = 0.875  # timm's: 224 px crops of the shorter side resized to 256
+
+
+def center_crop_resized(img, size: int, crop_pct: float, resample=Image.BICUBIC):
+    """Resize the shorter side to ``floor(size / crop_pct)`` (the longer side keeps the aspect ratio, floored), then
+    center crop ``size x size``: the evaluation transform of timm and of the checkpoints' image processors
+    (``transformers``' shortest-edge resize and ``center_crop``), pixel for pixel."""
+    short = int(size / crop_pct)
+    w, h = img.size
+    nw, nh = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), resample)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
 class ImageTransform:
     """PIL image -> normalized float tensor ``[3, H, W]``; random crop/flip/RandAugment when ``train``.
 
@@ -325,11 +341,16 @@ class ImageTransform:
         train: random-resized crop (``crop_scale``), horizontal flip and RandAugment; else resize + center crop.
         rand_augment: a RandAugment spec or None.
         crop_scale: area range of the random-resized crop.
-        crop_pct: evaluation resize is ``size / crop_pct`` before the center crop.
+        crop_pct: evaluation resizes the shorter side to ``size / crop_pct`` before the center crop (0.875 when
+            None, timm's default).
+        resample: PIL filter of the evaluation resize (3 = bicubic), as the model's image processor.
     """
 
-    def __init__(self, size, mean, std, train=False, rand_augment=None, crop_scale=(0.08, 1.0), crop_pct=0.875):
-        self.size, self.train, self.crop_scale, self.crop_pct = int(size), train, tuple(crop_scale), crop_pct
+    def __init__(
+        self, size, mean, std, train=False, rand_augment=None, crop_scale=(0.08, 1.0), crop_pct=None, resample=3
+    ):
+        self.size, self.train, self.crop_scale = int(size), train, tuple(crop_scale)
+        self.crop_pct, self.resample = crop_pct or DEFAULT_CROP_PCT, resample
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.rand_augment = RandAugment.from_spec(rand_augment) if (train and rand_augment) else None
@@ -346,13 +367,7 @@ class ImageTransform:
             if self.rand_augment is not None:
                 img = self.rand_augment(img)
         else:
-            short = int(round(self.size / self.crop_pct))
-            w, h = img.size
-            scale = short / min(w, h)
-            img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BICUBIC)
-            w, h = img.size
-            left, top = (w - self.size) // 2, (h - self.size) // 2
-            img = img.crop((left, top, left + self.size, top + self.size))
+            img = center_crop_resized(img, self.size, self.crop_pct, self.resample)
         array = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
         return (array - self.mean) / self.std
 

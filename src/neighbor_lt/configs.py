@@ -136,11 +136,12 @@ class DataArguments:
     crop_min_scale: float = field(
         default=0.08, metadata={"help": "Smallest area fraction of the training random-resized crop."}
     )
-    crop_pct: float = field(
-        default=0.875,
+    crop_pct: float | None = field(
+        default=None,
         metadata={
-            "help": "Resize to size / crop_pct, then center crop (MAE evaluation and feature plots; the classifier "
-            "is evaluated through its own image processor)."
+            "help": "Evaluation resizes the shorter side to size / crop_pct, then center crops (timm's protocol). "
+            "Empty: the checkpoint image processor's own ratio (DINOv2 224/256, CLIP 1.0), 0.875 for a model whose "
+            "processor squashes the image (ViT, MAE) or a scratch model. The saved processor keeps it."
         },
     )
     heldout_eval_per_class: int | None = field(

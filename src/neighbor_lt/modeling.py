@@ -14,10 +14,11 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModelForImageClassification,
+    PoolFormerImageProcessorPil,
     PreTrainedModel,
-    ViTImageProcessorPil,
 )
 
+from .augment import DEFAULT_CROP_PCT
 from .configs import ConfigError, ModelArguments
 
 logger = logging.getLogger(__name__)
@@ -90,21 +91,89 @@ def load_model(
     return model
 
 
+def _size_value(size, key: str):
+    """``size[key]`` of a processor's ``size`` / ``crop_size`` (a dict, a ``SizeDict`` or an int); None when unset."""
+    if isinstance(size, int):
+        return size
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
 def _processor_size(processor) -> int:
     for attr in ("crop_size", "size"):
         size = getattr(processor, attr, None)
-        if isinstance(size, int):
-            return size
         for key in ("height", "shortest_edge", "width"):
-            value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+            value = _size_value(size, key) if size is not None else None
             if value:
-                return int(value)
+                return value
     raise ConfigError(f"cannot tell the input size of {type(processor).__name__}; set image_size")
 
 
-def load_image_processor(args: ModelArguments, model: PreTrainedModel):
-    """The checkpoint's image processor (resized to ``image_size`` if set), or a ViT one for a scratch model."""
-    size = args.image_size or getattr(model.config, "image_size", None)
+def processor_crop_pct(processor) -> float | None:
+    """The crop / resize ratio of a resize-shorter-side-then-center-crop processor (DINOv2: 224 / 256, CLIP: 1.0);
+    None for a processor that resizes the whole image to a square (ViT, MAE: the image is squashed)."""
+    if getattr(processor, "crop_pct", None):  # a processor that stores it (PoolFormer, ConvNeXt)
+        return float(processor.crop_pct)
+    if not getattr(processor, "do_center_crop", False) or getattr(processor, "crop_size", None) is None:
+        return None
+    size = getattr(processor, "size", None)
+    short, crop = (
+        _size_value(size, "shortest_edge") if size is not None else None,
+        _size_value(processor.crop_size, "height"),
+    )
+    return crop / short if short and crop else None
+
+
+def crop_processor(size: int, crop_pct: float = DEFAULT_CROP_PCT, mean=IMAGENET_MEAN, std=IMAGENET_STD, resample=3):
+    """An image processor that resizes the shorter side to ``floor(size / crop_pct)``, then center crops ``size``:
+    timm's evaluation transform (``transforms_factory.transforms_imagenet_eval``), stored with its ``crop_pct``.
+
+    ``PoolFormerImageProcessor`` is the ``transformers`` processor that implements exactly this rule; it has no
+    model-specific step, so a ViT saved with it loads in ``pipeline("image-classification")`` as usual.
+
+    Example:
+        >>> crop_processor(224).crop_pct, crop_processor(224)(images=image)["pixel_values"][0].shape  # doctest: +SKIP
+        (0.875, (3, 224, 224))
+
+    Args:
+        size: output side.
+        crop_pct: fraction of the resized shorter side that is kept.
+        mean, std: normalisation.
+        resample: PIL resampling filter (3 = bicubic).
+    """
+    if not 0 < crop_pct <= 1:
+        raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    return PoolFormerImageProcessorPil(
+        do_resize=True,
+        size={"height": int(size), "width": int(size)},
+        crop_pct=float(crop_pct),
+        do_center_crop=True,
+        crop_size={"height": int(size), "width": int(size)},
+        resample=resample,
+        image_mean=list(mean),
+        image_std=list(std),
+    )
+
+
+def load_image_processor(args: ModelArguments, model: PreTrainedModel, crop_pct: float | None = None):
+    """The evaluation image processor: resize the shorter side to ``size / crop_pct``, then center crop ``size``.
+
+    ``size`` is ``args.image_size``, else the checkpoint processor's, else the model config's ``image_size``.
+    ``crop_pct`` is the argument when given, else the checkpoint processor's own ratio (DINOv2's 224 / 256, CLIP's
+    224 / 224), else :data:`DEFAULT_CROP_PCT` (0.875, timm's): a checkpoint or scratch model whose processor squashes
+    the whole image to a square (ViT, MAE) gets a :func:`crop_processor` with the same mean, std and filter. A
+    checkpoint processor that already crops keeps its class and only changes sizes. Training keeps its
+    random-resized crop; this processor is what evaluation and ``pipeline(...)`` on the saved model use.
+
+    Example:
+        >>> processor = load_image_processor(ModelArguments("facebook/dinov2-base", image_size=224), model)
+
+    Args:
+        args: model arguments.
+        model: the model (its config's ``image_size`` for a scratch model).
+        crop_pct: override of the checkpoint's crop ratio (``crop_pct`` in the data arguments).
+    """
+    processor = None
     if args.model_name_or_path:
         try:
             processor = AutoImageProcessor.from_pretrained(
@@ -112,20 +181,21 @@ def load_image_processor(args: ModelArguments, model: PreTrainedModel):
             )
         except (OSError, ValueError):
             processor = None
-        if processor is not None:
-            if args.image_size:
-                processor.size = {"height": args.image_size, "width": args.image_size}
-                if getattr(processor, "crop_size", None) is not None:
-                    processor.crop_size = {"height": args.image_size, "width": args.image_size}
-            return processor
-    if size is None:
-        raise ConfigError("set image_size: the model config has none")
-    return ViTImageProcessorPil(
-        do_resize=True,
-        size={"height": int(size), "width": int(size)},
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-    )
+    if processor is None:
+        size = args.image_size or getattr(model.config, "image_size", None)
+        if size is None:
+            raise ConfigError("set image_size: the model config has none")
+        return crop_processor(int(size), crop_pct or DEFAULT_CROP_PCT)
+    size = int(args.image_size or _processor_size(processor))
+    own = processor_crop_pct(processor)
+    pct = crop_pct or own or DEFAULT_CROP_PCT
+    if own is None or getattr(processor, "crop_pct", None):
+        _, mean, std = processor_settings(processor)
+        return crop_processor(size, pct, mean, std, getattr(processor, "resample", 3))
+    if args.image_size or crop_pct:
+        processor.size = {"shortest_edge": int(size / pct)}  # floor, as timm and PoolFormer
+        processor.crop_size = {"height": size, "width": size}
+    return processor
 
 
 def processor_settings(processor) -> tuple[int, tuple, tuple]:
