@@ -238,3 +238,93 @@ def test_scratch_configs_parse_and_agree(folder):
         )
         expected_epochs = 30 if folder.parent.name == "places_lt" else 100
         assert train_args.num_train_epochs == expected_epochs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# LiVT's fine-tuning: drop path and global average pooling (a BEiT classifier on the MAE encoder)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _same_head(source, target):
+    with torch.no_grad():
+        target.classifier.weight.copy_(torch.randn_like(target.classifier.weight))
+        target.classifier.bias.copy_(torch.randn_like(target.classifier.bias))
+        source.classifier.load_state_dict(target.classifier.state_dict())
+
+
+def test_drop_path_classifier_equals_the_vit_one_in_evaluation(mae_dir):
+    """BEiT without the key bias computes what the ViT with it computes: the bias shifts every score of a query
+    equally, and softmax removes that; drop path is the identity outside training."""
+    folder, mae = mae_dir
+    vit = load_model(ModelArguments(model_name_or_path=str(folder)), LABELS).eval()
+    beit = load_model(ModelArguments(model_name_or_path=str(folder), drop_path_rate=0.1), LABELS).eval()
+    assert type(beit).__name__ == "BeitForImageClassification" and beit.config.drop_path_rate == 0.1
+    rates = [getattr(layer.drop_path, "drop_prob", 0.0) for layer in beit.beit.layers]
+    assert rates == [0.0, 0.1]  # linear from 0 to the rate over the blocks, as timm
+    assert mae.vit.state_dict()["layers.0.attention.k_proj.bias"].abs().min() > 1  # a bias that would matter
+    _same_head(vit, beit)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(beit(pixel_values=x).logits, vit(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
+    groups = layerwise_param_groups(beit, lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    assert {g["lr_scale"] for g in groups} == {0.75**3, 0.75**2, 0.75, 1.0}  # embeddings, 2 blocks, head
+
+
+def test_drop_path_drops_whole_residual_branches_per_sample_in_training(mae_dir):
+    folder, _ = mae_dir
+    model = load_model(ModelArguments(model_name_or_path=str(folder), drop_path_rate=0.5), LABELS)
+    drop = model.beit.layers[1].drop_path  # rate 0.5 in the last of 2 blocks
+    branch = torch.ones(4000, 5, 8)
+    torch.manual_seed(0)
+    model.train()
+    out = drop(branch)
+    per_sample = out[:, 0, 0]
+    assert set(out.flatten().unique().tolist()) == {0.0, 2.0}  # dropped, or kept and scaled by 1 / (1 - p)
+    assert torch.equal(out, per_sample[:, None, None].expand_as(out))  # a whole sample's branch at once
+    assert abs((per_sample == 0).float().mean().item() - 0.5) < 0.04
+    model.eval()
+    assert torch.equal(drop(branch), branch)
+    # in training the logits are random; the gradient reaches every block
+    model.train()
+    x = torch.randn(8, 3, 32, 32)
+    assert not torch.equal(model(pixel_values=x).logits, model(pixel_values=x).logits)
+    model(pixel_values=x).logits.sum().backward()
+    assert model.beit.layers[0].mlp.fc1.weight.grad.abs().sum() > 0
+
+
+def test_global_pool_classifies_the_normalised_mean_of_patch_tokens(mae_dir, tmp_path):
+    """MAE's global_pool: classifier(fc_norm(mean of the patch tokens after the last block)); the final norm is gone."""
+    folder, _ = mae_dir
+    vit = load_model(ModelArguments(model_name_or_path=str(folder)), LABELS).eval()
+    gap = load_model(ModelArguments(model_name_or_path=str(folder), global_pool=True), LABELS).eval()
+    assert gap.config.use_mean_pooling and isinstance(gap.beit.layernorm, torch.nn.Identity)
+    assert torch.equal(gap.beit.pooler.layernorm.weight, torch.ones(32))  # a new fc_norm
+    _same_head(vit, gap)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        tokens = vit.vit.embeddings(x)
+        for layer in vit.vit.layers:
+            tokens = layer(tokens)
+        pooled = torch.nn.functional.layer_norm(tokens[:, 1:].mean(1), (32,), eps=vit.config.layer_norm_eps)
+        torch.testing.assert_close(gap(pixel_values=x).logits, vit.classifier(pooled), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(gap(pixel_values=x).logits, vit(pixel_values=x).logits, atol=1e-2)
+    # the masked model is a stock transformers model: a bare pipeline loads it
+    from transformers import pipeline
+
+    from neighbor_lt.modeling import crop_processor, mask_auxiliary_classes
+
+    mask_auxiliary_classes(gap, 2).save_pretrained(tmp_path / "out")
+    crop_processor(32).save_pretrained(tmp_path / "out")
+    preds = pipeline("image-classification", model=str(tmp_path / "out"), device="cpu")(Image.new("RGB", (40, 30)))
+    assert {p["label"] for p in preds} == {"cat", "dog"}
+
+
+def test_drop_path_and_global_pool_elsewhere(tmp_path):
+    vit = ModelArguments(model_type="vit", image_size=32, config_overrides="hidden_size=32,num_hidden_layers=1")
+    with pytest.raises(ConfigError, match="drop_path_rate: transformers' 'vit' models have no stochastic depth"):
+        load_model(ModelArguments(**{**vit.__dict__, "drop_path_rate": 0.1}), LABELS)
+    with pytest.raises(ConfigError, match="global_pool applies to the fine-tuning of an MAE checkpoint"):
+        load_model(ModelArguments(**{**vit.__dict__, "global_pool": True}), LABELS)
+    dinov2 = ModelArguments(model_type="dinov2", image_size=32, drop_path_rate=0.2,
+                            config_overrides="hidden_size=32,num_hidden_layers=2,num_attention_heads=2,patch_size=8")  # fmt: skip
+    assert load_model(dinov2, LABELS).config.drop_path_rate == 0.2

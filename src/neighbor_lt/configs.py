@@ -52,6 +52,21 @@ class ModelArguments:
     image_size: int | None = field(
         default=None, metadata={"help": "Input resolution; defaults to the checkpoint's image processor size."}
     )
+    drop_path_rate: float = field(
+        default=0.0,
+        metadata={
+            "help": "Stochastic depth: each block's residual branches are dropped per sample with a rate rising "
+            "linearly to this value over the blocks (LiVT / MAE fine-tuning: 0.1). For an MAE checkpoint, and for "
+            "models whose config has drop_path_rate (DINOv2, BEiT, Swin, ConvNeXt ...); 0 disables."
+        },
+    )
+    global_pool: bool = field(
+        default=False,
+        metadata={
+            "help": "MAE fine-tuning only: classify the mean of the patch tokens through a new layer norm (LiVT / "
+            "MAE 'global_pool') instead of the [CLS] token."
+        },
+    )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow code from a checkpoint's repository to run. Off unless you trust it."}
     )

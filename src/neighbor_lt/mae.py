@@ -6,9 +6,15 @@ Pre-training uses ``transformers``' ``ViTMAEForPreTraining`` (random masking, no
 and calls :func:`classifier_from_mae`, which builds a ``ViTForImageClassification`` on the pre-trained encoder and
 checks that every encoder tensor was loaded.
 
-Deviations from LiVT, on purpose: the classifier reads the ``[CLS]`` token after the final layer norm (the
-``transformers`` ViT head, so the saved model works with ``pipeline``), where LiVT averages the patch tokens; there
-is no drop-path in ``transformers``' ViT.
+The classifier is a ``ViTForImageClassification`` (reads the ``[CLS]`` token after the final layer norm) unless
+``drop_path_rate`` or ``global_pool`` is set, LiVT's fine-tuning (drop path 0.1, global pool). ``transformers``' ViT
+has neither (its ``ViTLayer`` adds each residual branch as is, its head reads token 0), so the encoder is then
+hosted in a ``BeitForImageClassification``: the same pre-norm blocks, patch embedding, ``[CLS]`` token and absolute
+position embeddings, with stochastic depth per block (``BeitDropPath``, rate rising linearly from 0 to
+``drop_path_rate``, as timm) and ``use_mean_pooling`` = MAE's ``global_pool`` (the final norm is replaced by a new
+``fc_norm`` on the mean of the patch tokens). BEiT's key projection has no bias; the MAE's key bias is left out
+because it adds ``q . b_k`` to every score of a query, which the softmax removes (tested: same logits). The saved
+model is a stock ``transformers`` BEiT, so ``pipeline("image-classification")`` loads it with no remote code.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import torch
 from PIL import Image
 from torch import nn
 from transformers import (
+    BeitConfig,
+    BeitForImageClassification,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -405,13 +413,17 @@ def load_mae_encoder(args: ModelArguments, config: ViTMAEConfig) -> ViTMAEModel:
     return encoder
 
 
-def classifier_from_mae(args: ModelArguments, config: ViTMAEConfig, common: dict) -> ViTForImageClassification:
-    """A ``ViTForImageClassification`` whose encoder is the pre-trained MAE encoder and whose head is new.
+def classifier_from_mae(
+    args: ModelArguments, config: ViTMAEConfig, common: dict
+) -> ViTForImageClassification | BeitForImageClassification:
+    """A classifier whose encoder is the pre-trained MAE encoder and whose head is new.
 
     Called by :func:`neighbor_lt.modeling.load_model` for a ``vit_mae`` checkpoint (an output folder of
     ``recipes/pretrain_mae.py``). The mask ratio and the decoder are dropped; every encoder tensor is copied and
     then compared with the checkpoint's, so a silently re-initialised encoder cannot slip through. The head is
-    initialised as MAE's fine-tuning does (truncated normal, std 2e-5; zero bias).
+    initialised as MAE's fine-tuning does (truncated normal, std 2e-5; zero bias). With ``args.drop_path_rate`` or
+    ``args.global_pool`` the classifier is a ``BeitForImageClassification`` (see the module docstring), else a
+    ``ViTForImageClassification``.
 
     Example:
         >>> model = load_model(ModelArguments("outputs/tiny_imagenet_lt/scratch/mae"), {0: "cat", 1: "dog"})
@@ -427,29 +439,61 @@ def classifier_from_mae(args: ModelArguments, config: ViTMAEConfig, common: dict
     """
     check_mae_compatibility(args, config)
     encoder = load_mae_encoder(args, config)
-    vit_config = ViTConfig(**{k: getattr(config, k) for k in VIT_FIELDS}, **common)
-    model = ViTForImageClassification(vit_config)
     encoder_state = encoder.state_dict()
-    result = model.vit.load_state_dict(encoder_state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    if args.drop_path_rate or args.global_pool:
+        model, body, state = _beit_classifier(args, config, common, encoder_state)
+    else:
+        model = ViTForImageClassification(ViTConfig(**{k: getattr(config, k) for k in VIT_FIELDS}, **common))
+        body, state = model.vit, encoder_state
+    result = body.load_state_dict(state, strict=False)
+    fresh = [k for k in result.missing_keys if k.startswith("pooler.")]  # global pool: a new fc_norm
+    if set(result.missing_keys) - set(fresh) or result.unexpected_keys:
         raise ConfigError(
-            f"MAE encoder and ViT disagree on parameter names: missing {result.missing_keys[:6]}, "
+            f"MAE encoder and {type(model).__name__} disagree on parameter names: missing {result.missing_keys[:6]}, "
             f"unexpected {result.unexpected_keys[:6]}"
         )
     with torch.no_grad():
         nn.init.trunc_normal_(model.classifier.weight, std=2e-5)
         nn.init.zeros_(model.classifier.bias)
-    loaded = model.vit.state_dict()
-    differs = [k for k, v in encoder_state.items() if not torch.equal(loaded[k], v)]
+    loaded = body.state_dict()
+    differs = [k for k, v in state.items() if not torch.equal(loaded[k], v)]
     if differs:
         raise RuntimeError(f"encoder tensors differ from the checkpoint after loading: {differs[:6]}")
     for param in model.parameters():
         param.requires_grad_(True)  # MAE freezes its sin-cos position embeddings; fine-tuning trains them
     logger.info(
-        "ViT classifier on the MAE encoder of %s: %d encoder tensors loaded, %d-way head initialised",
-        args.model_name_or_path, len(encoder_state), common["num_labels"],
+        "%s on the MAE encoder of %s: %d encoder tensors loaded, %d-way head initialised (drop path %s, %s pooling)",
+        type(model).__name__, args.model_name_or_path, len(state), common["num_labels"], args.drop_path_rate or 0,
+        "global average" if args.global_pool else "[CLS]",
     )  # fmt: skip
     return model
+
+
+def _beit_classifier(args: ModelArguments, config: ViTMAEConfig, common: dict, encoder_state: dict):
+    """(BEiT classifier with drop path / global pool, its encoder module, the MAE tensors it takes)."""
+    if not getattr(config, "qkv_bias", True):
+        raise ConfigError(
+            "drop_path_rate / global_pool need an MAE with qkv_bias (BEiT's query and value have biases)"
+        )
+    beit_config = BeitConfig(
+        **{k: getattr(config, k) for k in VIT_FIELDS if k != "qkv_bias"},
+        use_absolute_position_embeddings=True,
+        use_relative_position_bias=False,
+        use_shared_relative_position_bias=False,
+        use_mask_token=False,
+        layer_scale_init_value=0.0,  # no LayerScale: ViT / MAE blocks add the branches unscaled
+        use_mean_pooling=bool(args.global_pool),
+        drop_path_rate=float(args.drop_path_rate or 0.0),
+        use_auxiliary_head=False,
+        **common,
+    )
+    model = BeitForImageClassification(beit_config)
+    # The key bias shifts every score of a query by the same amount (softmax-invariant): BEiT has none.
+    dropped = [k for k in encoder_state if k.endswith("attention.k_proj.bias")]
+    if args.global_pool:
+        dropped += ["layernorm.weight", "layernorm.bias"]  # MAE's global pool replaces the final norm by fc_norm
+    state = {k: v for k, v in encoder_state.items() if k not in dropped}
+    return model, model.beit, state
 
 
 def encoder_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -76,9 +76,10 @@ def load_model(
         config = AutoConfig.from_pretrained(args.model_name_or_path, **common, **hub)
         _apply_overrides(config, args.config_overrides)
         if config.model_type == "vit_mae":
-            from .mae import classifier_from_mae  # noqa: PLC0415  (the from-scratch path, issue 6)
+            from .mae import classifier_from_mae  # noqa: PLC0415  (the from-scratch path)
 
             return classifier_from_mae(args, config, common)
+        _apply_regularisation(args, config)
         model = AutoModelForImageClassification.from_pretrained(
             args.model_name_or_path, config=config, ignore_mismatched_sizes=True, use_safetensors=True, **hub
         )
@@ -87,8 +88,25 @@ def load_model(
         if args.image_size and hasattr(config, "image_size"):
             config.image_size = args.image_size
         _apply_overrides(config, args.config_overrides)
+        _apply_regularisation(args, config)
         model = AutoModelForImageClassification.from_config(config)
     return model
+
+
+def _apply_regularisation(args: ModelArguments, config) -> None:
+    """``drop_path_rate`` into a config that has one; a clear error where the model has no such option."""
+    if args.global_pool:
+        raise ConfigError(
+            f"global_pool applies to the fine-tuning of an MAE checkpoint (model_type vit_mae), not to "
+            f"{config.model_type!r}; leave it false"
+        )
+    if args.drop_path_rate:
+        if not hasattr(config, "drop_path_rate"):
+            raise ConfigError(
+                f"drop_path_rate: transformers' {config.model_type!r} models have no stochastic depth; set it to 0, "
+                "or use an MAE checkpoint or a model type that has it (dinov2, beit, swin, convnext ...)"
+            )
+        config.drop_path_rate = float(args.drop_path_rate)
 
 
 def _size_value(size, key: str):
