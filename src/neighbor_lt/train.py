@@ -177,7 +177,7 @@ def build_model(config: TrainConfig, data: TrainData) -> ModelParts:
 
     space, target = data.merged.space, data.target
     model = load_model(config.model, dict(enumerate(space.names)))
-    processor = load_image_processor(config.model, model)
+    processor = load_image_processor(config.model, model, crop_pct=config.data.crop_pct)  # the eval transform
     size, mean, std = processor_settings(processor)
     train_dataset, batch_augment, collator = make_train_dataset(  # input_pipeline: pil or tensor (uint8 cache)
         config.data, config.training, target["train"], data.merged.aux, space.num_targets, size, mean, std
