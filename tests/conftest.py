@@ -23,3 +23,38 @@ def tiny_imagenet_dir() -> Path:
     if not (SHARED_DATA / "classes.tsv").exists():
         pytest.fail(f"shared data not found at {SHARED_DATA}: clone the project beside ../shared")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def jpegs(tiny_imagenet_dir) -> list[bytes]:
+    """The first 40 real JPEGs of the shared validation split (what the loopback image servers serve)."""
+    from retrieval_fixtures.server import load_jpegs
+
+    return load_jpegs(tiny_imagenet_dir, 40)
+
+
+@pytest.fixture(scope="module")
+def server(jpegs):
+    """A loopback image server with every failure mode (``retrieval_fixtures/server.py``), shared by a module."""
+    from retrieval_fixtures.server import ImageServer
+
+    server = ImageServer(jpegs).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def only_loopback(monkeypatch):
+    """Fail the test if anything tries to open a TCP connection to an address other than 127.0.0.1."""
+    import socket
+
+    real = socket.create_connection
+    contacted = []
+
+    def guarded(address, *args, **kwargs):
+        contacted.append(address[0])
+        assert address[0] == "127.0.0.1", f"connection attempted to {address}"
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", guarded)
+    return contacted

@@ -1,0 +1,467 @@
+"""The downloader: each candidate fetched (or reused), validated, deduplicated and recorded with its image."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import queue
+import random
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from urllib.parse import urljoin, urlsplit
+
+from tqdm.auto import tqdm
+
+from ...secrets import redactor
+from ..search import Candidate
+from .client import AddressGuard, BlockedAddress, Connections, DnsError, HttpError, HttpTimeout, Response, url_problem
+from .config import OUTCOMES, DownloadConfig, is_retryable
+from .dedup import DedupIndex, perceptual_hash
+from .images import decode_image
+from .limits import HostLimiters, Stopped
+from .processes import process_count, run_processes
+from .records import JsonlWriter, atomic_write, read_jsonl
+from .robots import RobotsRules, RobotsUnreachable, opted_out
+
+logger = logging.getLogger(__name__)
+
+
+class Downloader:
+    """Fetch, validate, deduplicate and store candidate images; one manifest line per candidate.
+
+    Example:
+        >>> from neighbor_lt.retrieval import Candidate, DownloadConfig, Downloader
+        >>> dl = Downloader("out/retrieve", DownloadConfig(num_workers=8))
+        >>> summary = dl.run([Candidate("goldfish", "https://example.org/fish.jpg", aux_name="goldfish")])
+        >>> summary["ok"]  # doctest: +SKIP
+        >>> dl.run(candidates, retry_failed=True)  # doctest: +SKIP  # timeouts, 5xx, DNS errors ... fetched again
+
+    Args:
+        output_dir: folder of ``downloads.jsonl``, ``images/`` and ``download_summary.json``.
+        config: a :class:`DownloadConfig`.
+        resolver: ``getaddrinfo``-compatible name resolver (default ``socket.getaddrinfo``; tests inject one).
+        reuse_dir: another downloader's folder (the rank stage's probes): a candidate with an ``ok`` record there
+            (same auxiliary class and URL) takes its stored image instead of a request, then is deduplicated here.
+        stop: the event that interrupts a run (a download process is given its parent's); a new one by default.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        config: DownloadConfig | None = None,
+        resolver: Callable | None = None,
+        reuse_dir: str | None = None,
+        stop: threading.Event | None = None,
+    ):
+        self.output_dir = output_dir
+        self.config = config = config or DownloadConfig()
+        self.manifest_path = os.path.join(output_dir, "downloads.jsonl")
+        self.guard = AddressGuard(config.block_private_addresses, config.allowed_networks, resolver)
+        self._local = threading.local()
+        self._connections: list[Connections] = []
+        self._ssl_context = ssl.create_default_context()  # shared: building one costs ~30 ms of CPU
+        if config.ca_bundle:
+            self._ssl_context.load_verify_locations(cafile=config.ca_bundle)
+        self._lock = threading.Lock()
+        self._stop = stop if stop is not None else threading.Event()
+        self.limiters = HostLimiters(config.max_connections_per_host, config.requests_per_second_per_host, self._stop)
+        self.robots = RobotsRules(config.user_agent.split("/")[0].split()[0], self._request, config.max_redirects)
+        self.seen = DedupIndex(config.phash_distance)
+        self._redact = redactor()  # the secrets known now; renewed by run()
+        self._throttled_elsewhere: Counter = Counter()  # host -> seconds held back in the download processes
+        self._commit_lock = threading.Lock()  # an image file and its manifest line are written together
+        self._writer: JsonlWriter | None = None
+        self.reuse_dir = reuse_dir
+        self._reuse: dict[str, dict] = {}
+        if reuse_dir:
+            manifest = os.path.join(reuse_dir, "downloads.jsonl")
+            self._reuse = {r["key"]: r for r in read_jsonl(manifest) if r.get("outcome") == "ok" and r.get("path")}
+
+    # ---- resumption -------------------------------------------------------------------------------------------
+    def load_records(self, retry_failed: bool = False) -> dict[str, dict]:
+        """Records already in the manifest, by key (a key's last line wins); also rebuilds the dedup indexes.
+
+        With ``retry_failed``, the records of retryable failures (:func:`is_retryable`) are taken out of the manifest
+        (rewritten atomically), so their URLs are fetched again. Image files without a record (left by ``kill -9``
+        between writing a file and its line) are removed.
+        """
+        lines = read_jsonl(self.manifest_path)
+        records = {}
+        for record in lines:
+            records[record["key"]] = record
+        if retry_failed:
+            retry = [key for key, record in records.items() if is_retryable(record)]
+            for key in retry:
+                del records[key]
+            if retry or len(lines) != len(records):
+                text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records.values())
+                atomic_write(self.manifest_path, text.encode())
+            logger.info("retry_failed: %d failed URL(s) will be fetched again", len(retry))
+        for record in records.values():
+            if record["outcome"] == "ok":
+                self.seen.add_stored(record)
+        self._remove_orphans(records)
+        return records
+
+    def _remove_orphans(self, records: dict[str, dict]) -> None:
+        root = os.path.join(self.output_dir, "images")
+        if not os.path.isdir(root):
+            return
+        keep = {os.path.normpath(os.path.join(self.output_dir, r["path"])) for r in records.values() if r.get("path")}
+        removed = 0
+        for folder, _, files in os.walk(root):
+            for name in files:
+                path = os.path.normpath(os.path.join(folder, name))
+                if path not in keep:
+                    os.remove(path)
+                    removed += 1
+        if removed:
+            logger.info("removed %d image file(s) without a manifest line (left by an interrupted run)", removed)
+
+    # ---- HTTP -------------------------------------------------------------------------------------------------
+    @property
+    def _http(self) -> Connections:
+        """This thread's keep-alive connections (http.client: a request costs a fifth of httpx's CPU)."""
+        connections = getattr(self._local, "connections", None)
+        if connections is None:
+            connections = self._local.connections = Connections(self.guard, self.config, self._ssl_context)
+            with self._lock:
+                self._connections.append(connections)
+        return connections
+
+    @contextmanager
+    def _request(self, url: str) -> Iterator[Response]:
+        """GET ``url`` in one of its host's slots (:class:`HostLimiters`) on this thread's connections."""
+        with self.limiters.slot(urlsplit(url).netloc), self._http.get(url) as response:
+            yield response
+
+    def fetch(self, url: str) -> dict:
+        """Fetch one URL with the guard, robots, retries and size limits; returns outcome, detail, data, status, final_url.
+
+        Every failure is an outcome (see the package docstring); only an interruption (Ctrl-C) raises.
+        """
+        cfg = self.config
+        seen = set()
+        for _ in range(cfg.max_redirects + 1):
+            problem = url_problem(url)
+            if problem:
+                return {"outcome": "bad_url", "detail": problem, "final_url": url}
+            parts = urlsplit(url)
+            if url in seen:
+                return {"outcome": "http_error", "detail": "redirect loop", "final_url": url}
+            seen.add(url)
+            try:
+                self.guard.check_literal(parts.hostname)
+                if cfg.respect_robots_txt and not self.robots.allows(url):
+                    return {"outcome": "opted_out", "detail": "robots.txt", "final_url": url}
+                result = self._get(url)
+            except BlockedAddress as e:
+                return {"outcome": "blocked_address", "detail": str(e), "final_url": url}
+            except DnsError as e:
+                return {"outcome": "dns_error", "detail": str(e), "final_url": url}
+            except RobotsUnreachable as e:
+                return {"outcome": "robots_unreachable", "detail": str(e), "final_url": url}
+            except HttpTimeout as e:
+                return {"outcome": "timeout", "detail": str(e), "final_url": url}
+            except HttpError as e:
+                return {"outcome": "network_error", "detail": str(e)[:200], "final_url": url}
+            if "location" not in result:
+                return {**result, "final_url": url}
+            try:
+                url = urljoin(url, result["location"])
+            except ValueError as e:
+                return {"outcome": "bad_url", "detail": f"redirect to a malformed URL: {e}"[:200], "final_url": url}
+        return {"outcome": "http_error", "detail": f"more than {cfg.max_redirects} redirects", "final_url": url}
+
+    def _get(self, url: str) -> dict:
+        cfg = self.config
+        for attempt in range(cfg.max_retries + 1):
+            retry_after = None
+            try:
+                with self._request(url) as response:
+                    status = response.status_code
+                    if response.is_redirect:  # a redirect status with a Location header
+                        return {"location": response.headers["location"], "status": status}
+                    if status == 429 or status >= 500:
+                        retry_after = response.headers.get("retry-after")
+                        result = {"outcome": "http_error", "detail": f"HTTP {status}", "status": status}
+                    elif status >= 400:
+                        return {"outcome": "http_error", "detail": f"HTTP {status}", "status": status}
+                    else:
+                        return self._read_body(response)
+            except HttpTimeout:
+                raise
+            except HttpError as e:
+                result = {"outcome": "network_error", "detail": str(e)[:200]}
+            if attempt < cfg.max_retries:
+                wait = cfg.backoff_base * 2**attempt * (1 + random.random() / 4)
+                if retry_after and retry_after.strip().isdigit():
+                    wait = float(retry_after)
+                if self._stop.wait(min(wait, cfg.backoff_max)):
+                    raise Stopped()
+        return result
+
+    def _read_body(self, response: Response) -> dict:
+        cfg = self.config
+        status = response.status_code
+        if cfg.respect_x_robots_tag and (reason := opted_out(response.headers, cfg.opt_out_directives)):
+            return {"outcome": "opted_out", "detail": reason, "status": status}
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type and not (content_type.startswith("image/") or content_type.endswith("octet-stream")):
+            return {"outcome": "not_image", "detail": f"content-type {content_type}", "status": status}
+        length = response.headers.get("content-length")
+        if length and length.isdigit() and int(length) > cfg.max_bytes:
+            return {"outcome": "too_large", "detail": f"content-length {length}", "status": status}
+        chunks, size, deadline = [], 0, time.monotonic() + cfg.total_timeout
+        for chunk in response.iter_bytes():
+            if self._stop.is_set():
+                raise Stopped()
+            size += len(chunk)
+            if size > cfg.max_bytes:
+                return {"outcome": "too_large", "detail": f"body over {cfg.max_bytes} bytes", "status": status}
+            if time.monotonic() > deadline:
+                return {"outcome": "timeout", "detail": f"body took over {cfg.total_timeout}s", "status": status}
+            chunks.append(chunk)
+        return {"outcome": "ok", "data": b"".join(chunks), "status": status, "content_type": content_type}
+
+    # ---- one candidate ----------------------------------------------------------------------------------------
+    def source_url(self, candidate: Candidate) -> str:
+        """The URL a record names: redacted (no credential reaches a file), a local pool's row as it is."""
+        return candidate.image_url if candidate.image_bytes is not None else self._redact(candidate.image_url)
+
+    def _prepare(self, candidate: Candidate) -> tuple[dict, bytes | None] | None:
+        """The candidate's record and the bytes to store (for an ``ok``), or None when interrupted."""
+        local = candidate.image_bytes is not None
+        url = self.source_url(candidate)
+        record = {
+            "key": f"{candidate.aux_name}\t{url}",
+            "aux_name": candidate.aux_name,
+            "neighbor_of": list(candidate.neighbor_of),
+            "query": candidate.query,
+            "source_url": url,
+            "page_url": candidate.page_url if local else self._redact(candidate.page_url),
+            "caption": candidate.caption,
+            "rank": candidate.rank,
+        }
+        start = time.monotonic()
+        try:
+            record, data = self._fetch_and_check(candidate, record)
+        except Stopped:
+            return None
+        except Exception as e:  # one URL must never stop the stage: an unexpected failure is recorded like any other
+            logger.debug("unexpected error on %s", url, exc_info=True)
+            record.update(outcome="error", detail=f"{type(e).__name__}: {e}"[:200])
+            data = None
+        for key in ("final_url", "detail"):
+            if key in record and not local:
+                record[key] = self._redact(record[key])
+        record["seconds"] = round(time.monotonic() - start, 4)
+        return record, data
+
+    def _fetch_and_check(self, candidate: Candidate, record: dict) -> tuple[dict, bytes | None]:
+        """Fetch (or reuse) and validate one candidate: its record with hashes and size, and the bytes to store
+        (re-encoded unless already a small enough RGB JPEG). Deduplication is left to :meth:`_commit`."""
+        reused = self._reused(record["key"])
+        if reused is not None:
+            result = reused
+        elif candidate.image_bytes is not None:
+            result = {"outcome": "ok", "data": candidate.image_bytes}
+        elif (previous := self.seen.url_result(record["source_url"])) is not None:  # found by another query
+            result = {"outcome": "duplicate" if previous["outcome"] == "ok" else previous["outcome"]}
+            result["detail"] = f"same URL as {previous['key']}"
+            if "status" in previous:
+                result["status"] = previous["status"]
+        else:
+            result = self.fetch(candidate.image_url)
+        data = result.pop("data", None)
+        hashes = {k: result.pop(k) for k in ("sha256", "phash") if k in result}  # a reused image's, as first received
+        record.update({k: v for k, v in result.items() if k != "content_type"})
+        if result["outcome"] != "ok":
+            return record, None
+        outcome, detail, image = decode_image(data, self.config)
+        record.update(outcome=outcome, detail=detail)
+        if image is None:
+            return record, None
+        sha = hashes.get("sha256") or hashlib.sha256(data).hexdigest()
+        phash = hashes.get("phash") or perceptual_hash(image)
+        record.update(sha256=sha, phash=phash, width=image.width, height=image.height, bytes=len(data))
+        if not (data[:3] == b"\xff\xd8\xff" and image.info.get("unchanged")):
+            buffer = io.BytesIO()  # re-encode only what is not already a small enough RGB JPEG
+            image.save(buffer, "JPEG", quality=self.config.jpeg_quality)
+            data = buffer.getvalue()
+        return record, data
+
+    def _dedup(self, record: dict, data: bytes | None) -> bytes | None:
+        """Mark ``record`` a duplicate of an earlier image (same SHA-256 or a near perceptual hash) or give it its
+        storage path; returns the bytes to write (None for anything but a new ``ok`` image)."""
+        if record["outcome"] != "ok" or data is None:
+            return None
+        first = self.seen.claim(record["key"], record["sha256"], record["phash"])
+        if first is not None:
+            record.update(outcome="duplicate", detail=f"same image as {first}")
+            return None
+        record["path"] = os.path.join("images", record["sha256"][:2], f"{record['sha256']}.jpg")
+        return data
+
+    def _reused(self, key: str) -> dict | None:
+        """The stored image of ``key`` in ``reuse_dir`` as a fetch result (its record's fields), or None."""
+        previous = self._reuse.get(key)
+        path = os.path.join(self.reuse_dir, previous["path"]) if previous else None
+        if path is None or not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            data = f.read()
+        fields = ("final_url", "status", "content_type", "sha256", "phash")
+        return {"outcome": "ok", "data": data, **{k: previous[k] for k in fields if k in previous}, "reused": True}
+
+    def _commit(self, prepared: tuple[dict, bytes | None] | None) -> None:
+        """Deduplicate a candidate, then write its image file and its manifest line together; dropped once the run
+        has stopped."""
+        if prepared is None:
+            return
+        record, data = prepared
+        with self._commit_lock:
+            if self._writer is None:
+                return
+            data = self._dedup(record, data)
+            self.seen.remember_url(record)
+            if data is not None:
+                atomic_write(os.path.join(self.output_dir, record["path"]), data)
+            self._writer.write(record)
+
+    # ---- a run --------------------------------------------------------------------------------------------------
+    def run(
+        self, candidates: Iterable[Candidate], desc: str = "download", retry_failed: bool = False
+    ) -> dict[str, int]:
+        """Process every candidate that has no manifest line yet; returns counts per outcome over the whole manifest.
+
+        Ctrl-C (KeyboardInterrupt) stops it within about ``stop_grace`` seconds: what finished is recorded, the
+        rest is not, and the KeyboardInterrupt is raised again for the caller.
+
+        Example:
+            >>> Downloader("out").run(candidates)  # doctest: +SKIP
+            {'ok': 812, 'http_error': 40, 'duplicate': 25, ..., 'retryable': 31, 'total': 900}
+
+        Args:
+            candidates: :class:`Candidate` objects (their ``aux_name`` + URL is the resumption key).
+            desc: progress-bar label.
+            retry_failed: fetch again the URLs whose record is a retryable failure (:func:`is_retryable`).
+        """
+        self._redact = redactor()  # secrets registered since construction (a search backend's key) are known now
+        done = self.load_records(retry_failed)
+        for record in done.values():
+            self.seen.remember_url(record)
+        todo, keys = [], set(done)
+        for candidate in candidates:
+            key = f"{candidate.aux_name}\t{self.source_url(candidate)}"
+            if key not in keys:
+                keys.add(key)
+                todo.append(candidate)
+        logger.info("%s: %d candidate(s) already in %s, %d to do", desc, len(done), self.manifest_path, len(todo))
+        self._stop.clear()
+        self._writer = JsonlWriter(self.manifest_path)
+        try:
+            with tqdm(total=len(todo), desc=desc, unit="img") as bar:
+                if self.config.num_workers <= 1 or all(c.image_bytes is not None for c in todo):
+                    for candidate in todo:
+                        self._commit(self._prepare(candidate))
+                        bar.update()
+                elif (processes := process_count(self.config, self.guard, todo)) > 1:
+                    run_processes(self, todo, bar, processes)
+                else:
+                    self._run_threads(todo, bar)
+        except KeyboardInterrupt:
+            logger.warning("%s: interrupted; what finished is recorded, rerun to resume", desc)
+            raise
+        finally:
+            self._stop.set()
+            with self._commit_lock:  # from here on, a late worker writes nothing (no file without its line)
+                writer, self._writer = self._writer, None
+                writer.close()
+        return self.summary()
+
+    def _run_threads(self, todo: list[Candidate], bar) -> None:
+        """Process ``todo`` on ``num_workers`` daemon threads (they never hold up the interpreter's exit)."""
+        jobs: queue.SimpleQueue = queue.SimpleQueue()
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        for candidate in todo:
+            jobs.put(candidate)
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            while not self._stop.is_set():
+                try:
+                    candidate = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    self._commit(self._prepare(candidate))
+                except BaseException as e:  # writing failed (disk full ...): stop the run and report it
+                    errors.append(e)
+                    self._stop.set()
+                finally:
+                    finished.put(1)
+
+        threads = [
+            threading.Thread(target=work, name=f"download-{i}", daemon=True)
+            for i in range(min(self.config.num_workers, len(todo)))
+        ]
+        for thread in threads:
+            thread.start()
+        count = 0
+        try:
+            while count < len(todo) and not errors:
+                try:
+                    finished.get(timeout=0.2)
+                except queue.Empty:
+                    if not any(t.is_alive() for t in threads):
+                        break
+                    continue
+                count += 1
+                bar.update()
+        except KeyboardInterrupt:
+            self._stop.set()  # queued URLs are dropped; sleeping retries and rate-limit waits wake up and give up
+            deadline = time.monotonic() + self.config.stop_grace
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            raise
+        if errors:
+            raise errors[0]
+
+    def summary(self) -> dict[str, int]:
+        """Counts per outcome over the whole manifest (one per key), the number of retryable failures and the seconds
+        the per-host rate limit held requests back; also written to ``download_summary.json``."""
+        records = {r["key"]: r for r in read_jsonl(self.manifest_path)}
+        counts = Counter(r["outcome"] for r in records.values())
+        summary = {outcome: counts.get(outcome, 0) for outcome in OUTCOMES}
+        summary["retryable"] = sum(is_retryable(r) for r in records.values())
+        summary["total"] = len(records)
+        waited = Counter(self.limiters.waited())
+        with self._lock:
+            waited.update(self._throttled_elsewhere)
+        throttled = {host: seconds for host, seconds in waited.items() if seconds >= 1}
+        summary["throttled_seconds"] = round(sum(throttled.values()), 1)
+        atomic_write(os.path.join(self.output_dir, "download_summary.json"), json.dumps(summary, indent=2).encode())
+        if throttled:
+            worst = max(throttled, key=throttled.get)
+            logger.info(
+                "the per-host rate limit (requests_per_second_per_host=%s) held requests back %.0f s in all, %.0f s "
+                "on %s; raise it (or set 0) for a source that allows more",
+                self.config.requests_per_second_per_host, summary["throttled_seconds"], throttled[worst], worst,
+            )  # fmt: skip
+        logger.info("download summary: %s", {k: v for k, v in summary.items() if v})
+        return summary
+
+    def close(self) -> None:
+        """Close every thread's idle keep-alive connections."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for pool in connections:
+            pool.close()

@@ -1,0 +1,237 @@
+"""Download processes: one Python process is CPU-bound at a few hundred images per second, so fetching, validating
+and hashing run in ``num_processes`` spawned processes while the calling process alone deduplicates and writes (a
+file and its record are still written together by one process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from ...secrets import redact, register_secret, registered_secrets
+from ..search import Candidate
+from .client import AddressGuard
+from .config import DownloadConfig
+
+if TYPE_CHECKING:
+    from .downloader import Downloader
+
+logger = logging.getLogger(__name__)
+
+
+def process_count(config: DownloadConfig, guard: AddressGuard, todo: list[Candidate]) -> int:
+    """How many download processes ``todo`` gets: ``num_processes``, or one per core (at most 4) for 200 URLs
+    or more; never more than ``max_connections_per_host`` (each process holds at least one connection per host)."""
+    wanted = config.num_processes
+    if wanted <= 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        wanted = min(cores, 4) if len(todo) >= 200 else 1
+    wanted = min(wanted, max(1, config.max_connections_per_host), config.num_workers)
+    if any(c.image_bytes is not None for c in todo):
+        return 1
+    if wanted > 1 and guard.resolver is not socket.getaddrinfo:
+        try:
+            pickle.dumps(guard.resolver)
+        except Exception:
+            logger.info("the custom resolver cannot be sent to other processes: downloading in this one")
+            return 1
+    return wanted
+
+
+def _share(config: DownloadConfig, processes: int) -> DownloadConfig:
+    """One process's settings: its share of the threads and of the per-host limits."""
+    return dataclasses.replace(
+        config,
+        num_workers=-(-config.num_workers // processes),
+        max_connections_per_host=max(1, config.max_connections_per_host // processes),
+        requests_per_second_per_host=config.requests_per_second_per_host / processes,
+        num_processes=1,
+    )
+
+
+def run_processes(downloader: Downloader, todo: list[Candidate], bar, processes: int) -> None:
+    """Fetch and validate ``todo`` in ``processes`` worker processes (threads in each, the per-host limits shared
+    out); deduplicate and write in ``downloader``'s process.
+
+    One fetch per URL: a candidate whose URL is already in flight waits for that record and is settled here.
+    Ctrl-C: the workers stop, records arriving within ``stop_grace`` are kept, then the workers are ended.
+    """
+    context = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
+    jobs, results, stop = context.Queue(), context.Queue(), context.Event()
+    jobs.cancel_join_thread()  # URLs still queued at an interruption are dropped, never waited for at exit
+    waiting: dict[str, list[Candidate]] = {}  # redacted URL in flight -> later candidates with the same URL
+    leaders = 0
+    for candidate in todo:
+        url = downloader.source_url(candidate)
+        if downloader.seen.url_result(url) is not None:  # a previous run fetched it: settled without a request
+            downloader._commit(downloader._prepare(candidate))
+            bar.update()
+        elif url in waiting:
+            waiting[url].append(candidate)
+        else:
+            waiting[url] = []
+            jobs.put(candidate)
+            leaders += 1
+    for _ in range(processes):
+        jobs.put(None)
+    resolver = None if downloader.guard.resolver is socket.getaddrinfo else downloader.guard.resolver
+    share = _share(downloader.config, processes)
+    workers = [
+        context.Process(
+            target=_download_process,
+            args=(
+                downloader.output_dir,
+                share,
+                resolver,
+                downloader.reuse_dir,
+                jobs,
+                results,
+                stop,
+                registered_secrets(),
+            ),
+            name=f"download-{i}",
+            daemon=True,
+        )  # fmt: skip
+        for i in range(processes)
+    ]
+    with _no_main_rerun():
+        for worker in workers:
+            worker.start()
+
+    def settle(prepared: tuple[dict, bytes | None]) -> None:
+        downloader._commit(prepared)
+        bar.update()
+        url = prepared[0]["source_url"]
+        if downloader.seen.url_result(url) is not None:  # committed: its followers are settled without a request
+            for follower in waiting.pop(url, ()):
+                downloader._commit(downloader._prepare(follower))
+                bar.update()
+
+    try:
+        leaders -= _collect(downloader, workers, results, settle)
+        if leaders:
+            codes = [w.exitcode for w in workers]
+            raise RuntimeError(
+                f"a download process died (exit codes {codes}); {leaders} URL(s) were not processed: rerun to "
+                "resume, they are fetched then"
+            )
+    except KeyboardInterrupt:
+        stop.set()  # queued URLs are dropped; downloads in flight get stop_grace seconds to arrive and be kept
+        deadline = time.monotonic() + downloader.config.stop_grace
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                kind, payload = results.get(timeout=left)
+            except queue.Empty:
+                break
+            if kind == "record":
+                settle(payload)
+        raise
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=0.5)
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=1)
+
+
+def _collect(downloader: Downloader, workers: list, results, settle) -> int:
+    """Settle the records the workers send until every one has exited (or died); returns the records settled."""
+    exited = settled = 0
+    while exited < len(workers):
+        try:
+            kind, payload = results.get(timeout=0.2)
+        except queue.Empty:
+            if not any(w.is_alive() for w in workers):
+                break
+            continue
+        if kind == "record":
+            settle(payload)
+            settled += 1
+        elif kind == "exit":
+            exited += 1
+            with downloader._lock:
+                downloader._throttled_elsewhere.update(payload)
+        elif kind == "error":
+            raise RuntimeError(f"a download process failed: {payload}")
+    return settled
+
+
+@contextmanager
+def _no_main_rerun():
+    """Start spawned download processes without re-running the caller's ``__main__`` in each.
+
+    multiprocessing's spawn imports the main script again in every child (as ``__mp_main__``) so that functions
+    defined there can be unpickled; a download process needs nothing from it, and re-running ``recipes/curate.py``'s
+    imports costs ~3 s of CPU per process. Hiding the main module's file and spec while the processes start makes
+    the children skip that step.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: getattr(main, name) for name in ("__file__", "__spec__") if hasattr(main, name)}
+    try:
+        if main is not None:
+            main.__spec__ = None
+            if "__file__" in saved:
+                del main.__file__
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
+def _download_process(output_dir, config, resolver, reuse_dir, jobs, results, stop, secrets) -> None:
+    """A download process of :func:`run_processes`: fetch and validate the queued candidates on
+    ``config.num_workers`` threads and send each ``(record, bytes)`` back; the parent deduplicates and writes.
+
+    Sends ``("record", prepared)`` per candidate, ``("exit", {host: seconds throttled})`` at the end and
+    ``("error", text)`` if it fails as a whole. Ctrl-C is the parent's to handle; if the parent dies, so does this.
+    """
+    from .downloader import Downloader
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for secret in secrets:  # the parent's registered secrets are redacted here too
+        register_secret(secret)
+    parent = multiprocessing.parent_process()
+
+    def exit_with_parent() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+    try:
+        downloader = Downloader(output_dir, config, resolver=resolver, reuse_dir=reuse_dir, stop=stop)
+
+        def work() -> None:
+            while not stop.is_set():
+                try:
+                    candidate = jobs.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if candidate is None:
+                    jobs.put(None)  # for this process's other threads
+                    return
+                prepared = downloader._prepare(candidate)
+                if prepared is not None:
+                    results.put(("record", prepared))
+
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(config.num_workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        downloader.close()
+        results.put(("exit", downloader.limiters.waited()))
+    except BaseException as e:  # noqa: BLE001  # reported to the parent, which raises it
+        results.put(("error", redact(f"{type(e).__name__}: {e}")[:500]))
+    results.close()
+    results.join_thread()
