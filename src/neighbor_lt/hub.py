@@ -555,8 +555,7 @@ def push_aux_dataset(folder: str, repo_id: str, token: str | None = None, privat
     """
     from huggingface_hub import DatasetCard
 
-    from .retrieval.builder import push_aux_dataset as upload_aux_folder
-    from .retrieval.card import render_dataset_card
+    from .retrieval.card import class_counts, render_dataset_card
 
     card_path = os.path.join(folder, "README.md")
     if not os.path.isfile(card_path):
@@ -564,25 +563,23 @@ def push_aux_dataset(folder: str, repo_id: str, token: str | None = None, privat
 
         aux = load_aux_dataset(folder)
         names = aux.features["label"].names
-        labels = aux["label"]
-        parents: dict[str, set] = {name: set() for name in names}
-        for label, targets in zip(labels, aux["neighbor_of"]):
-            parents[names[label]].update(targets or [])
-        class_counts = [
-            {"name": name, "neighbor_of": sorted(parents[name]), "count": labels.count(i)}
-            for i, name in enumerate(names)
-        ]
+        counts = class_counts(
+            names, ((names[label], targets) for label, targets in zip(aux["label"], aux["neighbor_of"]))
+        )
         manifest = _manifest_for({"aux_dataset": folder})
         render_dataset_card(
             repo_id,
             num_images=len(aux),
             num_classes=len(names),
-            max_images_per_class=max((row["count"] for row in class_counts), default=0),
+            max_images_per_class=max((row["count"] for row in counts), default=0),
             neighbor_backend=(manifest or {}).get("backend"),
-            class_counts=class_counts,
+            class_counts=counts,
         ).save(card_path)
         logger.info("rendered the dataset card %s", card_path)
     card = DatasetCard.load(card_path)  # fails on malformed front matter before anything is uploaded
     if "image-classification" not in (card.data.task_categories or []):
         logger.warning("%s does not declare task_categories: image-classification", card_path)
-    return upload_aux_folder(folder, repo_id, private=private, token=token)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    info = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset", commit_message="Upload aux set")
+    return str(info)

@@ -145,13 +145,3 @@ def write_aux_dataset(
     shutil.rmtree(old, ignore_errors=True)
     logger.info("wrote %d images in %d classes to %s (%d shard(s))", len(rows), len(names), output_dir, num_shards)
     return len(rows)
-
-
-def push_aux_dataset(folder: str, repo_id: str, private: bool = True, token: str | None = None) -> str:
-    """Upload the dataset folder to the Hub as a dataset repository; returns the commit URL."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    info = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset", commit_message="Upload aux set")
-    return str(info)

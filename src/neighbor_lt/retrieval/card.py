@@ -74,3 +74,87 @@ def render_dataset_card(
     # no `configs:` block on purpose: with one, datasets 5.x caches a local folder under the config's hash alone, so
     # two folders (or two builds) with the same name load each other's stale rows; data/train-*.parquet resolves anyway
     return DatasetCard.from_template(card_data, template_path=str(template_path), **values)
+
+
+def class_counts(names, rows) -> list[dict]:
+    """The card's per-class table: each class's image count and the target classes its images are neighbors of.
+
+    Example:
+        >>> class_counts(["koi", "carp"], [("koi", ["goldfish"]), ("koi", ["tench"]), ("carp", ["tench"])])
+        [{'name': 'koi', 'neighbor_of': ['goldfish', 'tench'], 'count': 2}, {'name': 'carp', 'neighbor_of': ['tench'], 'count': 1}]
+
+    Args:
+        names: the classes, in the order of the table (every one gets a row, also with no image).
+        rows: ``(class name, neighbor_of list)`` per image.
+    """
+    counts = {name: 0 for name in names}
+    parents: dict[str, set] = {name: set() for name in counts}
+    for name, neighbor_of in rows:
+        counts[name] += 1
+        parents[name].update(neighbor_of or [])
+    return [{"name": name, "neighbor_of": sorted(parents[name]), "count": count} for name, count in counts.items()]
+
+
+def _search_source(retrieve_cfg: dict) -> tuple[str | None, bool]:
+    """Where the images were searched (endpoint, dataset, files) and whether that is a local pool."""
+    from .search import SEARCH_BACKENDS
+
+    backend_kwargs = retrieve_cfg.get("backend_kwargs") or {}
+    source = backend_kwargs.get("endpoint") or backend_kwargs.get("dataset") or backend_kwargs.get("path")
+    local = getattr(SEARCH_BACKENDS.get(retrieve_cfg.get("backend")), "local", False)
+    if local:
+        source = backend_kwargs.get("dataset") or backend_kwargs.get("data_files")
+        source = ", ".join(source) if isinstance(source, list) else source
+    return source, local and not retrieve_cfg.get("img2dataset_dir")
+
+
+def curation_card(
+    repo_id: str, build, retrieve_cfg: dict, filter_cfg: dict, manifest: dict, stage_counts: dict, counts: list[dict]
+) -> DatasetCard:
+    """The card of a curated auxiliary set: provenance and settings of every curate stage, counts per stage and class.
+
+    Example:
+        >>> card = curation_card("me/aux", BuildArguments(), retrieve_cfg, filter_cfg, manifest, stages, counts)  # doctest: +SKIP
+
+    Args:
+        repo_id: Hub id shown in the usage snippet.
+        build: the ``build:`` settings (:class:`~neighbor_lt.retrieval.stages.BuildArguments`).
+        retrieve_cfg: the retrieve stage's saved ``config.json``; filter_cfg: the filter stage's.
+        manifest: the neighbor manifest (its backend and, after the rank stage, its ranking).
+        stage_counts: images through each stage; counts: :func:`class_counts`.
+    """
+    from ..neighbors.confusability import card_summary
+
+    download = retrieve_cfg.get("download", {})
+    source, pool = _search_source(retrieve_cfg)
+    leak_check = bool(filter_cfg.get("leak_check"))
+    return render_dataset_card(
+        repo_id,
+        template_path=build.card_template,
+        license=build.license,
+        target_name=build.target_name,
+        num_images=sum(row["count"] for row in counts),
+        num_classes=len(counts),
+        max_images_per_class=build.max_images_per_class,
+        neighbor_backend=manifest.get("backend"),
+        search_backend=retrieve_cfg.get("backend"),
+        search_source=source,
+        pool_source=source if pool else None,
+        prototype_filter=bool(filter_cfg.get("model_name_or_path")),
+        leak_check=leak_check,
+        user_agent=download.get("user_agent"),
+        respect_robots_txt=download.get("respect_robots_txt", True),
+        respect_x_robots_tag=download.get("respect_x_robots_tag", True),
+        opt_out_directives=", ".join(download.get("opt_out_directives") or []) or None,
+        phash_distance=download.get("phash_distance"),
+        caption_filter=filter_cfg.get("caption_filter"),
+        embedding_model=filter_cfg.get("model_name_or_path") or "none (prototype filter off)",
+        pooling=filter_cfg.get("pooling"),
+        gamma_low=filter_cfg.get("gamma_low"),
+        gamma_high=filter_cfg.get("gamma_high"),
+        leak_similarity=filter_cfg.get("leak_similarity") if leak_check else "off",
+        leak_phash_distance=filter_cfg.get("leak_phash_distance") if leak_check else "off",
+        stage_counts=stage_counts,
+        class_counts=counts,
+        visual_ranking=card_summary(manifest) if manifest.get("ranking") else None,
+    )

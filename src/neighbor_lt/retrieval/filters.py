@@ -10,12 +10,15 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .download.dedup import perceptual_hash
 from .search import name_in_text
 
 logger = logging.getLogger(__name__)
@@ -215,3 +218,127 @@ def decide(score: dict, gamma_low: float | None, gamma_high: float | None, leak_
         if gamma_high is not None and similarity > gamma_high:
             return False, "similarity_high"
     return True, "kept"
+
+
+# ---- the filter stage's scoring ---------------------------------------------------------------------------------
+@dataclass
+class References:
+    """What the retrieved images are scored against: the target prototypes and the evaluation images."""
+
+    scorer_id: str
+    embedder: ImageEmbedder | None = None
+    prototypes: np.ndarray | None = None
+    index: dict[str, int] = field(default_factory=dict)  # target class name -> prototype row
+    eval_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    eval_embeddings: np.ndarray | None = None
+    eval_refs: list[str] = field(default_factory=list)  # "<split>#<row>" of each evaluation image
+
+
+def build_references(args, target, out: str) -> References:
+    """The embedder, target prototypes and evaluation hashes / embeddings, computed once and cached under ``out``.
+
+    Args:
+        args: the filter settings (:class:`~neighbor_lt.retrieval.stages.FilterArguments`).
+        target: the target set (its train split for prototypes, the others for the leak check); None when neither
+            runs.
+        out: the filter stage's folder (the caches).
+    """
+    embedder = None
+    if args.model_name_or_path:
+        embedder = ImageEmbedder(
+            args.model_name_or_path, args.pooling, args.batch_size, args.device, args.trust_remote_code
+        )
+    leak_splits = []
+    if args.leak_check:
+        leak_splits = args.leak_splits or [s for s in target if s != args.train_split]
+    scorer = json.dumps([embedder.key if embedder else None, leak_splits, args.train_split])
+    refs = References(hashlib.sha256(scorer.encode()).hexdigest()[:12], embedder)
+    if embedder is not None:
+        train = target[args.train_split]
+        names = train.features[args.label_column].names
+        refs.index = {name: i for i, name in enumerate(names)}
+        refs.prototypes = cached_array(
+            os.path.join(out, f"prototypes-{refs.scorer_id}.npz"),
+            dataset_key(train, embedder.key),
+            lambda: compute_prototypes(embedder, train, len(names), args.image_column, args.label_column),
+        )
+    for split in leak_splits:
+        ds = target[split]
+        hashes = cached_array(
+            os.path.join(out, f"eval-phash-{split}.npz"), dataset_key(ds, "phash"), lambda ds=ds: _phashes(ds, args)
+        )
+        refs.eval_hashes = np.concatenate([refs.eval_hashes, hashes])
+        refs.eval_refs += [f"{split}#{i}" for i in range(len(ds))]
+        if embedder is not None:
+            emb = cached_array(
+                os.path.join(out, f"eval-emb-{refs.scorer_id}-{split}.npz"),
+                dataset_key(ds, embedder.key),
+                lambda ds=ds, split=split: embedder.embed(
+                    iter_images(ds, args.image_column), len(ds), f"embed {split}"
+                ),
+            )
+            refs.eval_embeddings = emb if refs.eval_embeddings is None else np.concatenate([refs.eval_embeddings, emb])
+    return refs
+
+
+def score_batch(batch: list[dict], refs: References, retrieve_dir: str, desc: str) -> list[dict]:
+    """One chunk's scores: caption match, perceptual-hash and embedding leak distances, prototype similarity."""
+    results = [{"key": r["key"], "caption_ok": caption_matches(r["aux_name"], r["caption"])} for r in batch]
+    if len(refs.eval_hashes):
+        distances = min_hamming(phash_to_int(r["phash"] for r in batch), refs.eval_hashes)
+        for result, distance in zip(results, distances):
+            result["leak_phash_distance"] = int(distance)
+    if refs.embedder is not None:
+        images = (Image.open(os.path.join(retrieve_dir, r["path"])) for r in batch)
+        emb = refs.embedder.embed(images, len(batch), desc=desc)
+        for result, record, vector in zip(results, batch, emb):
+            parents = [refs.index[n] for n in record.get("neighbor_of") or [] if n in refs.index]
+            if parents:
+                sims = refs.prototypes[parents] @ vector
+                result["similarity"] = float(sims.max())
+                result["parent"] = record["neighbor_of"][int(sims.argmax())]
+            result["targets"] = list(record.get("neighbor_of") or [])
+        if refs.eval_embeddings is not None:
+            best, where = max_similarity(emb, refs.eval_embeddings)
+            for result, value, i in zip(results, best, where):
+                result["leak_similarity"], result["leak_match"] = float(value), refs.eval_refs[i]
+    return results
+
+
+DECISION_COLUMNS = (
+    "key aux_name query sha256 phash path caption rank source_url page_url neighbor_of caption_ok similarity parent "
+    "leak_similarity leak_match leak_phash_distance keep reason"
+).split()
+
+
+def write_decisions(items: list[dict], scores: dict[str, dict], args, out: str) -> Counter:
+    """Decide keep or drop from the scores with the current thresholds; write ``decisions.parquet``; count reasons."""
+    import pandas as pd
+
+    rows, reasons = [], Counter()
+    for record in items:
+        score = scores[record["key"]]
+        keep, reason = decide(
+            score, args.gamma_low, args.gamma_high, args.leak_similarity,
+            args.leak_phash_distance, args.caption_filter,
+        )  # fmt: skip
+        reasons[reason] += 1
+        rows.append(
+            {
+                **{k: record.get(k) for k in ("key", "aux_name", "query", "sha256", "phash", "path", "caption")},
+                "rank": record.get("rank"),
+                **{k: record.get(k) for k in ("source_url", "page_url")},
+                "neighbor_of": json.dumps(record.get("neighbor_of") or []),
+                **{k: score.get(k) for k in ("caption_ok", "similarity", "parent")},
+                **{k: score.get(k) for k in ("leak_similarity", "leak_match", "leak_phash_distance")},
+                "keep": keep,
+                "reason": reason,
+            }
+        )
+    pd.DataFrame(rows, columns=DECISION_COLUMNS).to_parquet(os.path.join(out, "decisions.parquet"), index=False)
+    return reasons
+
+
+def _phashes(ds, args) -> np.ndarray:
+    images = iter_images(ds, args.image_column)
+    return phash_to_int(perceptual_hash(im.convert("RGB")) for im in tqdm(images, total=len(ds), desc="phash"))

@@ -28,16 +28,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ..configs import ConfigError, from_dict
 from ..curate import CurateContext, StageError, check_backend_options
 from ..files import write_json_atomic
-from ..neighbors.confusability import card_summary
 from ..neighbors.manifest import ManifestError, default_manifest_path, load_manifest
 from ..secrets import install_log_redaction, redact, redact_mapping
-from .builder import push_aux_dataset, select_per_class, write_aux_dataset
-from .card import render_dataset_card
+from .builder import select_per_class, write_aux_dataset
+from .card import class_counts, curation_card
 from .download import (
     OUTCOMES,
     DownloadConfig,
@@ -45,22 +42,10 @@ from .download import (
     JsonlWriter,
     candidate_to_dict,
     iter_img2dataset,
-    perceptual_hash,
     read_jsonl,
 )
-from .filters import (
-    ImageEmbedder,
-    cached_array,
-    caption_matches,
-    compute_prototypes,
-    dataset_key,
-    decide,
-    iter_images,
-    max_similarity,
-    min_hamming,
-    phash_to_int,
-)
-from .search import SEARCH_BACKENDS, Candidate, SearchError, get_search_backend, search_backend_class
+from .filters import build_references, score_batch, write_decisions
+from .search import Candidate, SearchError, get_search_backend, search_backend_class
 
 logger = logging.getLogger(__name__)
 
@@ -426,67 +411,15 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
     Raises:
         StageError: nothing was retrieved, or no image passed the filters (the decisions are written first).
     """
-    import pandas as pd
-    from PIL import Image
-
     args = _arguments(section, FilterArguments, "filter")
-    retrieve_dir = os.path.join(context.output_dir, "retrieve")
-    manifest_path = os.path.join(retrieve_dir, "downloads.jsonl")
-    if not os.path.exists(manifest_path):
-        raise StageError(f"filter: {manifest_path} not found: run the retrieve stage first")
-    records = {r["key"]: r for r in read_jsonl(manifest_path)}  # a key's last line wins (retried URLs)
-    items = _current_classes([r for r in records.values() if r["outcome"] == "ok"], context)
-    if not items:
-        raise StageError(
-            f"filter: no retrieved image to filter ({len(records)} record(s) in {manifest_path}, none ok): "
-            "rerun the retrieve stage"
-        )
+    items = _retrieved_items(context)
     out = context.stage_dir("filter")
     _save_json(os.path.join(out, "config.json"), redact_mapping(dataclasses.asdict(args)))
-    need_target = args.model_name_or_path or args.leak_check
-    target = context.target if need_target else None
-    embedder = None
-    if args.model_name_or_path:
-        embedder = ImageEmbedder(
-            args.model_name_or_path, args.pooling, args.batch_size, args.device, args.trust_remote_code
-        )
-    leak_splits = []
-    if args.leak_check:
-        leak_splits = args.leak_splits or [s for s in target if s != args.train_split]
-    scorer = json.dumps([embedder.key if embedder else None, leak_splits, args.train_split])
-    scorer_id = hashlib.sha256(scorer.encode()).hexdigest()[:12]
-
-    # reference data, computed once and cached
-    prototypes, index = None, {}
-    if embedder is not None:
-        train = target[args.train_split]
-        names = train.features[args.label_column].names
-        index = {name: i for i, name in enumerate(names)}
-        prototypes = cached_array(
-            os.path.join(out, f"prototypes-{scorer_id}.npz"),
-            dataset_key(train, embedder.key),
-            lambda: compute_prototypes(embedder, train, len(names), args.image_column, args.label_column),
-        )
-    eval_hashes, eval_embeddings, eval_refs = np.zeros(0, np.uint64), None, []
-    for split in leak_splits:
-        ds = target[split]
-        hashes = cached_array(
-            os.path.join(out, f"eval-phash-{split}.npz"), dataset_key(ds, "phash"), lambda ds=ds: _phashes(ds, args)
-        )
-        eval_hashes = np.concatenate([eval_hashes, hashes])
-        eval_refs += [f"{split}#{i}" for i in range(len(ds))]
-        if embedder is not None:
-            emb = cached_array(
-                os.path.join(out, f"eval-emb-{scorer_id}-{split}.npz"),
-                dataset_key(ds, embedder.key),
-                lambda ds=ds, split=split: embedder.embed(
-                    iter_images(ds, args.image_column), len(ds), f"embed {split}"
-                ),
-            )
-            eval_embeddings = emb if eval_embeddings is None else np.concatenate([eval_embeddings, emb])
+    target = context.target if args.model_name_or_path or args.leak_check else None
+    refs = build_references(args, target, out)
 
     # scores, resumable in chunks
-    scores_path = os.path.join(out, f"scores-{scorer_id}.jsonl")
+    scores_path = os.path.join(out, f"scores-{refs.scorer_id}.jsonl")
     scores = {s["key"]: s for s in read_jsonl(scores_path)}
     # a score is redone when its image's targets changed (a new neighbor manifest); older scores carry no targets
     todo = [
@@ -498,57 +431,14 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
     try:
         chunk = 512
         for start in range(0, len(todo), chunk):
-            batch = todo[start : start + chunk]
-            results = [{"key": r["key"], "caption_ok": caption_matches(r["aux_name"], r["caption"])} for r in batch]
-            if len(eval_hashes):
-                distances = min_hamming(phash_to_int(r["phash"] for r in batch), eval_hashes)
-                for result, distance in zip(results, distances):
-                    result["leak_phash_distance"] = int(distance)
-            if embedder is not None:
-                images = (Image.open(os.path.join(retrieve_dir, r["path"])) for r in batch)
-                emb = embedder.embed(images, len(batch), desc=f"embed aux {start}/{len(todo)}")
-                for result, record, vector in zip(results, batch, emb):
-                    parents = [index[n] for n in record.get("neighbor_of") or [] if n in index]
-                    if parents:
-                        sims = prototypes[parents] @ vector
-                        result["similarity"] = float(sims.max())
-                        result["parent"] = record["neighbor_of"][int(sims.argmax())]
-                    result["targets"] = list(record.get("neighbor_of") or [])
-                if eval_embeddings is not None:
-                    best, where = max_similarity(emb, eval_embeddings)
-                    for result, value, i in zip(results, best, where):
-                        result["leak_similarity"], result["leak_match"] = float(value), eval_refs[i]
-            for result in results:
+            batch, desc = todo[start : start + chunk], f"embed aux {start}/{len(todo)}"
+            for result in score_batch(batch, refs, os.path.join(context.output_dir, "retrieve"), desc):
                 writer.write(result)
                 scores[result["key"]] = result
     finally:
         writer.close()
 
-    # decisions, recomputed from the scores with the current thresholds
-    rows, reasons = [], Counter()
-    for record in items:
-        score = scores[record["key"]]
-        keep, reason = decide(
-            score, args.gamma_low, args.gamma_high, args.leak_similarity,
-            args.leak_phash_distance, args.caption_filter,
-        )  # fmt: skip
-        reasons[reason] += 1
-        rows.append(
-            {
-                **{k: record.get(k) for k in ("key", "aux_name", "query", "sha256", "phash", "path", "caption")},
-                "rank": record.get("rank"),
-                **{k: record.get(k) for k in ("source_url", "page_url")},
-                "neighbor_of": json.dumps(record.get("neighbor_of") or []),
-                **{k: score.get(k) for k in ("caption_ok", "similarity", "parent")},
-                **{k: score.get(k) for k in ("leak_similarity", "leak_match", "leak_phash_distance")},
-                "keep": keep,
-                "reason": reason,
-            }
-        )
-    columns = "key aux_name query sha256 phash path caption rank source_url page_url neighbor_of caption_ok similarity parent"
-    columns += " leak_similarity leak_match leak_phash_distance keep reason"
-    frame = pd.DataFrame(rows, columns=columns.split())
-    frame.to_parquet(os.path.join(out, "decisions.parquet"), index=False)
+    reasons = write_decisions(items, scores, args, out)
     summary = {"images": len(items), **dict(reasons)}
     _save_json(os.path.join(out, "summary.json"), summary)
     dropped = ", ".join(f"{v} {k}" for k, v in reasons.most_common() if k != "kept") or "none"
@@ -559,6 +449,21 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
             "see filter/decisions.parquet and loosen the thresholds"
         )
     return summary
+
+
+def _retrieved_items(context: CurateContext) -> list[dict]:
+    """The ``ok`` records of ``retrieve/downloads.jsonl`` (a key's last line wins) of the current classes."""
+    manifest_path = os.path.join(context.output_dir, "retrieve", "downloads.jsonl")
+    if not os.path.exists(manifest_path):
+        raise StageError(f"filter: {manifest_path} not found: run the retrieve stage first")
+    records = {r["key"]: r for r in read_jsonl(manifest_path)}  # a key's last line wins (retried URLs)
+    items = _current_classes([r for r in records.values() if r["outcome"] == "ok"], context)
+    if not items:
+        raise StageError(
+            f"filter: no retrieved image to filter ({len(records)} record(s) in {manifest_path}, none ok): "
+            "rerun the retrieve stage"
+        )
+    return items
 
 
 def _current_classes(items: list[dict], context: CurateContext) -> list[dict]:
@@ -581,13 +486,6 @@ def _current_classes(items: list[dict], context: CurateContext) -> list[dict]:
     return kept
 
 
-def _phashes(ds, args: FilterArguments) -> np.ndarray:
-    from tqdm.auto import tqdm
-
-    images = iter_images(ds, args.image_column)
-    return phash_to_int(perceptual_hash(im.convert("RGB")) for im in tqdm(images, total=len(ds), desc="phash"))
-
-
 # ---- build ------------------------------------------------------------------------------------------------------
 def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[str, Any]:
     """Cap the kept images per auxiliary class and write ``aux_dataset/`` (Parquet shards + card); push if asked.
@@ -608,29 +506,12 @@ def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[st
         StageError: no decisions, or no image left to publish; the previous ``aux_dataset/`` is then left untouched
             (a new one is written beside it and swapped in only when it is complete and non-empty).
     """
-    import pandas as pd
-
     args = _arguments(section, BuildArguments, "build")
-    decisions_path = os.path.join(context.output_dir, "filter", "decisions.parquet")
-    if not os.path.exists(decisions_path):
-        raise StageError(f"build: {decisions_path} not found: run the filter stage first")
-    frame = pd.read_parquet(decisions_path)
-    kept = frame[frame["keep"]]
-    if kept.empty:
-        raise StageError(
-            f"build: no image passed the filters ({len(frame)} decided, see {decisions_path}); "
-            "the previous aux_dataset, if any, is left untouched"
-        )
+    frame, items = _kept_items(context)
     out = context.stage_dir("build")
-    items = []
-    for row in kept.to_dict("records"):
-        row["neighbor_of"] = json.loads(row["neighbor_of"])
-        if row["similarity"] is not None and isinstance(row["similarity"], float) and math.isnan(row["similarity"]):
-            row["similarity"] = None
-        items.append(row)
     dataset_dir = os.path.join(context.output_dir, "aux_dataset")
     fingerprint = hashlib.sha256(
-        json.dumps([sorted(kept["key"]), dataclasses.asdict(args)], default=str).encode()
+        json.dumps([sorted(r["key"] for r in items), dataclasses.asdict(args)], default=str).encode()
     ).hexdigest()
     previous = _load_json(os.path.join(out, "summary.json"), {})
     if previous.get("fingerprint") == fingerprint and os.path.exists(os.path.join(dataset_dir, "README.md")):
@@ -648,9 +529,65 @@ def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[st
     groups = dict(sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
     retrieve_cfg = _load_json(os.path.join(context.output_dir, "retrieve", "config.json"), {}) or {}
     filter_cfg = _load_json(os.path.join(context.output_dir, "filter", "config.json"), {}) or {}
+    stage_counts = _stage_counts(context, frame, len(items), groups, manifest, filter_cfg, args.max_images_per_class)
+    counts = class_counts(groups, ((name, item["neighbor_of"]) for name, group in groups.items() for item in group))
+    num_images = sum(len(g) for g in groups.values())
+    card = curation_card(
+        args.hub_dataset_id or f"{os.path.basename(os.path.abspath(context.output_dir))}-aux",
+        args, retrieve_cfg, filter_cfg, manifest, stage_counts, counts,
+    )  # fmt: skip
+    write_aux_dataset(groups, os.path.join(context.output_dir, "retrieve"), dataset_dir, card, args.rows_per_shard)
+    summary = {
+        "fingerprint": fingerprint,
+        "images": num_images,
+        "classes": len(groups),
+        "stage_counts": stage_counts,
+        "per_class": {row["name"]: row["count"] for row in counts},
+        "dataset_dir": dataset_dir,
+    }
+    if args.push_to_hub:
+        from huggingface_hub import get_token
+
+        from ..hub import push_aux_dataset
+
+        if not args.hub_dataset_id:
+            logger.warning("push_to_hub is set but hub_dataset_id is empty: not pushing")
+        elif not get_token():
+            logger.warning("push_to_hub is set but no Hub token is configured: not pushing")
+        else:
+            summary["pushed"] = push_aux_dataset(dataset_dir, args.hub_dataset_id, private=args.private)
+    _save_json(os.path.join(out, "summary.json"), summary)
+    logger.info("build: %d image(s) in %d class(es) -> %s", num_images, len(groups), dataset_dir)
+    return summary
+
+
+def _kept_items(context: CurateContext):
+    """The filter's decisions and the kept images as dicts (``neighbor_of`` a list, a missing similarity None)."""
+    import pandas as pd
+
+    decisions_path = os.path.join(context.output_dir, "filter", "decisions.parquet")
+    if not os.path.exists(decisions_path):
+        raise StageError(f"build: {decisions_path} not found: run the filter stage first")
+    frame = pd.read_parquet(decisions_path)
+    kept = frame[frame["keep"]]
+    if kept.empty:
+        raise StageError(
+            f"build: no image passed the filters ({len(frame)} decided, see {decisions_path}); "
+            "the previous aux_dataset, if any, is left untouched"
+        )
+    items = []
+    for row in kept.to_dict("records"):
+        row["neighbor_of"] = json.loads(row["neighbor_of"])
+        if row["similarity"] is not None and isinstance(row["similarity"], float) and math.isnan(row["similarity"]):
+            row["similarity"] = None
+        items.append(row)
+    return frame, items
+
+
+def _stage_counts(context, frame, num_kept: int, groups: dict, manifest: dict, filter_cfg: dict, cap: int) -> dict:
+    """How many images each stage let through, for the card and the summary (only the checks that ran)."""
     download_summary = _load_json(os.path.join(context.output_dir, "retrieve", "download_summary.json"), {}) or {}
     reasons = Counter(frame["reason"])
-    num_images = sum(len(g) for g in groups.values())
     stage_counts = {
         "auxiliary classes in the neighbor manifest": len(manifest.get("auxiliary", [])),
         "candidates found": download_summary.get("total", len(frame)),
@@ -660,74 +597,11 @@ def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[st
         + reasons.get("leak_embedding", 0),
         "dropped: outside [gamma_low, gamma_high]": reasons.get("similarity_low", 0)
         + reasons.get("similarity_high", 0),
-        "passed the filters": int(len(kept)),
-        f"published (cap {args.max_images_per_class} per class)": num_images,
+        "passed the filters": num_kept,
+        f"published (cap {cap} per class)": sum(len(g) for g in groups.values()),
     }
     if not filter_cfg.get("model_name_or_path"):  # the card lists only the checks that ran
         del stage_counts["dropped: outside [gamma_low, gamma_high]"]
     if filter_cfg and not filter_cfg.get("leak_check"):
         del stage_counts["dropped: leak (target evaluation near duplicate)"]
-    class_counts = [
-        {"name": name, "neighbor_of": sorted({t for item in group for t in item["neighbor_of"]}), "count": len(group)}
-        for name, group in groups.items()
-    ]
-    download = retrieve_cfg.get("download", {})
-    backend_kwargs = retrieve_cfg.get("backend_kwargs") or {}
-    search_source = backend_kwargs.get("endpoint") or backend_kwargs.get("dataset") or backend_kwargs.get("path")
-    local = getattr(SEARCH_BACKENDS.get(retrieve_cfg.get("backend")), "local", False)
-    if local:
-        search_source = backend_kwargs.get("dataset") or backend_kwargs.get("data_files")
-        search_source = ", ".join(search_source) if isinstance(search_source, list) else search_source
-    pool = local and not retrieve_cfg.get("img2dataset_dir")
-    embedding = bool(filter_cfg.get("model_name_or_path"))
-    card = render_dataset_card(
-        args.hub_dataset_id or f"{os.path.basename(os.path.abspath(context.output_dir))}-aux",
-        template_path=args.card_template,
-        license=args.license,
-        target_name=args.target_name,
-        num_images=num_images,
-        num_classes=len(groups),
-        max_images_per_class=args.max_images_per_class,
-        neighbor_backend=manifest.get("backend"),
-        search_backend=retrieve_cfg.get("backend"),
-        search_source=search_source,
-        pool_source=search_source if pool else None,
-        prototype_filter=embedding,
-        leak_check=bool(filter_cfg.get("leak_check")),
-        user_agent=download.get("user_agent"),
-        respect_robots_txt=download.get("respect_robots_txt", True),
-        respect_x_robots_tag=download.get("respect_x_robots_tag", True),
-        opt_out_directives=", ".join(download.get("opt_out_directives") or []) or None,
-        phash_distance=download.get("phash_distance"),
-        caption_filter=filter_cfg.get("caption_filter"),
-        embedding_model=filter_cfg.get("model_name_or_path") or "none (prototype filter off)",
-        pooling=filter_cfg.get("pooling"),
-        gamma_low=filter_cfg.get("gamma_low"),
-        gamma_high=filter_cfg.get("gamma_high"),
-        leak_similarity=filter_cfg.get("leak_similarity") if filter_cfg.get("leak_check") else "off",
-        leak_phash_distance=filter_cfg.get("leak_phash_distance") if filter_cfg.get("leak_check") else "off",
-        stage_counts=stage_counts,
-        class_counts=class_counts,
-        visual_ranking=card_summary(manifest) if manifest.get("ranking") else None,
-    )
-    write_aux_dataset(groups, os.path.join(context.output_dir, "retrieve"), dataset_dir, card, args.rows_per_shard)
-    summary = {
-        "fingerprint": fingerprint,
-        "images": num_images,
-        "classes": len(groups),
-        "stage_counts": stage_counts,
-        "per_class": {row["name"]: row["count"] for row in class_counts},
-        "dataset_dir": dataset_dir,
-    }
-    if args.push_to_hub:
-        from huggingface_hub import get_token
-
-        if not args.hub_dataset_id:
-            logger.warning("push_to_hub is set but hub_dataset_id is empty: not pushing")
-        elif not get_token():
-            logger.warning("push_to_hub is set but no Hub token is configured: not pushing")
-        else:
-            summary["pushed"] = push_aux_dataset(dataset_dir, args.hub_dataset_id, args.private)
-    _save_json(os.path.join(out, "summary.json"), summary)
-    logger.info("build: %d image(s) in %d class(es) -> %s", num_images, len(groups), dataset_dir)
-    return summary
+    return stage_counts
