@@ -179,6 +179,7 @@ def test_pretrain_resume_then_finetune_end_to_end(tmp_path, monkeypatch):
         "--eval_files", str(DEMO / "validation.parquet"), "--num_classes", "4", "--imbalance_factor", "1",
         "--max_eval_samples", "8", "--per_device_train_batch_size", "8", "--dataloader_num_workers", "0",
         "--loss", "bal_bce", "--rand_augment", "", "--output_dir", str(tmp_path / "ft"),
+        "--drop_path_rate", "0", "--global_pool", "false",  # the ViT classifier; the YAML's LiVT head is run below
     ]  # fmt: skip
     # A mismatch stops the run before training: nothing is written.
     with pytest.raises(ConfigError, match="image_size=64"):
@@ -195,6 +196,15 @@ def test_pretrain_resume_then_finetune_end_to_end(tmp_path, monkeypatch):
     results = train.main([*finetune, "--max_steps", "1"])
     assert all(torch.equal(seen[k], v) for k, v in encoder_state_dict(mae).items())
     assert json.loads((tmp_path / "ft" / "config.json").read_text())["model_type"] == "vit"
+    assert set(results) >= {"overall", "many", "medium", "few"}
+    # The recipe's own LiVT settings (drop path 0.1, global pool): a BEiT classifier on the same encoder tensors.
+    seen.clear()
+    results = train.main([*finetune[:-4], "--output_dir", str(tmp_path / "livt"), "--max_steps", "1"])
+    saved = json.loads((tmp_path / "livt" / "config.json").read_text())
+    assert saved["model_type"] == "beit" and saved["drop_path_rate"] == 0.1 and saved["use_mean_pooling"]
+    pretrained = encoder_state_dict(mae)
+    taken = {k for k in pretrained if k in seen}  # all but the key biases and the final norm (replaced by fc_norm)
+    assert len(taken) == len(pretrained) - 2 - 2 and all(torch.equal(seen[k], pretrained[k]) for k in taken)
     assert set(results) >= {"overall", "many", "medium", "few"}
 
 

@@ -1,5 +1,5 @@
-"""Image transforms without torchvision: random-resized crop, flip, RandAugment (PIL and batched tensors) and Mixup /
-CutMix (torch).
+"""Image transforms without torchvision: random-resized crop, flip, RandAugment (PIL and batched tensors), random
+erasing, Mixup / CutMix and label smoothing (torch).
 
 RandAugment follows timm's ``rand-m9-mstd0.5`` spec (the paper's RandAugment(9, 0.5)): two ops per image, each
 applied with probability 0.5, magnitude drawn from N(9, 0.5) on a 0..10 scale. :class:`RandAugment` works on one PIL
@@ -313,6 +313,69 @@ def _random_resized_crop_box(width, height, scale, ratio=(3 / 4, 4 / 3)):
     return x, y, x + side, y + side
 
 
+class RandomErasing:
+    """timm's ``RandomErasing(probability, mode="pixel")`` on normalised tensors: with probability ``prob`` an image
+    gets one rectangle (area ``min_area``..``max_area`` of the image, aspect ratio log-uniform in
+    ``min_aspect``..``1 / min_aspect``, the first of 10 draws that fits, position uniform) replaced by per-pixel
+    N(0, 1) noise, i.e. noise of the normalised pixel distribution.
+
+    One image ``[3, H, W]`` (the PIL pipeline, after :class:`ImageTransform`'s normalisation) or a batch
+    ``[B, 3, H, W]`` on its device (the tensor pipeline, after :class:`~neighbor_lt.pixels.BatchAugment`): the
+    draws are made for the whole batch at once and the rectangles applied with one masked select.
+
+    Example:
+        >>> erase = RandomErasing(0.25)  # LiVT / MAE fine-tuning: reprob 0.25, remode pixel, recount 1
+        >>> out = erase(torch.randn(8, 3, 224, 224))
+
+    Args:
+        prob: probability of erasing a rectangle in an image.
+        min_area, max_area: area range of the rectangle, as fractions of the image.
+        min_aspect: smallest aspect ratio (height / width); the largest is its inverse.
+    """
+
+    def __init__(self, prob: float = 0.25, min_area: float = 0.02, max_area: float = 1 / 3, min_aspect: float = 0.3):
+        if not 0 <= prob <= 1:
+            raise ValueError(f"random_erasing must be a probability in [0, 1], got {prob}")
+        self.prob, self.min_area, self.max_area = prob, min_area, max_area
+        self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+
+    def boxes(self, batch: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[B, 4]`` int64 (top, left, h, w) on the CPU; ``h = w = 0`` where nothing is erased."""
+        tries = 10
+        area = torch.empty(batch, tries, dtype=torch.float64).uniform_(
+            self.min_area, self.max_area, generator=generator
+        )
+        aspect = torch.empty(batch, tries, dtype=torch.float64).uniform_(*self.log_aspect, generator=generator).exp()
+        h = torch.round(torch.sqrt(area * height * width * aspect)).long()  # Python's round: half to even, as torch
+        w = torch.round(torch.sqrt(area * height * width / aspect)).long()
+        fits = (h < height) & (w < width)
+        first = fits.float().argmax(1)
+        rows = torch.arange(batch)
+        erase = (torch.rand(batch, generator=generator) < self.prob) & fits.any(1)
+        h, w = torch.where(erase, h[rows, first], 0), torch.where(erase, w[rows, first], 0)
+        top = (torch.rand(batch, generator=generator, dtype=torch.float64) * (height - h + 1)).long()
+        left = (torch.rand(batch, generator=generator, dtype=torch.float64) * (width - w + 1)).long()
+        return torch.stack([top, left, h, w], 1)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A new tensor of ``x``'s shape with the rectangles erased (``x`` is left alone)."""
+        single = x.ndim == 3
+        batch = x[None] if single else x
+        if self.prob <= 0:
+            return x
+        b, _, height, width = batch.shape
+        top, left, h, w = self.boxes(b, height, width, generator).to(batch.device).unbind(1)
+        ys = torch.arange(height, device=batch.device)[None]
+        xs = torch.arange(width, device=batch.device)[None]
+        in_rows = (ys >= top[:, None]) & (ys < (top + h)[:, None])
+        in_cols = (xs >= left[:, None]) & (xs < (left + w)[:, None])
+        mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [B, 1, H, W]
+        noise_device = generator.device if generator is not None else batch.device
+        noise = torch.randn(batch.shape, generator=generator, device=noise_device, dtype=batch.dtype)
+        out = torch.where(mask, noise.to(batch.device), batch)
+        return out[0] if single else out
+
+
 DEFAULT_CROP_PCT = 0.875  # timm's: 224 px crops of the shorter side resized to 256
 
 
@@ -344,13 +407,24 @@ class ImageTransform:
         crop_pct: evaluation resizes the shorter side to ``size / crop_pct`` before the center crop (0.875 when
             None, timm's default).
         resample: PIL filter of the evaluation resize (3 = bicubic), as the model's image processor.
+        random_erasing: probability of :class:`RandomErasing` on the normalised training tensor; 0 disables.
     """
 
     def __init__(
-        self, size, mean, std, train=False, rand_augment=None, crop_scale=(0.08, 1.0), crop_pct=None, resample=3
+        self,
+        size,
+        mean,
+        std,
+        train=False,
+        rand_augment=None,
+        crop_scale=(0.08, 1.0),
+        crop_pct=None,
+        resample=3,
+        random_erasing=0.0,
     ):
         self.size, self.train, self.crop_scale = int(size), train, tuple(crop_scale)
         self.crop_pct, self.resample = crop_pct or DEFAULT_CROP_PCT, resample
+        self.random_erasing = RandomErasing(random_erasing) if (train and random_erasing) else None
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.rand_augment = RandAugment.from_spec(rand_augment) if (train and rand_augment) else None
@@ -369,7 +443,8 @@ class ImageTransform:
         else:
             img = center_crop_resized(img, self.size, self.crop_pct, self.resample)
         array = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-        return (array - self.mean) / self.std
+        array = (array - self.mean) / self.std
+        return self.random_erasing(array) if self.random_erasing is not None else array
 
 
 class ProcessorTransform:
@@ -392,7 +467,23 @@ class ProcessorTransform:
 
 
 class MixupCutmix:
-    """Batch Mixup / CutMix with soft targets (timm's ``Mixup`` semantics, batch mode).
+    """Batch Mixup / CutMix with soft, label-smoothed targets (timm's ``Mixup`` semantics, batch mode).
+
+    Label smoothing comes first, mixing second, as in timm: each image's target is ``1 - e + e / C`` on its label and
+    ``e / C`` on every other class, and Mixup / CutMix mix two such targets, so a mixed target is smoothed too.
+
+    The smoothing mass goes over all ``C = L + K`` classes of the merged label space (targets and auxiliary classes),
+    not over the ``L`` targets only, because the training softmax is over all of them: smoothing bounds the margin of
+    the label over every logit it competes with, and an auxiliary image's smoothed target stays a distribution over
+    its own label space. Targets-only smoothing would leave auxiliary logits without that bound for target images
+    and would put an auxiliary image's smoothing mass on target classes only. The auxiliary rows are removed from
+    the published model, so their share of the mass (``e K / C``) never reaches a prediction.
+
+    Every loss takes it: each is the target-weighted sum of per-class losses, so a smoothed target gives
+    ``(1 - e) loss(y) + (e / C) sum_c loss(c)``. With neighbor silencing each ``loss(c)`` silences ``c``'s own
+    neighbors (eq. 4 with label ``c``). A smoothed target is dense, so the silencing gathers every (sample, class)
+    and (sample, neighbor pair) entry, ``B x (C + 2E)`` for ``E`` pairs, instead of those of one or two labels per
+    sample: more work, still no ``C x C`` tensor.
 
     Example:
         >>> mix = MixupCutmix(num_classes=10, mixup_alpha=0.8, cutmix_alpha=1.0)
@@ -403,7 +494,7 @@ class MixupCutmix:
         mixup_alpha, cutmix_alpha: Beta parameters; 0 disables each.
         prob: probability of mixing a batch at all.
         switch_prob: probability of CutMix when both are enabled.
-        label_smoothing: smoothing of the one-hot targets.
+        label_smoothing: ``e``, the mass spread uniformly over all ``num_classes`` (0.1 in LiVT); 0 disables.
     """
 
     def __init__(self, num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.0):

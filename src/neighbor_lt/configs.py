@@ -201,7 +201,21 @@ class NeighborLTTrainingArguments(TrainingArguments):
     cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix alpha (1.0 in the paper); 0 disables."})
     mixup_prob: float = field(default=1.0, metadata={"help": "Probability of applying Mixup or CutMix to a batch."})
     mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of CutMix when both are enabled."})
-    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the (soft) targets."})
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "Label smoothing (0.1 in LiVT): 1 - e + e / C on the label, e / C on each of the C = targets + "
+            "auxiliary classes, before Mixup / CutMix mixes two targets; works with every loss (README: Label "
+            "smoothing). 0 disables."
+        },
+    )
+    random_erasing: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of replacing one random rectangle of a training image with per-pixel normal noise, "
+            "after normalisation (timm's RandomErasing, mode pixel; 0.25 in LiVT). Both input pipelines. 0 disables."
+        },
+    )
     report_train_accuracy: bool = field(
         default=False,
         metadata={

@@ -497,9 +497,11 @@ def _beit_classifier(args: ModelArguments, config: ViTMAEConfig, common: dict, e
 
 
 def encoder_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The encoder tensors (``vit.*`` minus the head) of an MAE or ViT model, keyed without the ``vit.`` prefix."""
+    """The encoder tensors (``vit.*`` / ``beit.*``, minus the head) of an MAE, ViT or BEiT model, keyed without the
+    prefix, so the tensors of an MAE and of the classifier built on it compare by name."""
     state = model.state_dict()
-    return {k[len("vit.") :]: v for k, v in state.items() if k.startswith("vit.")}
+    prefix = "beit." if any(k.startswith("beit.") for k in state) else "vit."
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def grid_size(num_images: int, image_size: int, pad: int = 2, columns: int = 4) -> tuple[int, int]:

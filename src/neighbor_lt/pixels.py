@@ -164,7 +164,8 @@ class BatchAugment:
 
     Training: a random-resized crop (area ``crop_scale``, aspect ratio 3/4..4/3, the same sampling as
     :class:`~neighbor_lt.augment.ImageTransform`) and a horizontal flip per image, all drawn at once and applied with
-    one bilinear ``grid_sample``; then RandAugment (batched) when ``rand_augment`` is a spec; then normalisation.
+    one bilinear ``grid_sample``; then RandAugment (batched) when ``rand_augment`` is a spec; then normalisation; then
+    :class:`~neighbor_lt.augment.RandomErasing` with probability ``random_erasing``.
     Evaluation (``train=False``): resize to ``size`` and normalise.
 
     Example:
@@ -172,8 +173,21 @@ class BatchAugment:
         >>> pixel_values = augment(batch["pixel_values"], train=True)
     """
 
-    def __init__(self, size, mean, std, crop_scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, rand_augment=None):
+    def __init__(
+        self,
+        size,
+        mean,
+        std,
+        crop_scale=(0.08, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        hflip=0.5,
+        rand_augment=None,
+        random_erasing=0.0,
+    ):
+        from .augment import RandomErasing
+
         self.size, self.crop_scale, self.ratio, self.hflip = int(size), tuple(crop_scale), tuple(ratio), hflip
+        self.random_erasing = RandomErasing(random_erasing) if random_erasing else None
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self.rand_augment = None
@@ -225,7 +239,10 @@ class BatchAugment:
                 x = self.rand_augment(x.clamp_(0, 255))
         elif x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        return (x - self.mean.to(device)) / self.std.to(device)
+        x = (x - self.mean.to(device)) / self.std.to(device)
+        if train and self.random_erasing is not None:  # on normalised pixels, as timm
+            x = self.random_erasing(x, generator)
+        return x
 
 
 def make_train_dataset(data_args, training_args, target, aux, num_targets: int, size: int, mean, std):
@@ -236,16 +253,24 @@ def make_train_dataset(data_args, training_args, target, aux, num_targets: int, 
         :class:`~neighbor_lt.augment.ImageTransform` (batch_augment and collator None: the Trainer's defaults); for
         ``tensor`` a :class:`CachedImageDataset`, a :class:`BatchAugment` for the Trainer and :func:`collate_batch`.
     """
-    crop_scale = (data_args.crop_min_scale, 1)
+    crop_scale, erasing = (data_args.crop_min_scale, 1), training_args.random_erasing
     if data_args.input_pipeline == "tensor":
         dataset = CachedImageDataset(target, aux, num_targets, size, data_args.pixel_cache_dir)
-        augment = BatchAugment(size, mean, std, crop_scale=crop_scale, rand_augment=training_args.rand_augment)
+        augment = BatchAugment(
+            size, mean, std, crop_scale=crop_scale, rand_augment=training_args.rand_augment, random_erasing=erasing
+        )
         return dataset, augment, collate_batch
     if data_args.input_pipeline != "pil":
         raise ValueError(f"input_pipeline must be one of {INPUT_PIPELINES}, got {data_args.input_pipeline!r}")
     from .augment import ImageTransform
 
     transform = ImageTransform(
-        size, mean, std, train=True, rand_augment=training_args.rand_augment, crop_scale=crop_scale
+        size,
+        mean,
+        std,
+        train=True,
+        rand_augment=training_args.rand_augment,
+        crop_scale=crop_scale,
+        random_erasing=erasing,
     )
     return MergedImageDataset(target, aux, num_targets, transform), None, None
