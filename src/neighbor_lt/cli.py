@@ -4,6 +4,7 @@ Usage:
     neighbor-lt train --config my_train.yaml [--KEY VALUE ...]        # = recipes/train.py
     accelerate launch -m neighbor_lt.cli train --config my_train.yaml  # several processes / GPUs
     neighbor-lt curate --config my_curate.yaml [--stages ...]          # = recipes/curate.py
+    neighbor-lt evaluate --model outputs/run [--config data.yaml] [--split test]  # a saved model, again
     neighbor-lt analyze outputs/run [outputs/baseline ...]            # = recipes/analyze.py
     neighbor-lt ablate --config my_ablate.yaml                         # = recipes/ablate.py (needs the checkout)
 
@@ -164,6 +165,31 @@ def analyze(argv=None) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------------------------------
+def evaluate(argv=None) -> dict:
+    """Overall / Many / Medium / Few of a saved model on a split, grouped by the model's own training counts, written
+    beside it (``eval_<split>.json``); :func:`neighbor_lt.evaluation.evaluate_saved_model`. The results.
+
+    Example:
+        >>> evaluate(["--model", "outputs/demo", "--split", "validation"])["few"]  # doctest: +SKIP
+
+    Args:
+        argv: ``--model DIR``, the data (``--config YAML`` and / or ``--KEY VALUE``; default: the model's own
+            ``args.yaml``), ``--split``, ``--batch_size``, ``--update_card`` (``--help`` lists them all).
+    """
+    from neighbor_lt.configs import setup_logging
+    from neighbor_lt.evaluation import evaluate_saved_model, parse_evaluate_args
+    from neighbor_lt.metrics import format_table
+
+    args, data_args = parse_evaluate_args(list(sys.argv[1:] if argv is None else argv))
+    setup_logging(argparse.Namespace(should_log=True))
+    results = evaluate_saved_model(args, data_args)
+    print(format_table(results, title=f"{args.model} on {results['split']} ({results['num_images']} images)"))
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # curate, ablate
 # --------------------------------------------------------------------------------------------------------------------
 def curate(argv=None) -> int:
@@ -186,6 +212,7 @@ def ablate(argv=None) -> int:
 COMMANDS = {
     "train": (train, "train on target + neighbor classes, save the masked target-only model (recipes/train.py)"),
     "curate": (curate, "find neighbor classes and build the auxiliary dataset (recipes/curate.py)"),
+    "evaluate": (evaluate, "Overall / Many / Medium / Few of a saved model on any split, written beside it"),
     "analyze": (analyze, "plots of trained runs, linked from the model card (recipes/analyze.py)"),
     "ablate": (ablate, "do neighbors help on your data? every variant x seed, with a report (recipes/ablate.py)"),
 }

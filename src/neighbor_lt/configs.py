@@ -319,7 +319,7 @@ def _several_processes_without_gpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def parse_args(dataclass_types, args: list[str] | None = None):
+def parse_args(dataclass_types, args: list[str] | None = None, defaults: dict | None = None):
     """Parse dataclasses from an optional ``--config`` YAML file, overridden by command-line flags.
 
     Example:
@@ -329,6 +329,7 @@ def parse_args(dataclass_types, args: list[str] | None = None):
     Args:
         dataclass_types: the argument dataclasses, in the order they are returned.
         args: command-line arguments; ``sys.argv[1:]`` when None.
+        defaults: values under the YAML file's (e.g. the data keys of a run's own ``args.yaml``), checked as its.
 
     Raises:
         ConfigError: on an unknown key in the YAML file or on the command line.
@@ -336,8 +337,9 @@ def parse_args(dataclass_types, args: list[str] | None = None):
     args = list(sys.argv[1:] if args is None else args)
     parser = HfArgumentParser(dataclass_types)
     config_path = pop_config_path(args)
-    if config_path is not None:
-        values = read_yaml_mapping(config_path)
+    if config_path is not None or defaults:
+        values = {**(defaults or {}), **(read_yaml_mapping(config_path) if config_path is not None else {})}
+        config_path = config_path or "the given defaults"
         values.pop(RUN_KEY, None)  # facts recorded by save_args (process count ...), not arguments
         for key in [k for k, v in values.items() if v == REDACTED]:
             # a saved args.yaml: the secret was not written; take it from the environment or the command line

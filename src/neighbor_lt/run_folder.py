@@ -9,6 +9,8 @@ A run folder holds the masked model (``config.json``, ``*.safetensors``, ``prepr
 - ``args.yaml``: the resolved arguments, secrets redacted (:func:`neighbor_lt.configs.save_args`); a rerun is
   ``--config args.yaml``.
 - ``train_results.json``: the Trainer's training metrics.
+- ``eval_<split>.json`` and ``per_class_accuracy_<split>.csv``: a later evaluation of the saved model
+  (``neighbor-lt evaluate``), in the same formats; the files above and the card stay those of the training run.
 
 The recipe, the model card (:mod:`neighbor_lt.hub`), the plots (:mod:`neighbor_lt.plots`) and the Space read these
 files through :class:`RunFolder` only.
@@ -36,6 +38,24 @@ EVAL_FILE = "eval_results.json"
 TRAIN_FILE = "train_results.json"
 PER_CLASS_FILE = "per_class_accuracy.csv"
 ARGS_FILE = "args.yaml"
+
+
+def _split_suffix(split: str | None) -> str:
+    """``""`` for the training run's own files, else ``_<split>`` (characters outside ``A-Za-z0-9._-`` become ``_``)."""
+    if split is None:
+        return ""
+    return "_" + "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in split)
+
+
+def eval_file(split: str | None = None) -> str:
+    """``eval_results.json`` of the training run, or ``eval_<split>.json`` of a later evaluation."""
+    return EVAL_FILE if split is None else f"eval{_split_suffix(split)}.json"
+
+
+def per_class_file(split: str | None = None) -> str:
+    """``per_class_accuracy.csv`` of the training run, or ``per_class_accuracy_<split>.csv`` of a later evaluation."""
+    stem, ext = os.path.splitext(PER_CLASS_FILE)
+    return f"{stem}{_split_suffix(split)}{ext}"
 
 
 @dataclass
@@ -123,16 +143,20 @@ class RunFolder:
 
     # -- eval_results.json / per_class_accuracy.csv -------------------------------------------------------------------
 
-    def write_eval_results(self, results: dict, split: str, num_images: int, **extra) -> str:
+    def write_eval_results(
+        self, results: dict, split: str, num_images: int, evaluation: str | None = None, **extra
+    ) -> str:
         """The Overall / Many / Medium / Few accuracy (NaN for an empty group is written as null), group sizes and
-        where they were measured."""
+        where they were measured; into ``eval_results.json``, or ``eval_<evaluation>.json`` when ``evaluation``
+        names a later evaluation (see :func:`eval_file`)."""
         out = {k: _finite_or_none(results.get(k)) for k in ("overall", *GROUPS)}
         out.update(group_sizes=results.get("group_sizes"), split=split, num_images=int(num_images), **extra)
-        return self._write_json(EVAL_FILE, out)
+        return self._write_json(eval_file(evaluation), out)
 
-    def read_eval_results(self) -> dict | None:
-        """``eval_results.json``; an empty group's accuracy (null) is NaN, as :func:`long_tail_accuracy` gives it."""
-        values = self._read_json(EVAL_FILE)
+    def read_eval_results(self, evaluation: str | None = None) -> dict | None:
+        """``eval_results.json`` (or ``eval_<evaluation>.json``); an empty group's accuracy (null) is NaN, as
+        :func:`long_tail_accuracy` gives it."""
+        values = self._read_json(eval_file(evaluation))
         if values is not None:
             for k in ("overall", *GROUPS):
                 if k in values and values[k] is None:
@@ -142,9 +166,10 @@ class RunFolder:
     def read_train_results(self) -> dict | None:
         return self._read_json(TRAIN_FILE)
 
-    def write_per_class(self, results: dict, info: RunInfo) -> str:
-        """``per_class_accuracy.csv`` from :func:`long_tail_accuracy`'s ``per_class`` and the run's label space."""
-        path = self.file(PER_CLASS_FILE)
+    def write_per_class(self, results: dict, info: RunInfo, evaluation: str | None = None) -> str:
+        """``per_class_accuracy.csv`` (or ``per_class_accuracy_<evaluation>.csv``) from :func:`long_tail_accuracy`'s
+        ``per_class`` and the run's label space."""
+        path = self.file(per_class_file(evaluation))
         os.makedirs(self.path, exist_ok=True)
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
@@ -156,11 +181,13 @@ class RunFolder:
                 writer.writerow([i, name, int(count), group, "" if math.isnan(acc) else f"{acc:.6f}"])
         return path
 
-    def read_per_class(self) -> list[dict] | None:
-        """Rows of ``per_class_accuracy.csv`` (``accuracy`` NaN for a class without evaluation images)."""
-        if not self.has(PER_CLASS_FILE):
+    def read_per_class(self, evaluation: str | None = None) -> list[dict] | None:
+        """Rows of ``per_class_accuracy.csv`` or ``per_class_accuracy_<evaluation>.csv`` (``accuracy`` NaN for a
+        class without evaluation images)."""
+        name = per_class_file(evaluation)
+        if not self.has(name):
             return None
-        with open(self.file(PER_CLASS_FILE), newline="", encoding="utf-8") as f:
+        with open(self.file(name), newline="", encoding="utf-8") as f:
             return [
                 {
                     "name": row["name"],
