@@ -57,9 +57,9 @@ def test_dotted_overrides_reach_every_section_and_nested_keys(tmp_path):
         str(DEMO),
         [
             "--neighbors.k", "3", "--neighbors.ratios", "[1, 2, 4]", "--neighbors.backend_kwargs.depth=4",
-            "--retrieve.backend", "bing", "--retrieve.backend_kwargs", "{}",
-            "--retrieve.backend_kwargs.endpoint", "http://127.0.0.1:9/v7.0/images/search",
-            "--retrieve.backend_kwargs.page_size", "20", "--retrieve.download.num_workers", "2",
+            "--retrieve.backend", "serpapi", "--retrieve.backend_kwargs", "{}",
+            "--retrieve.backend_kwargs.endpoint", "http://127.0.0.1:9/search.json",
+            "--retrieve.backend_kwargs.max_pages", "20", "--retrieve.download.num_workers", "2",
             "--filter.gamma_low", "1e-1", "--build.target_name", "2024", "--target.num_classes", "5",
         ],
         output_dir=str(tmp_path),
@@ -68,8 +68,8 @@ def test_dotted_overrides_reach_every_section_and_nested_keys(tmp_path):
     neighbors, retrieve = config.arguments("neighbors"), config.arguments("retrieve")
     assert neighbors.k == 3 and neighbors.ratios == [1, 2, 4] and neighbors.backend_kwargs == {"depth": 4}
     assert neighbors.vocabulary == "../shared/data/tiny-imagenet-200/classes.tsv"  # the YAML's other keys stay
-    assert retrieve.backend == "bing" and retrieve.download == {"num_workers": 2}
-    assert retrieve.backend_kwargs == {"endpoint": "http://127.0.0.1:9/v7.0/images/search", "page_size": 20}
+    assert retrieve.backend == "serpapi" and retrieve.download == {"num_workers": 2}
+    assert retrieve.backend_kwargs == {"endpoint": "http://127.0.0.1:9/search.json", "max_pages": 20}
     assert config.arguments("filter").gamma_low == 0.1 and config.arguments("build").target_name == "2024"
     assert config.target.num_classes == 5 and config.output_dir == str(tmp_path)
     assert config.stages == ["neighbors", "retrieve"]  # pipeline order, whatever the command line's
@@ -83,8 +83,8 @@ def test_dotted_overrides_reach_every_section_and_nested_keys(tmp_path):
         (["--retreive.backend", "bing"], r"unknown key retreive\.backend \(the first part must be one of target, "),
         (["--retrieve.backend_kwargs.captoin", "x"],
          r"unknown option\(s\) captoin in retrieve.backend_kwargs \(pool\) for PoolSearch \(valid: .*caption_column"),
-        (["--retrieve.backend", "bing", "--retrieve.backend_kwargs", "{pagesize: 10}"],
-         r"unknown option\(s\) pagesize .* for BingImageSearch \(valid: api_key, endpoint, api_key_env, page_size"),
+        (["--retrieve.backend", "brave", "--retrieve.backend_kwargs", "{pagesize: 10}"],
+         r"unknown option\(s\) pagesize .* for BraveImageSearch \(valid: api_key, endpoint, api_key_env, timeout"),
         (["--neighbors.backend_kwargs.dept", "2"], r"unknown option\(s\) dept in neighbors.backend_kwargs \(wordnet\)"),
         (["--neighbors.model", "gpt-4o"], r"model: not an option of the wordnet backend \(its options: depth, "),
         (["--retrieve.download.workers", "2"], r"unknown key\(s\) in retrieve.download: workers \(known: .*num_workers"),
@@ -114,10 +114,10 @@ def test_an_unknown_key_exits_2_with_one_line_and_runs_nothing(tmp_path):
 # ---------------------------------------------------------------------------------------------------- saved config
 def test_the_resolved_config_is_saved_redacted_and_reruns_the_same_curation(tmp_path, monkeypatch):
     secret = "sk-saved-config-canary-31337"
-    monkeypatch.delenv("BING_SEARCH_KEY", raising=False)
+    monkeypatch.delenv("BRAVE_API_KEY", raising=False)
     config = load_config(
         str(DEMO),
-        ["--retrieve.backend", "bing", "--retrieve.backend_kwargs", "{}", "--retrieve.backend_kwargs.api_key", secret,
+        ["--retrieve.backend", "brave", "--retrieve.backend_kwargs", "{}", "--retrieve.backend_kwargs.api_key", secret,
          "--retrieve.backend_kwargs.endpoint", f"http://user:{secret}x@127.0.0.1:9/search", "--neighbors.k", "4"],
         output_dir=str(tmp_path / "out"),
     )  # fmt: skip
@@ -322,7 +322,9 @@ def test_benchmark_curate_recipes_validate_offline_and_price_first(recipe):
     assert neighbors.backend == "openai" and neighbors.backend_kwargs["model"] == "gpt-4"  # the paper's LLM, k, ratios
     assert neighbors.k == 5 and neighbors.ratios == [1, 1, 3]
     assert config.stages == ["neighbors"] and neighbors.dry_run  # as is, the file only prices the LLM requests
-    assert retrieve.backend in ("google", "bing", "duckduckgo") and retrieve.search_only  # then the searches only
+    # then the searches: priced first, on a live API (not Bing, retired; not Google CSE, closing), at the paper's size
+    assert retrieve.backend == "serpapi" and retrieve.dry_run and retrieve.search_only
+    assert retrieve.images_per_class == 800 and config.arguments("build").max_images_per_class is None
     assert filters.model_name_or_path.startswith("facebook/dinov2-") and (filters.gamma_low, filters.gamma_high) == (
         0.7, 0.98)  # fmt: skip
     assert config.arguments("build").hub_dataset_id

@@ -296,7 +296,7 @@ def test_the_per_auxiliary_cap_applies_to_the_visual_choice():
 
 
 def test_web_probes_are_searched_and_fetched_once(tmp_path, tiny_imagenet_dir, colour_embedder):
-    """Against a Bing-style search API and image host on 127.0.0.1: the retrieve stage reuses the rank stage's
+    """Against the Brave image search API and an image host on 127.0.0.1: the retrieve stage reuses the rank stage's
     searches and probe images, so every search is sent once and every image fetched once."""
     from retrieval_fixtures.server import ImageServer, load_jpegs
 
@@ -305,8 +305,8 @@ def test_web_probes_are_searched_and_fetched_once(tmp_path, tiny_imagenet_dir, c
     server = ImageServer(load_jpegs(tiny_imagenet_dir, 40), search_results=results).start()
     try:
         retrieve = {
-            "backend": "bing", "max_results_per_query": 6,
-            "backend_kwargs": {"api_key": "test-key", "endpoint": server.url("/v7.0/images/search")},
+            "backend": "brave", "images_per_class": 6,
+            "backend_kwargs": {"api_key": "test-key", "endpoint": server.url("/res/v1/images/search")},
             "download": {"allowed_networks": ["127.0.0.1/32"], "requests_per_second_per_host": 0, "num_workers": 2},
         }  # fmt: skip
         context = CurateContext(str(tmp_path), target=make_target(), sections={"retrieve": retrieve})
@@ -315,13 +315,13 @@ def test_web_probes_are_searched_and_fetched_once(tmp_path, tiny_imagenet_dir, c
         assert manifest["ranking"]["status"] == "ran" and manifest["ranking"]["candidates_without_probes"] == [
             "unicorn"
         ]
-        searches = server.requests["/v7.0/images/search"]
+        searches = server.requests["/res/v1/images/search"]
         assert searches == 6  # one per candidate, unicorn included
         assert sum(n for p, n in server.requests.items() if p.startswith("/img/")) == 5 * 4  # the probes only
         summary = run_retrieve(retrieve, context)
     finally:
         server.stop()
-    assert server.requests["/v7.0/images/search"] == searches  # the retrieve stage searched nothing again
+    assert server.requests["/res/v1/images/search"] == searches  # the retrieve stage searched nothing again
     fetched = {p: n for p, n in server.requests.items() if p.startswith("/img/")}
     assert max(fetched.values()) == 1 and len(fetched) == 5 * 4 + 2 * 2  # the 2 kept classes' other 2 images
     records = read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")

@@ -31,15 +31,15 @@ def server(tiny_imagenet_dir):
 def api_kwargs(server, name):
     return {
         "google": {"api_key": "test-key", "cx": "test-cx", "endpoint": server.url("/customsearch/v1")},
-        "bing": {"api_key": "test-key", "endpoint": server.url("/v7.0/images/search"), "page_size": 10},
-        "duckduckgo": {"endpoint": server.url("/ddg")},
+        "brave": {"api_key": "test-key", "endpoint": server.url("/res/v1/images/search")},
+        "serpapi": {"api_key": "test-key", "endpoint": server.url("/search.json")},
     }[name]
 
 
-@pytest.mark.parametrize("name", ["google", "bing", "duckduckgo"])
+@pytest.mark.parametrize("name", ["google", "brave", "serpapi"])
 def test_web_search_apis(server, name):
     backend = get_search_backend(name, **api_kwargs(server, name))
-    hits = backend.search("goldfish", max_results=22)  # more than one page for google and bing
+    hits = backend.search("goldfish", max_results=22)  # more than one page for google
     assert [h.image_url for h in hits] == [server.url(f"/img/{i}.jpg") for i in range(22)]
     assert hits[3].page_url == server.url("/page/3") and hits[3].caption == "Goldfish number 3"
     assert [h.rank for h in hits] == list(range(22))
@@ -49,8 +49,8 @@ def test_web_search_apis(server, name):
 def test_api_key_from_environment(server, monkeypatch):
     with pytest.raises(ValueError, match="GOOGLE_API_KEY"):
         get_search_backend("google", cx="c", endpoint=server.url("/customsearch/v1"))
-    monkeypatch.setenv("BING_SEARCH_KEY", "test-key")
-    backend = get_search_backend("bing", endpoint=server.url("/v7.0/images/search"))
+    monkeypatch.setenv("BRAVE_API_KEY", "test-key")
+    backend = get_search_backend("brave", endpoint=server.url("/res/v1/images/search"))
     assert len(backend.search("axolotl")) == 2
     with pytest.raises(ValueError, match="unknown search backend"):
         get_search_backend("altavista")
@@ -160,24 +160,24 @@ def test_a_bad_manifest_fails_before_any_request(server, tmp_path, auxiliary, me
 def test_zero_results_are_recorded_and_asked_again_with_retry_failed(server, tmp_path, caplog):
     write_manifest(tmp_path, [{"name": n, "neighbor_of": ["tench"]} for n in ("axolotl", "unicorn")])
     context = CurateContext(str(tmp_path))
-    section = {"backend": "bing", "backend_kwargs": api_kwargs(server, "bing"), "download": LOOPBACK}
+    section = {"backend": "serpapi", "backend_kwargs": api_kwargs(server, "serpapi"), "download": LOOPBACK}
     with caplog.at_level("INFO"):
         summary = run_retrieve(section, context)
     assert summary["ok"] == 1 and summary["not_image"] == 1
     searches = {r["aux_name"]: r for r in read_jsonl(tmp_path / "retrieve" / "searches.jsonl")}
     assert searches["unicorn"]["status"] == "empty" and searches["unicorn"]["candidates"] == []
     assert "1 with zero results ('unicorn')" in caplog.text and "--retry_failed" in caplog.text
-    calls = server.requests["/v7.0/images/search"]
+    calls = server.requests["/search.json"]
     run_retrieve(section, context)
-    assert server.requests["/v7.0/images/search"] == calls  # cached: a plain rerun asks nothing
+    assert server.requests["/search.json"] == calls  # cached: a plain rerun asks nothing
     run_retrieve({**section, "retry_failed": True}, context)
-    assert server.requests["/v7.0/images/search"] == calls + 1  # only the empty query is asked again
+    assert server.requests["/search.json"] == calls + 1  # only the empty query is asked again
 
 
 CANARIES = {"env": "canary-env-7f3a9c1e", "inline": "canary-inline-5b2d8e40", "url": "canary-url-91c4f7aa"}
 
 
-def run_curate(tmp_path, name, retrieve, env_key=None):
+def run_curate(tmp_path, name, retrieve, env_key=None, env_var="GOOGLE_API_KEY"):
     """Run recipes/curate.py --stages retrieve in a subprocess; returns (exit status, stdout + stderr)."""
     import subprocess
     import sys
@@ -187,10 +187,11 @@ def run_curate(tmp_path, name, retrieve, env_key=None):
     config = {"output_dir": str(tmp_path / name), "stages": ["retrieve"], "target": {}, "retrieve": retrieve}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_API_KEY", "GOOGLE_CSE_ID")}
+    keys = ("GOOGLE_API_KEY", "GOOGLE_CSE_ID", "BRAVE_API_KEY", "SERPAPI_API_KEY")
+    env = {k: v for k, v in os.environ.items() if k not in keys}
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     if env_key:
-        env["GOOGLE_API_KEY"] = env_key
+        env[env_var] = env_key
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, str(root / "recipes" / "curate.py"), "--config", str(path)],

@@ -11,7 +11,7 @@ and a function ``run(arguments, context)``. :data:`STAGES` lists them in order:
 
 A curation YAML file has ``output_dir``, ``stages``, a ``target`` section (the target set, the ``# Data`` keys of a
 training YAML, :class:`~neighbor_lt.configs.DataArguments`) and one section per stage. Any key can be overridden on the
-command line with its dotted path (``--neighbors.k 3 --retrieve.backend bing --retrieve.download.num_workers 8``).
+command line with its dotted path (``--neighbors.k 3 --retrieve.backend brave --retrieve.download.num_workers 8``).
 An unknown key, an invalid value, or a backend option the backend does not take is a :class:`ConfigError` that names
 the valid keys, raised before any stage runs. The resolved configuration (secrets redacted) is written to
 ``<output_dir>/curate_config.yaml`` and reruns the same curation as ``--config``.
@@ -127,12 +127,12 @@ def check_backend_options(cls, options: dict, where: str) -> dict:
     valid keys. The one check every stage applies to its ``backend_kwargs``.
 
     Example:
-        >>> from neighbor_lt.retrieval.search import BingImageSearch
-        >>> check_backend_options(BingImageSearch, {"pagesize": 10}, "retrieve.backend_kwargs")
+        >>> from neighbor_lt.retrieval.search import BraveImageSearch
+        >>> check_backend_options(BraveImageSearch, {"pagesize": 10}, "retrieve.backend_kwargs")
         Traceback (most recent call last):
         ...
-        neighbor_lt.configs.ConfigError: unknown option(s) pagesize in retrieve.backend_kwargs for BingImageSearch \
-(valid: api_key, endpoint, api_key_env, page_size, timeout, extra_params)
+        neighbor_lt.configs.ConfigError: unknown option(s) pagesize in retrieve.backend_kwargs for BraveImageSearch \
+(valid: api_key, endpoint, api_key_env, timeout, extra_params, price_per_1000)
     """
     if not isinstance(options, dict):
         raise ConfigError(f"{where} must be a mapping of option names to values (got {options!r})")
@@ -266,7 +266,7 @@ def parse_value(raw: str, annotation=None):
 
 
 def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
-    """``["--neighbors.k", "3", "--retrieve.backend=bing"]`` -> ``[("neighbors.k", "3"), ("retrieve.backend", "bing")]``.
+    """``["--neighbors.k", "3", "--retrieve.backend=brave"]`` -> ``[("neighbors.k", "3"), ("retrieve.backend", "brave")]``.
 
     Raises:
         ConfigError: an argument that is not ``--dotted.key value``.
@@ -487,7 +487,7 @@ under `output_dir` and is resumable: rerunning a finished stage does no new work
 (secrets redacted) is written to `<output_dir>/curate_config.yaml`.
 
 Any key of the YAML file can be overridden on the command line by its dotted path (--SECTION.KEY VALUE,
---SECTION.KEY.SUBKEY VALUE), e.g. --neighbors.k 3 --retrieve.backend bing --retrieve.download.num_workers 8.
+--SECTION.KEY.SUBKEY VALUE), e.g. --neighbors.k 3 --retrieve.backend brave --retrieve.download.num_workers 8.
 
 --retry_failed: the retrieve stage asks again the searches with zero results and fetches again only the URLs that
 failed with a retryable outcome. The neighbors stage always asks again the classes whose request failed (only usable

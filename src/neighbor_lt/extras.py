@@ -12,7 +12,6 @@ from types import ModuleType
 EXTRA_OF = {
     "openai": "neighbors",
     "httpx": "retrieval",
-    "ddgs": "retrieval",
     "matplotlib": "plots",
     "sklearn": "plots",
     "scipy": "ablate",

@@ -36,7 +36,8 @@ _QUERY_SECRET = re.compile(
 # scheme://user:password@host and scheme://token@host
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s@'\"]+)@")
 # Authorization: Bearer xxx / "Bearer xxx"
-_BEARER = re.compile(r"(?P<prefix>\b(?:Bearer|Basic|Token)\s+)(?P<value>[^\s'\"\\]+)", re.IGNORECASE)
+# ("Token" only capitalised, as the scheme is written: "the provided subscription token is invalid" is an API's message)
+_BEARER = re.compile(r"(?P<prefix>\b(?:(?i:Bearer|Basic)|Token)\s+)(?P<value>[^\s'\"\\]+)")
 # Environment variables whose values are treated as secrets when they are at least this long.
 _MIN_SECRET_LEN = 4
 

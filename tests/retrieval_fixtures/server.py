@@ -23,8 +23,12 @@ Routes (GET):
   /robots.txt             User-agent: * / Disallow: /private/ (status ``robots_status``: 503 = unreachable)
   /outage/<i>.jpg         503 while ``outage`` is set, else image i (for retrying failed URLs)
   /customsearch/v1        Google Custom Search JSON API (image search); Google's error JSON for a wrong key
-  /v7.0/images/search     Bing-style image search API; Bing's error JSON for a wrong key
-  /ddg, /ddg/i.js         DuckDuckGo token page and image results
+  /res/v1/images/search   Brave Search API image search (X-Subscription-Token, q, count <= 200, no offset)
+  /search.json            SerpApi, engine=google_images (api_key, q, ijn: 100 images a page)
+
+The search APIs answer in their documented formats, errors included; ``api_mode`` switches them all to one failure:
+"quota" (the provider's quota-exhausted answer), "malformed" (HTTP 200 with a body that is not JSON), "gone"
+(HTTP 410, an API that was shut down) or, for Brave, "burst" (one 429 with Retry-After: 0 per query). ``search_results`` maps a query to its hits (image path, page path, title).
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class ImageServer:
         self.api_key = api_key
         self.robots_status = 200
         self.outage = False
+        self.api_mode: str | None = None
         self.requests: Counter = Counter()
         self.flaky: Counter = Counter()
         self.lock = threading.Lock()
@@ -169,13 +174,10 @@ class ImageServer:
                     return self.send(200, server.jpegs[2], headers={"X-Robots-Tag": "noai, noimageai"})
                 if path == "/customsearch/v1":
                     return self.google(query)
-                if path == "/v7.0/images/search":
-                    return self.bing(query)
-                if path == "/ddg":
-                    q = query["q"][0]
-                    return self.send(200, f'<html><script>vqd="4-123{len(q)}"</script></html>'.encode(), "text/html")
-                if path == "/ddg/i.js":
-                    return self.ddg(query)
+                if path == "/res/v1/images/search":
+                    return self.brave(query)
+                if path == "/search.json":
+                    return self.serpapi(query)
                 return self.send(404, b"not found", "text/plain")
 
             def results(self, query):
@@ -184,7 +186,23 @@ class ImageServer:
             def json(self, value):
                 self.send(200, json.dumps(value).encode(), "application/json")
 
+            def failure(self, error: dict, quota_status: int = 429, quota_body: dict | None = None) -> bool:
+                """Answer with the mode's failure (True) or leave the request to the API (False)."""
+                if server.api_mode == "malformed":
+                    self.send(200, b'{"results": [{"title": "cut off', "application/json")
+                elif server.api_mode == "gone":
+                    self.send(410, json.dumps(error).encode(), "application/json")
+                elif server.api_mode == "quota":
+                    self.send(quota_status, json.dumps(quota_body).encode(), "application/json")
+                return server.api_mode in ("malformed", "gone", "quota")
+
             def google(self, query):
+                gone = {"error": {"code": 410, "message": "Custom Search JSON API is no longer available.",
+                                  "status": "GONE"}}  # fmt: skip
+                quota = {"error": {"code": 429, "message": "Quota exceeded for quota metric 'Queries' and limit "
+                                   "'Queries per day'.", "status": "RESOURCE_EXHAUSTED"}}  # fmt: skip
+                if self.failure(gone, 429, quota):
+                    return
                 if query.get("key") != [server.api_key]:  # what Google answers for a wrong key
                     error = {"code": 400, "message": "API key not valid. Please pass a valid API key.",
                              "status": "INVALID_ARGUMENT"}  # fmt: skip
@@ -199,23 +217,75 @@ class ImageServer:
                 ]
                 self.json({"items": items} if items else {})
 
-            def bing(self, query):
-                if self.headers.get("Ocp-Apim-Subscription-Key") != server.api_key:  # Bing's answer
-                    error = {"code": "401", "message": "Access denied due to invalid subscription key or wrong API "
-                             "endpoint. Make sure to provide a valid key for an active subscription."}  # fmt: skip
-                    return self.send(401, json.dumps({"error": error}).encode(), "application/json")
-                offset, count = int(query["offset"][0]), int(query["count"][0])
-                hits = self.results(query)[offset : offset + count]
-                value = [{"contentUrl": server.url(i), "hostPageUrl": server.url(p), "name": t} for i, p, t in hits]
-                self.json({"value": value, "nextOffset": offset + len(hits)})
+            def brave_error(self, status, code, detail, meta):
+                error = {"id": "0f2b8c1e", "status": status, "code": code, "detail": detail, "meta": meta}
+                body = {"type": "ErrorResponse", "error": error, "time": 1764720000}
+                self.send(status, json.dumps(body).encode(), "application/json")
 
-            def ddg(self, query):
-                if not query.get("vqd", [""])[0].startswith("4-123"):
-                    return self.send(403, b"{}", "application/json")
-                start = int(query.get("s", ["0"])[0])
-                hits = self.results(query)[start : start + 100]
-                results = [{"image": server.url(i), "url": server.url(p), "title": t} for i, p, t in hits]
-                self.json({"results": results})
+            def brave(self, query):
+                quota_meta = {"component": "rate_limiter", "plan": "Search", "rate_limit": 50, "rate_current": 1,
+                              "quota_limit": 2000, "quota_current": 2000}  # fmt: skip
+                if server.api_mode == "burst" and not server.flaky[query["q"][0]]:  # over the per-second limit
+                    server.flaky[query["q"][0]] += 1
+                    self.send_response(429)
+                    body = json.dumps({"type": "ErrorResponse", "error": {"status": 429, "code": "RATE_LIMITED"}})
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    return self.wfile.write(body.encode())
+                if server.api_mode == "quota":  # Brave's answer once the plan's monthly quota is spent
+                    return self.brave_error(429, "RATE_LIMITED", "Request rate limit exceeded for plan.", quota_meta)
+                if self.failure({"type": "ErrorResponse"}):
+                    return
+                if self.headers.get("X-Subscription-Token") != server.api_key:  # Brave's answer for a wrong token
+                    return self.brave_error(
+                        422, "SUBSCRIPTION_TOKEN_INVALID", "The provided subscription token is invalid.",
+                        {"component": "authentication"},
+                    )  # fmt: skip
+                count = int(query.get("count", ["50"])[0])
+                if not 1 <= count <= 200 or "offset" in query:
+                    return self.brave_error(
+                        422, "VALIDATION", "Unable to validate request parameter(s)", {"errors": ["count"]}
+                    )
+                hits = self.results(query)[:count]
+                results = [
+                    {"type": "image_result", "title": title, "url": server.url(page), "source": "127.0.0.1",
+                     "thumbnail": {"src": server.url(img) + "?thumb"},
+                     "properties": {"url": server.url(img), "placeholder": server.url(img) + "?ph"},
+                     "meta_url": {"scheme": "http", "netloc": "127.0.0.1", "path": page}, "confidence": "high"}
+                    for img, page, title in hits
+                ]  # fmt: skip
+                original = query["q"][0]
+                self.json({"type": "images", "query": {"original": original, "spellcheck_off": False},
+                           "results": results, "extra": {"might_be_offensive": False}})  # fmt: skip
+
+            def serpapi(self, query):
+                if self.failure({"error": "The search expired and has been deleted from the archive."}, 429,
+                                {"error": "Your account has run out of searches."}):  # fmt: skip
+                    return
+                if query.get("api_key") != [server.api_key]:  # SerpApi's answer for a wrong key
+                    error = {
+                        "error": "Invalid API key. Your API key should be here: https://serpapi.com/manage-api-key"
+                    }
+                    return self.send(401, json.dumps(error).encode(), "application/json")
+                if query.get("engine") != ["google_images"] or not query.get("q"):
+                    return self.send(400, b'{"error": "Missing query `q` parameter."}', "application/json")
+                page = int(query.get("ijn", ["0"])[0])
+                hits = self.results(query)[page * 100 : page * 100 + 100]
+                metadata = {"id": "6540ac26b68f8b2910019dd5", "status": "Success",
+                            "json_endpoint": "https://serpapi.com/searches/d46c933a/6540ac26.json"}  # fmt: skip
+                parameters = {"engine": "google_images", "q": query["q"][0], "ijn": str(page)}
+                if not hits:  # an empty result is a Success with an error text
+                    return self.json({"search_metadata": metadata, "search_parameters": parameters,
+                                      "search_information": {"image_results_state": "Fully empty"},
+                                      "error": "Google hasn't returned any results for this query."})  # fmt: skip
+                images = [
+                    {"position": page * 100 + i + 1, "thumbnail": server.url(img) + "?thumb", "original": server.url(img),
+                     "original_width": 64, "original_height": 64, "title": title, "link": server.url(page_path),
+                     "source": "127.0.0.1", "is_product": False}
+                    for i, (img, page_path, title) in enumerate(hits)
+                ]  # fmt: skip
+                self.json({"search_metadata": metadata, "search_parameters": parameters, "images_results": images})
 
         class Server(ThreadingHTTPServer):
             def handle_error(self, request, client_address):

@@ -1,17 +1,22 @@
-"""Image search backends, chosen by name: web APIs (Google CSE, Bing-style, DuckDuckGo), a local pool, URL lists.
+"""Image search backends, chosen by name: web image search APIs (Brave, Google Images through SerpApi, Google CSE
+until it closes), a local pool, URL lists.
 
 Every backend answers ``search(query, max_results, **hints)`` with a list of :class:`Candidate` (image URL, page URL,
-caption). The ``pool`` backend also carries the image bytes, so nothing is downloaded for it.
+caption) and declares what it is (:class:`SearchBackend`: local, cacheable, paged, priced). The ``pool`` backend also
+carries the image bytes, so nothing is downloaded for it. Retired APIs stay as names that fail with the reason.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import re
+import time
 import unicodedata
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from ..secrets import redact, register_secret
@@ -61,6 +66,18 @@ def _api_key(value: str | None, env: str | None, what: str) -> str:
     return key
 
 
+@dataclass(frozen=True)
+class Price:
+    """A provider's list price: ``per_1000`` requests in ``currency``, read on ``read`` from ``source``."""
+
+    per_1000: float
+    currency: str
+    plan: str
+    source: str
+    read: str
+    limits: str = ""
+
+
 class SearchBackend:
     """What a search backend declares, so that the stages ask it instead of testing its name.
 
@@ -76,33 +93,79 @@ class SearchBackend:
     pages: bool = False
     page_size: int = 0
     max_results: int | None = None
+    #: what one request costs (web APIs), for ``retrieve.dry_run``
+    price: Price | None = None
 
     def search(self, query: str, max_results: int = 100, **hints) -> list[Candidate]:
         raise NotImplementedError
 
+    @classmethod
+    def requests_per_query(cls, results: int, options: dict) -> int:
+        """Requests one query of ``results`` candidates sends (0 for a source that is not a web API)."""
+        if not cls.pages:
+            return 0
+        return max(1, math.ceil(min(results, cls.max_results or results) / cls.page_size))
+
 
 class SearchError(Exception):
-    """A search request failed; the message is the API's own error (redacted), never the request URL."""
+    """A search request failed; the message is the API's own error (redacted), never the request URL.
+
+    ``fatal``: no other query can succeed either (a bad or exhausted key, an API that is gone): stop asking.
+    """
+
+    def __init__(self, message: str, status: int | None = None, fatal: bool = False):
+        super().__init__(message)
+        self.status, self.fatal = status, fatal
+
+
+#: answers that no later query can escape: no valid key (401, 403; Brave says 422), no credit left (402), gone (410)
+FATAL_STATUS = (401, 402, 403, 410, 422)
+RATE_LIMIT_WAIT = 5.0  # longest Retry-After honoured once per request; a longer one is a quota, not a burst
 
 
 def _get_json(client, url: str, what: str, **kwargs) -> dict:
-    """GET ``url`` and return its JSON; any failure is a :class:`SearchError` carrying the API's own message."""
+    """GET ``url`` and return its JSON; any failure is a :class:`SearchError` carrying the API's own message.
+
+    A 429 whose Retry-After is at most a few seconds (a per-second limit) is retried once after that wait; any other
+    429 (a monthly quota, an hourly throughput cap) is fatal like a bad key.
+    """
     import httpx
 
+    for attempt in range(2):
+        try:
+            response = client.get(url, **kwargs)
+        except (
+            httpx.HTTPError
+        ) as e:  # the message of a connection error may hold the URL: keep only its type and reason
+            raise SearchError(redact(f"{what}: {type(e).__name__}: {e}")) from None
+        wait = _retry_after(response) if response.status_code == 429 and attempt == 0 else None
+        if wait is None or wait > RATE_LIMIT_WAIT:
+            break
+        time.sleep(wait)
+    status = response.status_code
+    if status >= 400:
+        message = redact(f"{what}: HTTP {status}: {_api_message(response)}")
+        raise SearchError(message, status, fatal=status in FATAL_STATUS or status == 429)
     try:
-        response = client.get(url, **kwargs)
-    except httpx.HTTPError as e:  # the message of a connection error may hold the URL: keep only its type and reason
-        raise SearchError(redact(f"{what}: {type(e).__name__}: {e}")) from None
-    if response.status_code >= 400:
-        raise SearchError(redact(f"{what}: HTTP {response.status_code}: {_api_message(response)}"))
-    try:
-        return response.json()
+        data = response.json()
     except ValueError:
-        raise SearchError(f"{what}: the answer is not JSON ({response.headers.get('content-type')})") from None
+        kind = response.headers.get("content-type") or "no content type"
+        raise SearchError(f"{what}: HTTP {status} but the answer is not JSON ({kind})", status) from None
+    if not isinstance(data, dict):
+        raise SearchError(f"{what}: HTTP {status} but the answer is not a JSON object", status)
+    return data
+
+
+def _retry_after(response) -> float | None:
+    try:
+        return float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
 
 
 def _api_message(response) -> str:
-    """The error text of Google's ``{"error": {"message"}}``, Bing's ``{"error"}`` / ``{"errors": [...]}`` or the body."""
+    """The error text of Google's ``{"error": {"message", "status"}}``, Brave's ``{"error": {"detail", "code"}}``,
+    SerpApi's ``{"error": "..."}``, an ``{"errors": [...]}`` list or the body."""
     try:
         data = response.json()
     except ValueError:
@@ -113,13 +176,43 @@ def _api_message(response) -> str:
         error = errors[0]
     if isinstance(error, dict):
         parts = [str(error.get(k)) for k in ("status", "code") if error.get(k) not in (None, "")]
-        message = error.get("message") or ""
+        message = error.get("message") or error.get("detail") or ""
         return f"{message} ({', '.join(parts)})" if parts else message or str(error)[:300]
     return str(error or data)[:300]
 
 
+def _client(timeout: float, headers: dict | None = None):
+    """The HTTP client of every web search backend (our User-Agent; the environment's proxy settings are not read)."""
+    import httpx
+
+    return httpx.Client(
+        timeout=timeout, headers={"User-Agent": DEFAULT_USER_AGENT, **(headers or {})}, trust_env=False
+    )
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+#: Google's Custom Search JSON API takes no new customers and stops answering on this day
+GOOGLE_CSE_SHUTDOWN = date(2027, 1, 1)
+
+
+def _today() -> date:
+    return date.today()
+
+
 class GoogleImageSearch(SearchBackend):
-    """Google Custom Search JSON API, image search (``searchType=image``), 10 results per page.
+    """Google Custom Search JSON API, image search (``searchType=image``), 10 results per page, 100 per query.
+
+    Closed to new customers; it stops serving on 2027-01-01 (``GOOGLE_CSE_SHUTDOWN``). Existing keys work until then,
+    with one warning per run; afterwards its refusal (HTTP 410, 403 or 404) stops the searches with one line. Google
+    Images stays reachable through the ``serpapi`` backend.
 
     Example:
         >>> backend = get_search_backend("google", endpoint="http://127.0.0.1:8000/customsearch/v1", api_key="k", cx="c")
@@ -131,9 +224,15 @@ class GoogleImageSearch(SearchBackend):
         endpoint: API URL (change it for a proxy or a test server).
         timeout: seconds per request.
         extra_params: more query parameters (``safe``, ``imgSize``, ``rights`` ...).
+        price_per_1000: your price per 1,000 requests for ``retrieve.dry_run`` (default: the list price).
     """
 
     pages, page_size, max_results = True, 10, 100
+    price = Price(
+        5.0, "USD", "JSON API (after 100 free queries a day)",
+        "https://support.google.com/customsearch/answer/9069107", "2026-12-03",
+        "10,000 queries a day; closed to new customers; stops serving on 2027-01-01",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -144,21 +243,27 @@ class GoogleImageSearch(SearchBackend):
         cx_env: str = "GOOGLE_CSE_ID",
         timeout: float = 20.0,
         extra_params: dict | None = None,
+        price_per_1000: float | None = None,
     ):
         self.api_key = _api_key(api_key, api_key_env, "google")
         self.cx = _api_key(cx, cx_env, "google (cx)")
         self.endpoint, self.timeout, self.extra_params = endpoint, timeout, dict(extra_params or {})
+        days = (GOOGLE_CSE_SHUTDOWN - _today()).days
+        when = f"in {days} day(s)" if days > 0 else "already"
+        _warn_once(
+            "google", "google: the Custom Search JSON API takes no new customers and stops serving on %s (%s); "
+            "existing keys work until then. Move to retrieve.backend brave or serpapi (Google Images).",
+            GOOGLE_CSE_SHUTDOWN, when,
+        )  # fmt: skip
 
     def search(self, query: str, max_results: int = 100, **hints) -> list[Candidate]:
-        import httpx
-
         out: list[Candidate] = []
-        with httpx.Client(timeout=self.timeout, headers={"User-Agent": DEFAULT_USER_AGENT}, trust_env=False) as client:
+        with _client(self.timeout) as client:
             start = 1
             while len(out) < max_results and start <= 91:  # the API serves at most 100 results
                 params = {"key": self.api_key, "cx": self.cx, "q": query, "searchType": "image"}
                 params.update(num=min(10, max_results - len(out)), start=start, **self.extra_params)
-                items = _get_json(client, self.endpoint, "google", params=params).get("items") or []
+                items = self._get(client, params).get("items") or []
                 for item in items:
                     image = item.get("image") or {}
                     out.append(
@@ -171,108 +276,140 @@ class GoogleImageSearch(SearchBackend):
                 start += len(items)
         return out[:max_results]
 
+    def _get(self, client, params: dict) -> dict:
+        try:
+            return _get_json(client, self.endpoint, "google", params=params)
+        except SearchError as e:
+            if e.status == 410 or (e.status in (403, 404) and _today() >= GOOGLE_CSE_SHUTDOWN):
+                raise SearchError(
+                    f"google: the Custom Search JSON API stopped serving on {GOOGLE_CSE_SHUTDOWN} (HTTP {e.status}); "
+                    "set retrieve.backend to brave or serpapi",
+                    e.status,
+                    fatal=True,
+                ) from None
+            raise
 
-class BingImageSearch(SearchBackend):
-    """A Bing-style image search API (``value[].contentUrl / hostPageUrl / name``, ``count`` + ``offset`` paging).
+
+class BraveImageSearch(SearchBackend):
+    """Brave Search API image search (``GET /res/v1/images/search``, header ``X-Subscription-Token``).
+
+    One request returns up to 200 images (``count``); the image API has no offset, so a query yields at most 200
+    candidates: a class that needs more takes the ``serpapi`` backend or more queries (synonyms in the manifest).
 
     Example:
-        >>> backend = get_search_backend("bing", endpoint="http://127.0.0.1:8000/v7.0/images/search", api_key="k")
-        >>> hits = backend.search("goldfish", max_results=50)  # doctest: +SKIP
+        >>> backend = get_search_backend("brave", endpoint="http://127.0.0.1:8000/res/v1/images/search", api_key="k")
+        >>> hits = backend.search("goldfish", max_results=150)  # doctest: +SKIP
 
     Args:
-        api_key: subscription key sent as ``Ocp-Apim-Subscription-Key``; read from ``api_key_env`` when empty.
-        endpoint: API URL.
-        page_size: results asked per request (the API caps it at 150).
+        api_key: subscription token; read from ``api_key_env`` (``BRAVE_API_KEY``) when empty.
+        endpoint: API URL (change it for a proxy or a test server).
         timeout: seconds per request.
-        extra_params: more query parameters (``safeSearch``, ``license`` ...).
+        extra_params: more query parameters (``safesearch``: strict (the API's default) or off; ``country``,
+            ``search_lang``, ``spellcheck``).
+        price_per_1000: your price per 1,000 requests for ``retrieve.dry_run`` (default: the list price).
     """
 
-    pages, page_size = True, 150
+    pages, page_size, max_results = True, 200, 200
+    price = Price(
+        5.0, "USD", "Search", "https://api-dashboard.search.brave.com/app/plans", "2026-12-03",
+        "50 requests/s; $5 of free credit a month (about 1,000 requests); at most 200 images per query",
+    )  # fmt: skip
 
     def __init__(
         self,
         api_key: str | None = None,
-        endpoint: str = "https://api.bing.microsoft.com/v7.0/images/search",
-        api_key_env: str = "BING_SEARCH_KEY",
-        page_size: int = 150,
+        endpoint: str = "https://api.search.brave.com/res/v1/images/search",
+        api_key_env: str = "BRAVE_API_KEY",
         timeout: float = 20.0,
         extra_params: dict | None = None,
+        price_per_1000: float | None = None,
     ):
-        self.api_key = _api_key(api_key, api_key_env, "bing")
-        self.endpoint, self.page_size, self.timeout = endpoint, page_size, timeout
-        self.extra_params = dict(extra_params or {})
+        self.api_key = _api_key(api_key, api_key_env, "brave")
+        self.endpoint, self.timeout, self.extra_params = endpoint, timeout, dict(extra_params or {})
 
-    def search(self, query: str, max_results: int = 100, **hints) -> list[Candidate]:
-        import httpx
-
-        headers = {"User-Agent": DEFAULT_USER_AGENT, "Ocp-Apim-Subscription-Key": self.api_key}
-        out: list[Candidate] = []
-        with httpx.Client(timeout=self.timeout, headers=headers, trust_env=False) as client:
-            offset = 0
-            while len(out) < max_results:
-                params = {"q": query, "count": min(self.page_size, max_results - len(out)), "offset": offset}
-                data = _get_json(client, self.endpoint, "bing", params={**params, **self.extra_params})
-                items = data.get("value") or []
-                for item in items:
-                    url = item.get("contentUrl", "")
-                    out.append(Candidate(query, url, item.get("hostPageUrl", ""), item.get("name", ""), len(out)))
-                next_offset = data.get("nextOffset", offset + len(items))
-                if not items or next_offset <= offset:
-                    break
-                offset = next_offset
+    def search(self, query: str, max_results: int = 200, **hints) -> list[Candidate]:
+        headers = {"Accept": "application/json", "X-Subscription-Token": self.api_key}
+        params = {"q": query, "count": max(1, min(self.page_size, max_results)), **self.extra_params}
+        with _client(self.timeout, headers) as client:
+            data = _get_json(client, self.endpoint, "brave", params=params)
+        results = data.get("results")
+        if not isinstance(results, list):
+            raise SearchError(f"brave: the answer has no 'results' list (keys: {sorted(data)[:5]})")
+        out = []
+        for item in results:
+            url = (item.get("properties") or {}).get("url") or ""
+            if url:
+                out.append(Candidate(query, url, item.get("url") or "", item.get("title") or "", len(out)))
         return out[:max_results]
 
 
-class DuckDuckGoImageSearch(SearchBackend):
-    """DuckDuckGo image search through the ``ddgs`` package, with a configurable endpoint.
+class SerpApiImageSearch(SearchBackend):
+    """Google Images through SerpApi (``GET /search.json?engine=google_images``), 100 images per page (``ijn``).
 
-    DuckDuckGo has no keyed API: ``ddgs`` reads a token from the search page and then the ``i.js`` JSON endpoint.
-    Please keep volumes small and respect its terms.
+    Pages are asked until ``max_results`` images, an empty page, a page with nothing new, or ``max_pages``. The key
+    travels in the query string (``api_key``), so no request URL is ever logged or stored (see :mod:`..secrets`).
 
     Example:
-        >>> backend = get_search_backend("duckduckgo", endpoint="http://127.0.0.1:8000")
-        >>> hits = backend.search("goldfish", max_results=20)  # doctest: +SKIP
+        >>> backend = get_search_backend("serpapi", endpoint="http://127.0.0.1:8000/search.json", api_key="k")
+        >>> hits = backend.search("goldfish", max_results=800)  # doctest: +SKIP
 
     Args:
-        endpoint: base URL serving ``/`` (token page) and ``/i.js`` (results).
-        region: ``ddgs`` region code.
-        safesearch: "on", "moderate" or "off".
-        timeout: seconds per request.
+        api_key: API key; read from ``api_key_env`` (``SERPAPI_API_KEY``) when empty.
+        endpoint: API URL (change it for a proxy or a test server).
+        timeout: seconds per request (SerpApi fetches Google live: several seconds is normal).
+        max_pages: most pages asked per query (each is one billed search).
+        extra_params: more query parameters (``gl``, ``hl``, ``safe``, ``tbs``, ``no_cache`` ...).
+        price_per_1000: your plan's price per 1,000 searches for ``retrieve.dry_run`` (default: the Developer plan).
     """
 
     pages, page_size = True, 100
+    price = Price(
+        15.0, "USD", "Developer ($75 a month for 5,000 searches; Production $150 for 15,000)",
+        "https://serpapi.com/pricing", "2026-12-03",
+        "monthly plans; free plan 250 searches a month; only successful searches count",
+    )  # fmt: skip
 
     def __init__(
         self,
-        endpoint: str = "https://duckduckgo.com",
-        region: str = "us-en",
-        safesearch: str = "moderate",
-        timeout: int = 20,
+        api_key: str | None = None,
+        endpoint: str = "https://serpapi.com/search.json",
+        api_key_env: str = "SERPAPI_API_KEY",
+        timeout: float = 60.0,
+        max_pages: int = 10,
+        extra_params: dict | None = None,
+        price_per_1000: float | None = None,
     ):
-        from ddgs.engines.duckduckgo_images import DuckduckgoImages
-        from ddgs.utils import _extract_vqd
+        self.api_key = _api_key(api_key, api_key_env, "serpapi")
+        self.endpoint, self.timeout, self.max_pages = endpoint, timeout, max_pages
+        self.extra_params = dict(extra_params or {})
 
-        base = endpoint.rstrip("/")
-
-        class _Engine(DuckduckgoImages):
-            search_url = f"{base}/i.js"
-
-            def _get_vqd(self, query: str) -> str:  # the upstream method hard-codes duckduckgo.com
-                return _extract_vqd(self.http_client.request("GET", base, params={"q": query}).content, query)
-
-        self.engine = _Engine(timeout=timeout)
-        self.region, self.safesearch = region, safesearch
+    @classmethod
+    def requests_per_query(cls, results: int, options: dict) -> int:
+        return min(int(options.get("max_pages", 10)), max(1, math.ceil(results / cls.page_size)))
 
     def search(self, query: str, max_results: int = 100, **hints) -> list[Candidate]:
         out: list[Candidate] = []
-        page = 1
-        while len(out) < max_results:
-            items = self.engine.search(query, region=self.region, safesearch=self.safesearch, page=page) or []
-            for item in items:
-                out.append(Candidate(query, item.image or "", item.url or "", item.title or "", len(out)))
-            if not items:
-                break
-            page += 1
+        seen: set[str] = set()
+        with _client(self.timeout) as client:
+            for page in range(self.max_pages):
+                if len(out) >= max_results:
+                    break
+                params = {"engine": "google_images", "q": query, "ijn": page, **self.extra_params}
+                data = _get_json(client, self.endpoint, "serpapi", params={**params, "api_key": self.api_key})
+                items = data.get("images_results") or []
+                if not items:
+                    status = (data.get("search_metadata") or {}).get("status")
+                    if data.get("error") and status == "Error":  # an empty result is a Success with an "error" text
+                        raise SearchError(redact(f"serpapi: {data['error']}"))
+                    break
+                fresh = [i for i in items if i.get("original") and i["original"] not in seen]
+                for item in fresh:
+                    seen.add(item["original"])
+                    out.append(
+                        Candidate(query, item["original"], item.get("link") or "", item.get("title") or "", len(out))
+                    )
+                if not fresh:
+                    break
         return out[:max_results]
 
 
@@ -435,20 +572,41 @@ class UrlListSearch(SearchBackend):
 
 
 SEARCH_BACKENDS: dict[str, type[SearchBackend]] = {
+    "brave": BraveImageSearch,
+    "serpapi": SerpApiImageSearch,
     "google": GoogleImageSearch,
-    "bing": BingImageSearch,
-    "duckduckgo": DuckDuckGoImageSearch,
     "pool": PoolSearch,
     "urls": UrlListSearch,
 }
+
+#: names of sources that are gone, with why: a config naming one fails before any request, with the way out
+RETIRED_SEARCH_BACKENDS = {
+    "bing": "Microsoft retired the Bing Search APIs in August 2025 and no key can be had",
+    "duckduckgo": "DuckDuckGo offers no API, and the public API of ddgs can neither be pointed at another endpoint nor "
+    "send our User-Agent (it impersonates a browser), so neighbor-lt no longer ships it",
+}
+_ALTERNATIVES = {
+    "brave": "web image search API",
+    "serpapi": "Google Images",
+    "captions": "open image-text metadata: LAION, DataComp, COYO",
+    "pool": "a local image collection",
+    "urls": "your own URL list",
+}
+
+
+def _alternatives() -> str:
+    names = [f"{name} ({what})" for name, what in _ALTERNATIVES.items() if name in SEARCH_BACKENDS]
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def search_backend_class(name: str) -> type[SearchBackend]:
     """The class registered as ``name`` in ``SEARCH_BACKENDS`` (for its capabilities and options).
 
     Raises:
-        ValueError: an unknown name, with the valid ones.
+        ValueError: a retired name (why, and what to use instead) or an unknown one (the valid ones).
     """
+    if name in RETIRED_SEARCH_BACKENDS:
+        raise ValueError(f"search backend {name!r} is retired: {RETIRED_SEARCH_BACKENDS[name]}; use {_alternatives()}")
     if name not in SEARCH_BACKENDS:
         raise ValueError(f"unknown search backend {name!r}; choose from {', '.join(sorted(SEARCH_BACKENDS))}")
     return SEARCH_BACKENDS[name]
@@ -469,3 +627,43 @@ def get_search_backend(name: str, **kwargs: Any) -> SearchBackend:
         ValueError: for an unknown name (the message lists the valid ones).
     """
     return search_backend_class(name)(**kwargs)
+
+
+def estimate_search_cost(name: str, queries: int, results_per_query: int, options: dict | None = None) -> dict:
+    """What searching ``queries`` classes for ``results_per_query`` candidates each takes, with nothing sent: requests
+    and the provider's list price (``price_per_1000`` in ``options`` replaces it with your plan's).
+
+    Example:
+        >>> estimate_search_cost("serpapi", queries=5000, results_per_query=800)["requests"]
+        40000
+
+    Args:
+        name: a search backend name.
+        queries: classes to search (those already in the search cache excluded).
+        results_per_query: candidates wanted per class (``retrieve.images_per_class``).
+        options: the backend's options (``max_pages``, ``price_per_1000``).
+    """
+    options = options or {}
+    cls = search_backend_class(name)
+    per_query = cls.requests_per_query(results_per_query, options)
+    reachable = results_per_query
+    if cls.pages:
+        reachable = min(results_per_query, cls.max_results or results_per_query, per_query * cls.page_size)
+    price = cls.price
+    per_1000 = options.get("price_per_1000") or (price.per_1000 if price else 0.0)
+    requests = queries * per_query
+    return {
+        "backend": name,
+        "queries": queries,
+        "requests_per_query": per_query,
+        "requests": requests,
+        "candidates_per_query": reachable,
+        "candidates": queries * reachable,
+        "price_per_1000": per_1000,
+        "currency": price.currency if price else "",
+        "cost": round(requests * per_1000 / 1000, 2),
+        "plan": price.plan if price else "",
+        "price_source": price.source if price else "",
+        "price_read": price.read if price else "",
+        "limits": price.limits if price else "",
+    }

@@ -45,7 +45,7 @@ from .download import (
     read_jsonl,
 )
 from .filters import build_references, score_batch, write_decisions
-from .search import Candidate, SearchError, get_search_backend, search_backend_class
+from .search import Candidate, SearchError, estimate_search_cost, get_search_backend, search_backend_class
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ __all__ = ["BuildArguments", "FilterArguments", "RetrieveArguments", "StageError
 class RetrieveArguments:
     """The ``retrieve:`` section: how candidates are found and fetched."""
 
-    backend: str = field(default="pool", metadata={"help": "Search backend: google, bing, duckduckgo, pool or urls."})
+    backend: str = field(
+        default="pool", metadata={"help": "Search backend: brave, serpapi, google (until 2027-01-01), pool or urls."}
+    )
     backend_kwargs: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Options of the backend (endpoint, api_key_env, data_files, ...)."}
     )
@@ -70,7 +72,19 @@ class RetrieveArguments:
         default=None, metadata={"help": "Neighbor manifest; <output_dir>/neighbors/neighbors.json by default."}
     )
     query_template: str = field(default="{name}", metadata={"help": "Search query built from an auxiliary name."})
-    max_results_per_query: int = field(default=100, metadata={"help": "Candidates asked per auxiliary class."})
+    images_per_class: int = field(
+        default=100,
+        metadata={
+            "help": "Images per auxiliary class: candidates searched (pages asked) and fetched, and the build stage's "
+            "cap unless build.max_images_per_class is set. The paper used ~800."
+        },
+    )
+    max_results_per_query: int | None = field(
+        default=None, metadata={"help": "Candidates asked per auxiliary class; empty: images_per_class."}
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "Only report the requests and the list price the searches would take."}
+    )
     exclude_target_classes: bool = field(
         default=True, metadata={"help": "pool: never return rows of a target class (leak guard)."}
     )
@@ -103,6 +117,12 @@ class RetrieveArguments:
             raise ConfigError(f"retrieve.backend: {e}") from None
         check_backend_options(backend, self.backend_kwargs, f"retrieve.backend_kwargs ({self.backend})")
         from_dict(DownloadConfig, self.download, "retrieve.download")
+        if self.images_per_class < 1:
+            raise ConfigError(f"retrieve.images_per_class must be a positive integer (got {self.images_per_class})")
+
+    @property
+    def results_per_query(self) -> int:
+        return self.max_results_per_query or self.images_per_class
 
 
 @dataclass
@@ -134,7 +154,9 @@ class FilterArguments:
 class BuildArguments:
     """The ``build:`` section: per-class cap, output dataset, card and push."""
 
-    max_images_per_class: int = field(default=100, metadata={"help": "Cap of images per auxiliary class."})
+    max_images_per_class: int | None = field(
+        default=None, metadata={"help": "Cap of images per auxiliary class; empty: retrieve.images_per_class."}
+    )
     min_images_per_class: int = field(default=1, metadata={"help": "Classes with fewer images are left out."})
     selection: str = field(
         default="random", metadata={"help": "Which images survive the cap: random, rank, similarity."}
@@ -225,6 +247,8 @@ def run_retrieve(section: RetrieveArguments | dict, context: CurateContext) -> d
     _save_json(os.path.join(out, "config.json"), redact_mapping(config))
     manifest = load_neighbor_manifest(args.neighbor_manifest or default_manifest_path(context.output_dir))
     aux = manifest["auxiliary"]
+    if args.dry_run:
+        return _dry_run(args, aux, out)
     # the rank stage's probes (searches and images of the candidate classes): reused, never fetched twice
     probes = os.path.join(context.output_dir, "rank", PROBE_DIR)
     probes = probes if os.path.isdir(probes) else None
@@ -296,6 +320,30 @@ def _report_downloads(summary: dict, desc: str, retried: bool) -> dict:
     return summary
 
 
+def _dry_run(args: RetrieveArguments, aux: list[dict], out: str) -> dict:
+    """Price the searches (classes not in the search cache) and the downloads; nothing is sent."""
+    cached = {r["aux_name"] for r in read_jsonl(os.path.join(out, "searches.jsonl"))}
+    todo = [a for a in aux if a["name"] not in cached]
+    estimate = estimate_search_cost(args.backend, len(todo), args.results_per_query, args.backend_kwargs)
+    estimate["cached"] = len(aux) - len(todo)
+    _save_json(os.path.join(out, "dry_run.json"), estimate)
+    cost = f"{estimate['currency']} {estimate['cost']:,.2f}" if estimate["requests"] else "nothing"
+    logger.info(
+        "dry run (%s): %d class(es) to search (%d in the cache) x %d request(s) = %d request(s), about %s at the "
+        "list price of %s %.2f per 1,000 (%s, read %s from %s); then up to %d image download(s) (%d per class). "
+        "Nothing was sent: set retrieve.dry_run false to search",
+        args.backend, len(todo), estimate["cached"], estimate["requests_per_query"], estimate["requests"], cost,
+        estimate["currency"], estimate["price_per_1000"], estimate["plan"], estimate["price_read"],
+        estimate["price_source"], estimate["candidates"], estimate["candidates_per_query"],
+    )  # fmt: skip
+    if estimate["candidates_per_query"] < args.results_per_query:
+        logger.warning(
+            "dry run (%s): the API returns at most %d image(s) per query, fewer than the %d asked per class",
+            args.backend, estimate["candidates_per_query"], args.results_per_query,
+        )  # fmt: skip
+    return estimate
+
+
 def search_all(
     backend, args: RetrieveArguments, aux: list[dict], out: str, reuse_dir: str | None = None
 ) -> tuple[list[Candidate], Counter]:
@@ -331,7 +379,7 @@ def search_all(
                 stats["cached"] += 1
             else:
                 try:
-                    hits = backend.search(query, max_results=args.max_results_per_query, wnid=entry.get("wnid"))
+                    hits = backend.search(query, max_results=args.results_per_query, wnid=entry.get("wnid"))
                 except Exception as e:  # one failing query must not stop the others; it is retried on the next run
                     message = redact(e if isinstance(e, SearchError) else f"{type(e).__name__}: {e}")
                     if message not in errors:  # each distinct error once, with the API's own words
@@ -339,7 +387,8 @@ def search_all(
                     errors.setdefault(message, []).append(name)
                     stats["failed"] += 1
                     consecutive += 1
-                    if args.max_consecutive_search_errors and consecutive >= args.max_consecutive_search_errors:
+                    limit = args.max_consecutive_search_errors
+                    if getattr(e, "fatal", False) or (limit and consecutive >= limit):  # a bad key, no quota left
                         stats["not_sent"] = len(aux) - position - 1
                         logger.error(
                             "%d searches failed in a row: %d query(ies) not sent (fix the key / quota / endpoint, "
@@ -507,6 +556,8 @@ def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[st
             (a new one is written beside it and swapped in only when it is complete and non-empty).
     """
     args = _arguments(section, BuildArguments, "build")
+    if args.max_images_per_class is None:  # one setting sizes the whole run: retrieve.images_per_class
+        args = dataclasses.replace(args, max_images_per_class=context.arguments("retrieve").images_per_class)
     frame, items = _kept_items(context)
     out = context.stage_dir("build")
     dataset_dir = os.path.join(context.output_dir, "aux_dataset")
