@@ -43,7 +43,7 @@ import tempfile
 import time
 import urllib.request
 
-from neighbor_lt.ablation import append_results, results_section
+from neighbor_lt.results_md import append_results, results_section
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which would check PyPI
 

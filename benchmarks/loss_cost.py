@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from neighbor_lt.ablation import append_results, results_section
+from neighbor_lt.results_md import append_results, results_section
 from neighbor_lt.losses import balanced_softmax_loss, neighbor_csr, neighbor_silencing_loss
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")

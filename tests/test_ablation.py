@@ -1,4 +1,4 @@
-"""recipes/ablate.py: the random control, the config overrides and an end-to-end run of all five variants."""
+"""neighbor_lt.ablation and recipes/ablate.py: the random control, the config overrides and an end-to-end run of all five variants."""
 
 import importlib.util
 import json
@@ -23,6 +23,7 @@ def _load_recipe():
 
 def _manifest():
     return {
+        "version": 1,
         "targets": [{"name": "n1", "wnid": "n1"}, {"name": "n2", "wnid": "n2"}, {"name": "n3", "wnid": "n3"}],
         "auxiliary": [
             {"name": "a", "wnid": "x1", "neighbor_of": ["n1", "n2"]},
@@ -86,32 +87,30 @@ def test_paired_test_and_targets():
 
 
 def test_config_overrides_and_errors(tmp_path):
-    recipe = _load_recipe()
     cfg = tmp_path / "a.yaml"
     cfg.write_text("output_dir: o\ntrain_config: t.yaml\ncurate_config: c.yaml\ntrain: {num_train_epochs: 3}\n")
-    config = recipe.parse_config(
+    config = ablation.parse_config(
         ["--config", str(cfg), "--seeds", "4", "--train.lt_seed", "2", "--curate.neighbors.k", "3", "--variants", "c"]
     )
     assert config["seeds"] == [4] and config["variants"] == ["c"]
     assert config["train"] == {"num_train_epochs": 3, "lt_seed": 2}
     assert config["curate"] == {"neighbors": {"k": 3}}
     with pytest.raises(ConfigError, match="unknown key"):
-        recipe.parse_config(["--config", str(cfg), "--epochs", "3"])
+        ablation.parse_config(["--config", str(cfg), "--epochs", "3"])
     with pytest.raises(ConfigError, match="unknown variant"):
-        recipe.parse_config(["--config", str(cfg), "--variants", "z"])
+        ablation.parse_config(["--config", str(cfg), "--variants", "z"])
     with pytest.raises(ConfigError, match="needs a value"):
-        recipe.parse_config(["--config", str(cfg), "--seeds"])
+        ablation.parse_config(["--config", str(cfg), "--seeds"])
 
 
 def test_the_visual_variant_is_opt_in_and_curates_its_own_set(tmp_path, monkeypatch):
-    recipe = _load_recipe()
     cfg = tmp_path / "a.yaml"
     cfg.write_text(f"output_dir: {tmp_path / 'o'}\ntrain_config: t.yaml\ncurate_config: {tmp_path / 'c.yaml'}\n")
     (tmp_path / "c.yaml").write_text("neighbors: {backend: wordnet, k: 5}\nretrieve: {backend: pool}\n")
-    assert "c_v" not in recipe.parse_config(["--config", str(cfg)])["variants"]
+    assert "c_v" not in ablation.parse_config(["--config", str(cfg)])["variants"]
     with pytest.raises(ConfigError, match="c_v needs visual.rank.model_name_or_path"):
-        recipe.parse_config(["--config", str(cfg), "--variants", "c", "c_v"])
-    config = recipe.parse_config(
+        ablation.parse_config(["--config", str(cfg), "--variants", "c", "c_v"])
+    config = ablation.parse_config(
         ["--config", str(cfg), "--variants", "c_v", "--visual.rank.model_name_or_path", "runs/a/seed0",
          "--curate.neighbors.k", "3"]
     )  # fmt: skip
@@ -123,8 +122,8 @@ def test_the_visual_variant_is_opt_in_and_curates_its_own_set(tmp_path, monkeypa
         os.makedirs(tmp_path / "o" / "curate" / "visual" / "neighbors", exist_ok=True)
         (tmp_path / "o" / "curate" / "visual" / "neighbors" / "neighbors.json").write_text(json.dumps(_manifest()))
 
-    monkeypatch.setattr(recipe, "run_curate", fake_curate)
-    sets = recipe.curate_visual_set(config, {"dataset_name": "parquet"}, str(tmp_path / "o"))
+    monkeypatch.setattr(ablation.curation, "run_curate", fake_curate)
+    sets = ablation.curation.curate_visual_set(config, {"dataset_name": "parquet"}, str(tmp_path / "o"))
     ((path, stages),) = calls
     assert stages == ("neighbors", "rank", "retrieve", "filter", "build") and path.endswith(
         "curate/visual/curate.yaml"
@@ -138,7 +137,6 @@ def test_the_visual_variant_is_opt_in_and_curates_its_own_set(tmp_path, monkeypa
 
 
 def test_aux_datasets_curated_elsewhere_are_checked(tmp_path):
-    recipe = _load_recipe()
     cfg = tmp_path / "a.yaml"
     cfg.write_text(f"output_dir: {tmp_path / 'o'}\ntrain_config: t.yaml\n")  # no curate_config: not needed then
     real = tmp_path / "curate" / "neighbors"
@@ -148,22 +146,22 @@ def test_aux_datasets_curated_elsewhere_are_checked(tmp_path):
     bare = tmp_path / "random_aux"
     bare.mkdir()
     args = ["--config", str(cfg), "--aux_datasets.neighbors", str(real / "aux_dataset")]
-    config = recipe.parse_config([*args, "--variants", "a", "a_steps", "b", "c", "--aux_datasets.random", str(bare)])
+    config = ablation.parse_config([*args, "--variants", "a", "a_steps", "b", "c", "--aux_datasets.random", str(bare)])
     assert config["aux_datasets"] == {"neighbors": str(real / "aux_dataset"), "random": str(bare)}
-    sets = recipe.given_sets(config)
+    sets = ablation.curation.given_sets(config)
     assert sets["neighbors"] == str(real / "aux_dataset") and sets["random"] == str(bare)
     assert sets["manifest"]["aux_classes"] == 3 and sets["manifest"]["pairs"] == 6
     assert sets["control"] == {"aux_dataset": str(bare)}  # no neighbors.json beside it: no statistics
     with pytest.raises(ConfigError, match="aux_datasets.neighbors: .*nope does not exist"):
-        recipe.parse_config(["--config", str(cfg), "--aux_datasets.neighbors", str(tmp_path / "nope")])
+        ablation.parse_config(["--config", str(cfg), "--aux_datasets.neighbors", str(tmp_path / "nope")])
     with pytest.raises(ConfigError, match="variant d needs aux_datasets.random"):
-        recipe.parse_config([*args, "--variants", "c", "d"])
+        ablation.parse_config([*args, "--variants", "c", "d"])
     with pytest.raises(ConfigError, match="variant a_steps needs aux_datasets.neighbors"):
-        recipe.parse_config(["--config", str(cfg), "--aux_datasets.random", str(bare), "--variants", "a_steps"])
+        ablation.parse_config(["--config", str(cfg), "--aux_datasets.random", str(bare), "--variants", "a_steps"])
     with pytest.raises(ConfigError, match="unknown set"):
-        recipe.parse_config([*args, "--aux_datasets.real", str(bare)])
+        ablation.parse_config([*args, "--aux_datasets.real", str(bare)])
     with pytest.raises(ConfigError, match="must set curate_config"):  # curating needs it
-        recipe.parse_config(["--config", str(cfg)])
+        ablation.parse_config(["--config", str(cfg)])
 
 
 def test_aux_datasets_skip_curation_and_reach_the_runs(tmp_path, monkeypatch, capsys):
@@ -174,8 +172,8 @@ def test_aux_datasets_skip_curation_and_reach_the_runs(tmp_path, monkeypatch, ca
     def no_curation(*args, **kwargs):
         raise AssertionError("curation ran although aux_datasets was given")
 
-    monkeypatch.setattr(recipe, "curate_sets", no_curation)
-    monkeypatch.setattr(recipe, "run_curate", no_curation)
+    monkeypatch.setattr(ablation.curation, "curate_sets", no_curation)
+    monkeypatch.setattr(ablation.curation, "run_curate", no_curation)
     calls = []
 
     def fake_train(args):
@@ -191,7 +189,7 @@ def test_aux_datasets_skip_curation_and_reach_the_runs(tmp_path, monkeypatch, ca
             "label,name,train_count,group,accuracy\n0,x,9,many,0.5\n1,y,1,few,0.5\n"
         )
 
-    monkeypatch.setattr(recipe, "load_train_main", lambda: fake_train)
+    monkeypatch.setattr(ablation.runner, "run_training", fake_train)
     cfg = tmp_path / "a.yaml"
     cfg.write_text(f"output_dir: {tmp_path / 'o'}\ntrain_config: recipes/demo/train.yaml\n")
     summary = recipe.main(
@@ -207,7 +205,7 @@ def test_aux_datasets_skip_curation_and_reach_the_runs(tmp_path, monkeypatch, ca
 
 
 def test_ablation_end_to_end_on_tiny_inputs(tmp_path, monkeypatch, capsys):
-    """All five variants, one seed, two steps each, through recipes/curate.py and recipes/train.py's main()."""
+    """All five variants, one seed, two steps each, through recipes/ablate.py's main(), curate.run and train.run."""
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("NEIGHBOR_LT_CACHE", str(tmp_path / "cache"))
     recipe = _load_recipe()

@@ -75,9 +75,8 @@ def test_find_manifest_beside_an_aux_set_in_the_curate_layout(tmp_path):
     assert find_manifest("someone/aux-set") is None  # a Hub id: nothing local to look beside
 
 
-# Files that still build a neighbors.json path by hand: the ablation recipe is being moved into the library, where it
-# is to read the manifest through neighbor_lt.neighbors.manifest (then this set is emptied).
-PENDING = {"recipes/ablate.py"}
+# Files that still build a neighbors.json path by hand (none: the ablation reads it through the manifest module).
+PENDING: set[str] = set()
 
 
 def test_no_other_module_builds_a_neighbors_json_path():

@@ -6,7 +6,7 @@ Usage:
     neighbor-lt curate --config my_curate.yaml [--stages ...]          # = recipes/curate.py
     neighbor-lt evaluate --model outputs/run [--config data.yaml] [--split test]  # a saved model, again
     neighbor-lt analyze outputs/run [outputs/baseline ...]            # = recipes/analyze.py
-    neighbor-lt ablate --config my_ablate.yaml                         # = recipes/ablate.py (needs the checkout)
+    neighbor-lt ablate --config my_ablate.yaml                         # = recipes/ablate.py
 
 ``recipes/train.py`` and ``recipes/analyze.py`` are thin wrappers of :func:`train` and :func:`analyze`. Without
 ``--config``, ``train`` runs the built-in demo, ``recipes/demo/train.yaml``, which lives in the repository (its data
@@ -16,34 +16,14 @@ paths are relative to the checkout's root): from a pip install, pass your own ``
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sys
-from pathlib import Path
 
 from neighbor_lt.configs import ConfigError
 from neighbor_lt.extras import missing_extra_message
 
 DEMO_CONFIG = os.path.join("recipes", "demo", "train.yaml")
-
-
-def _checkout_recipe(name: str) -> Path | None:
-    """``recipes/<name>`` of a repository checkout: the current folder's, else the one an editable install runs from."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (root / "recipes" / name).is_file():
-            return root / "recipes" / name
-    return None
-
-
-def _load_checkout_recipe(name: str):
-    path = _checkout_recipe(name)
-    if path is None:
-        raise ConfigError(f"recipes/{name} not found: run this from a checkout of the neighbor-lt repository")
-    spec = importlib.util.spec_from_file_location(f"neighbor_lt_recipe_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -201,8 +181,14 @@ def curate(argv=None) -> int:
 
 
 def ablate(argv=None) -> int:
-    """``recipes/ablate.py`` of a repository checkout (it runs recipes/curate.py and recipes/train.py by path)."""
-    _load_checkout_recipe("ablate.py").main(argv)
+    """The ablation (:func:`neighbor_lt.ablation.main`): every variant x seed with a report; its exit status."""
+    from neighbor_lt import ablation  # imported on use: --help stays light
+
+    try:
+        ablation.main(argv)
+    except ablation.AblationRunsFailed as err:
+        print(f"neighbor-lt ablate: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -479,6 +479,31 @@ def run_stage(name: str, config: CurateConfig, context: CurateContext):
 
 
 # ---- command line ------------------------------------------------------------------------------------------------
+def run(config: CurateConfig) -> CurateContext:
+    """Save the resolved configuration (``curate_config.yaml``), then run ``config.stages`` in pipeline order; every
+    stage skips the work it finished before. ``recipes/curate.py``, ``neighbor-lt curate`` and the ablation run this.
+
+    Example:
+        >>> run(load_config("recipes/tiny_imagenet_lt/curate.yaml", stages=["neighbors"]))  # doctest: +SKIP
+
+    Args:
+        config: from :func:`load_config`.
+
+    Raises:
+        StageError, ConfigError, KeyboardInterrupt: as :func:`run_stage`, with the failing stage's name in ``.stage``.
+    """
+    cli_logger.info("resolved configuration: %s", config.save())
+    context = config.context()
+    for name in config.stages:
+        cli_logger.info("stage %s", name)
+        try:
+            run_stage(name, config, context)
+        except (StageError, ConfigError, KeyboardInterrupt) as e:
+            e.stage = name  # the caller's message names it
+            raise
+    return context
+
+
 CLI_HELP = """Curate an auxiliary (neighbor) dataset: neighbors -> [rank] -> retrieve -> filter -> build.
 
 The YAML file has a top-level `output_dir`, `stages`, a `target` section (the target set, same keys as the
@@ -536,28 +561,27 @@ def main(argv=None):
     ################
     try:
         config = load_config(args.config, overrides, args.output_dir, args.stages, args.retry_failed)
-        cli_logger.info("resolved configuration: %s", config.save())
     except ConfigError as e:
         cli_logger.error("configuration error: %s", _one_line(e))
         return 2
-    context = config.context()
 
     ################
     # Stages
     ################
-    for name in config.stages:
-        cli_logger.info("stage %s", name)
-        try:
-            run_stage(name, config, context)
-        except StageError as e:  # before ConfigError: a key the endpoint rejects is both, and the stage ran
-            cli_logger.error("stage %s failed: %s", name, _one_line(e))
-            return 1
-        except ConfigError as e:
-            cli_logger.error("stage %s: configuration error: %s", name, _one_line(e))
-            return 2
-        except KeyboardInterrupt:
-            cli_logger.error("stage %s interrupted: what finished is recorded; rerun the same command to resume", name)
-            return 130
+    try:
+        run(config)
+    except StageError as e:  # before ConfigError: a key the endpoint rejects is both, and the stage ran
+        cli_logger.error("stage %s failed: %s", getattr(e, "stage", None), _one_line(e))
+        return 1
+    except ConfigError as e:
+        cli_logger.error("stage %s: configuration error: %s", getattr(e, "stage", None), _one_line(e))
+        return 2
+    except KeyboardInterrupt as e:
+        cli_logger.error(
+            "stage %s interrupted: what finished is recorded; rerun the same command to resume",
+            getattr(e, "stage", None),
+        )
+        return 130
     return 0
 
 
@@ -574,5 +598,6 @@ __all__ = [
     "main",
     "parse_overrides",
     "parse_value",
+    "run",
     "run_stage",
 ]

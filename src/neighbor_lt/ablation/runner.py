@@ -1,0 +1,161 @@
+"""The ablation's runs: every variant x seed trained by :func:`neighbor_lt.train.run` in this process, and read back
+through :class:`~neighbor_lt.run_folder.RunFolder`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+from ..files import write_json_atomic
+from ..metrics import ACCURACY_KEYS as GROUPS
+from ..run_folder import RunFolder
+from . import curation
+from .config import resolved_train_config, write_yaml
+from .report import report
+from .variants import VARIANTS, optimizer_steps
+
+logger = logging.getLogger(__name__)
+#: The ablation's own record of a run (its wall time), beside the run folder's files.
+RUN_RECORD = "ablation_run.json"
+
+
+class AblationRunsFailed(RuntimeError):
+    """Some runs failed; the others and the report are kept, and rerunning the same command retries the failed ones."""
+
+
+def run_training(argv: list[str]) -> None:
+    """One training run, as ``recipes/train.py`` runs it: :func:`neighbor_lt.train.run` of these arguments."""
+    from .. import train
+
+    train.run(train.load_config(argv))
+
+
+def steps_of_c(train_yaml: str, aux_dir: str) -> int:
+    """Optimizer steps of (c): epochs x (target images + per-epoch auxiliary draws) / global batch."""
+    from ..data import AuxiliaryCappedSampler, load_aux_dataset, load_target_dataset
+    from ..train import load_config
+
+    config = load_config(["--config", train_yaml])
+    data_args, args = config.data, config.training
+    target = load_target_dataset(data_args)
+    aux = load_aux_dataset(aux_dir, data_args.aux_split)
+    sampler = AuxiliaryCappedSampler(len(target["train"]), aux["label"], data_args.max_aux_per_class)
+    if args.max_steps and args.max_steps > 0:
+        return args.max_steps
+    return optimizer_steps(
+        len(sampler), args.per_device_train_batch_size, args.num_train_epochs, args.gradient_accumulation_steps,
+        args.world_size,
+    )  # fmt: skip
+
+
+def read_run(run_dir: str, variant: str, seed: int) -> dict | None:
+    """The record of a finished run (its accuracies, steps, per-class accuracy and groups); None when not finished."""
+    folder = RunFolder(run_dir)
+    result = folder.read_eval_results()
+    if result is None:
+        return None
+    meta = {}
+    if folder.has(RUN_RECORD):
+        with open(folder.file(RUN_RECORD)) as f:
+            meta = json.load(f)
+    rows = folder.read_per_class() or []
+    return {
+        "variant": variant, "seed": seed, **{k: result.get(k) for k in GROUPS},
+        **{f"train_{k}": result.get(f"train_{k}") for k in GROUPS},
+        "train_steps": result.get("train_steps"), "train_images": result.get("train_images"),
+        "wall_s": meta.get("wall_s", float("nan")), "split": result.get("split"),
+        "per_class": [r["accuracy"] for r in rows], "groups": [r["group"] for r in rows],
+        "train_counts": [r["train_count"] for r in rows],
+    }  # fmt: skip
+
+
+def _line(i, total, r) -> str:
+    groups = " ".join(f"{g.capitalize()} {100 * r[g]:.2f}" for g in GROUPS)
+    train = f" | train {100 * r['train_overall']:.1f}" if r.get("train_overall") is not None else ""
+    return (
+        f"[{i}/{total}] {VARIANTS[r['variant']].label.split(' ')[0]} seed {r['seed']}: {groups}{train} | "
+        f"{r['train_steps']} steps, {r['train_images']:,} images, {r['wall_s']:.0f} s"
+    )
+
+
+def train_runs(config: dict, train_yaml: str, sets: dict, steps_c: int | None) -> tuple[list[dict], list[str]]:
+    """Every variant x seed, seeds outermost (a run cut short still has whole seeds); a finished run is reused.
+    Returns the run records and the failures (one failed run does not lose the others)."""
+    runs_dir = os.path.join(config["output_dir"], "runs-dev" if config["development"] else "runs")
+    plan = [(s, v) for s in config["seeds"] for v in config["variants"]]
+    runs, failed = [], []
+    for i, (seed, name) in enumerate(plan, 1):
+        variant = VARIANTS[name]
+        run_dir = os.path.join(runs_dir, name, f"seed{seed}")
+        result = read_run(run_dir, name, seed)
+        if result is None and config["report_only"]:
+            print(f"[{i}/{len(plan)}] {variant.label}, seed {seed}: not run yet (report_only)", flush=True)
+            continue
+        if result is not None:
+            print(_line(i, len(plan), result) + " (done before)", flush=True)
+            runs.append(result)
+            continue
+        args = [
+            "--config", train_yaml, "--output_dir", run_dir, "--seed", str(seed), "--loss", variant.loss,
+            "--aux_dataset", sets[variant.aux] if variant.aux else "", "--report_train_accuracy", "true",
+        ]  # fmt: skip
+        if variant.equal_steps:
+            args += ["--max_steps", str(steps_c)]
+        print(f"[{i}/{len(plan)}] {variant.label}, seed {seed}: training -> {run_dir}", flush=True)
+        t0 = time.time()
+        try:
+            run_training(args)
+        except Exception as err:  # the rerun retries it
+            logger.exception("run %s seed %d failed", name, seed)
+            failed.append(f"{name} seed {seed}: {type(err).__name__}: {err}")
+            continue
+        write_json_atomic(RunFolder(run_dir).file(RUN_RECORD), {"wall_s": round(time.time() - t0, 1)}, indent=1)
+        result = read_run(run_dir, name, seed)
+        print(_line(i, len(plan), result), flush=True)
+        runs.append(result)
+    return runs, failed
+
+
+def run(config: dict) -> dict:
+    """The whole ablation: check the configs, curate the sets once (or take ``aux_datasets``), train every variant x
+    seed, report; the summary (also written to ``summary.json``).
+
+    Example:
+        >>> run(parse_config(["--config", "recipes/tiny_imagenet_lt/ablate.yaml", "--seeds", "0"]))  # doctest: +SKIP
+
+    Args:
+        config: from :func:`neighbor_lt.ablation.config.parse_config`.
+
+    Raises:
+        AblationRunsFailed: some runs failed (after the report of the others).
+    """
+    from ..train import load_config
+
+    out = config["output_dir"]
+    os.makedirs(out, exist_ok=True)
+    wall = time.time()
+
+    # configs, checked before any work
+    train = resolved_train_config(config)
+    train_yaml = write_yaml(os.path.join(out, "train.yaml"), train)
+    load_config(["--config", train_yaml])
+    write_yaml(os.path.join(out, "ablate.yaml"), {k: v for k, v in config.items() if k not in ("config_path", "argv")})
+
+    # curation, once (every stage skips finished work)
+    sets = curation.given_sets(config) if config["aux_datasets"] else curation.curate_sets(config, train, out)
+    steps_c = steps_of_c(train_yaml, sets["neighbors"]) if "neighbors" in sets else None
+    print(
+        f"auxiliary sets ready: {sets.get('manifest')}; control {sets.get('control')}; (c) takes {steps_c} steps",
+        flush=True,
+    )
+
+    runs, failed = train_runs(config, train_yaml, sets, steps_c)
+    summary = report(config, runs, sets, steps_c, time.time() - wall)
+    if failed:
+        total = len(config["seeds"]) * len(config["variants"])
+        raise AblationRunsFailed(
+            f"{len(failed)} of {total} runs failed ({'; '.join(failed)}); rerun the same command to retry them"
+        )
+    return summary
