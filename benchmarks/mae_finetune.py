@@ -1,8 +1,9 @@
 """Fine-tuning from the MAE encoder vs from random init, same fine-tuning budget, on Tiny-ImageNet-LT (CPU-sized).
 
-Stage 1 pre-trains an MAE on the long-tailed training images (recipes/pretrain_mae.py); stage 2 fine-tunes twice with
-recipes/train.py and identical settings (loss, epochs, batch, lr, LLRD, augmentation, seed): once from the MAE
-encoder, once from a randomly initialised ViT of the same shape. Prints Overall / Many / Medium / Few and appends a
+Stage 1 pre-trains an MAE on the long-tailed training images (neighbor_lt.mae.pretrain, as recipes/pretrain_mae.py);
+stage 2 fine-tunes twice with neighbor_lt.train.run (as recipes/train.py) and identical settings (loss, epochs,
+batch, lr, LLRD, augmentation, seed): once from the MAE encoder, once from a randomly initialised ViT of the same
+shape. Prints Overall / Many / Medium / Few and appends a
 section to benchmarks/RESULTS.md.
 
 Usage (from the repository root; defaults are a small budget for 2 shared CPU cores, about 25 minutes):
@@ -12,7 +13,6 @@ Usage (from the repository root; defaults are a small budget for 2 shared CPU co
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -20,18 +20,13 @@ import shlex
 import sys
 import time
 
-from neighbor_lt.ablation import append_results
+from neighbor_lt import train
+from neighbor_lt.mae import pretrain
+from neighbor_lt.metrics import ACCURACY_KEYS as GROUPS
+from neighbor_lt.results_md import append_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRATCH = os.path.join(ROOT, "recipes", "tiny_imagenet_lt", "scratch")
-GROUPS = ("overall", "many", "medium", "few")
-
-
-def _recipe(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "recipes", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _parse():
@@ -64,14 +59,13 @@ def _parse():
 
 def main():
     args = _parse()
-    pretrain_mae, train = _recipe("pretrain_mae"), _recipe("train")
     data = ["--num_classes", str(args.num_classes), "--imbalance_factor", str(args.imbalance_factor)]
     common = ["--report_to", "none", "--dataloader_num_workers", "1", "--logging_steps", "50"]
     mae_dir = os.path.join(args.output_dir, "mae")
     timings, results = {}, {"mae": [], "random": []}
 
     start = time.time()
-    pretrain_mae.main(
+    pretrain(
         ["--config", os.path.join(SCRATCH, "pretrain_mae.yaml"), *data, *common,
          "--image_size", str(args.image_size), "--patch_size", str(args.patch_size),
          "--config_overrides", f"{args.encoder},{args.decoder}",
@@ -93,7 +87,8 @@ def main():
         for init, extra in inits.items():
             start = time.time()
             out = os.path.join(args.output_dir, f"{init}-seed{seed}")
-            metrics = train.main([*finetune, *extra, "--seed", str(seed), "--output_dir", out])
+            config = train.load_config([*finetune, *extra, "--seed", str(seed), "--output_dir", out])
+            metrics = train.run(config).results
             timings[f"{init}-seed{seed}"] = time.time() - start
             results[init].append({k: 100 * float(metrics[k]) for k in GROUPS})
             groups = metrics["group_sizes"]

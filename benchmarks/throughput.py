@@ -50,12 +50,8 @@ import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 from transformers import TrainerCallback, set_seed  # noqa: E402
 
-from neighbor_lt.ablation import append_results, results_section  # noqa: E402
-from neighbor_lt.configs import DataArguments, ModelArguments, NeighborLTTrainingArguments, parse_args  # noqa: E402
-from neighbor_lt.data import load_target_dataset, merge_training_set  # noqa: E402
-from neighbor_lt.modeling import load_image_processor, load_model, processor_settings  # noqa: E402
-from neighbor_lt.pixels import make_train_dataset  # noqa: E402
-from neighbor_lt.trainer import NeighborSilencingTrainer  # noqa: E402
+from neighbor_lt import train  # noqa: E402
+from neighbor_lt.results_md import append_results, results_section  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
@@ -114,20 +110,12 @@ def build(args, workdir):
         argv += ["--input_pipeline", args.input_pipeline]
         if args.input_pipeline == "tensor":
             argv += ["--dataloader_num_workers", "0"]  # the tensor pipeline needs no worker process
-    model_args, data_args, training_args = parse_args(
-        (ModelArguments, DataArguments, NeighborLTTrainingArguments), argv
-    )
-    training_args.remove_unused_columns = False
-    set_seed(training_args.seed)
-    target = load_target_dataset(data_args)
-    merged = merge_training_set(data_args, target, seed=training_args.seed)
-    space, sampler = merged.space, merged.sampler
-    model = load_model(model_args, dict(enumerate(space.names)))
-    processor = load_image_processor(model_args, model)
-    size, mean, std = processor_settings(processor)
-    train_dataset, batch_augment, collator = make_train_dataset(
-        data_args, training_args, target["train"], merged.aux, space.num_targets, size, mean, std
-    )
+    config = train.load_config(argv)  # the recipe's own wiring: data -> model -> Trainer
+    set_seed(config.training.seed)
+    data = train.build_data(config)
+    parts = train.build_model(config, data)
+    sampler, train_dataset = data.merged.sampler, parts.train_dataset
+    batch_augment, collator = parts.batch_augment, parts.collator
     # the same samples as pre-made tensors: the pipeline's output for the first epochs' order, made once
     order = np.concatenate([sampler.epoch_indices(e) for e in range(-(-steps * args.batch_size // len(sampler)))])
     order = order[: steps * args.batch_size]
@@ -140,10 +128,10 @@ def build(args, workdir):
             pixels = batch_augment(batch["pixel_values"], train=True)
             samples += [{"pixel_values": p, "labels": int(y)} for p, y in zip(pixels, batch["labels"])]
     return {
-        "batch_augment": batch_augment, "collator": collator, "data_args": data_args,
-        "training_args": training_args, "model": model, "processor": processor, "counts": merged.class_counts,
-        "pairs": space.neighbor_pairs, "num_targets": space.num_targets, "train_dataset": train_dataset,
-        "sampler": sampler, "samples": samples, "target": target, "mean": mean, "std": std, "size": size,
+        "config": config, "data": data, "parts": parts, "batch_augment": batch_augment, "collator": collator,
+        "data_args": config.data, "training_args": config.training, "model": parts.model,
+        "processor": parts.processor, "train_dataset": train_dataset, "sampler": sampler, "samples": samples,
+        "target": data.target,
     }  # fmt: skip
 
 
@@ -158,10 +146,9 @@ def run_trainer(setup, args, real_pipeline: bool) -> tuple[float, float]:
         sampler = torch.utils.data.SequentialSampler(dataset)
         training_args.dataloader_num_workers = 0
     timer = StepTimer()
-    trainer = NeighborSilencingTrainer(
-        model=copy.deepcopy(setup["model"]), args=training_args, train_dataset=dataset,
-        processing_class=setup["processor"], class_counts=setup["counts"], neighbor_pairs=setup["pairs"],
-        num_target_classes=setup["num_targets"], train_sampler=sampler, callbacks=[timer],
+    trainer = train.build_trainer(
+        setup["config"], setup["data"], setup["parts"], model=copy.deepcopy(setup["model"]), args=training_args,
+        train_dataset=dataset, eval_dataset=None, compute_metrics=None, train_sampler=sampler, callbacks=[timer],
         batch_augment=setup["batch_augment"] if real_pipeline else None,
         data_collator=setup["collator"] if real_pipeline else None,
     )  # fmt: skip
