@@ -14,8 +14,9 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
-from neighbor_lt.metrics import long_tail_accuracy, write_per_class_csv
+from neighbor_lt.metrics import long_tail_accuracy
 from neighbor_lt.plots import load_run, plot_group_accuracy, plot_per_class_accuracy, project_2d
+from neighbor_lt.run_folder import RunFolder, RunInfo
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes" / "demo"
@@ -63,7 +64,7 @@ def _make_run(folder: Path, info: dict, seed: int) -> Path:
     out = {k: results[k] for k in ("overall", "many", "medium", "few")}
     out.update(group_sizes=results["group_sizes"], split="validation", num_images=int(references.size))
     (folder / "eval_results.json").write_text(json.dumps(out))
-    write_per_class_csv(str(folder / "per_class_accuracy.csv"), results, names, info["target_train_counts"])
+    RunFolder(folder).write_per_class(results, RunInfo.from_dict(info))
     return folder
 
 

@@ -25,7 +25,7 @@ from huggingface_hub.utils import validate_repo_id
 from .configs import RUN_KEY, ConfigError
 from .losses import LOSSES
 from .metrics import GROUPS, present_groups
-from .run_folder import RunFolder
+from .run_folder import ARGS_FILE, EVAL_FILE, PER_CLASS_FILE, TRAIN_FILE, RunFolder
 from .secrets import redact_mapping
 
 logger = logging.getLogger(__name__)
@@ -40,11 +40,11 @@ MODEL_FILE_PATTERNS = (
     "preprocessor_config.json",
     "README.md",
     "neighbor_lt.json",
-    "eval_results.json",
-    "train_results.json",
+    EVAL_FILE,
+    TRAIN_FILE,
     "all_results.json",
-    "per_class_accuracy.csv",
-    "args.yaml",
+    PER_CLASS_FILE,
+    ARGS_FILE,
     "*.png",
 )
 UNMASKED_FILE_PATTERNS = ("*.safetensors", "model.safetensors.index.json", "config.json", "preprocessor_config.json")

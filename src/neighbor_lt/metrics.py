@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -115,21 +113,3 @@ def format_table(results: dict, title: str | None = None) -> str:
     cells = "".join(f"{100 * results[k]:>9.2f}" for k in keys)
     lines = [title] if title else []
     return "\n".join(lines + [header, f"{'top-1 %':<10}{cells}"])
-
-
-def write_per_class_csv(
-    path: str,
-    results: dict,
-    class_names: Sequence[str],
-    class_counts: Sequence[int],
-    many_threshold: int = MANY_THRESHOLD,
-    few_threshold: int = FEW_THRESHOLD,
-) -> None:
-    """Per-class accuracy with each class's training count and group, one row per class."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["label", "name", "train_count", "group", "accuracy"])
-        for i, (name, count, acc) in enumerate(zip(class_names, class_counts, results["per_class"])):
-            group = group_of(int(count), many_threshold, few_threshold)
-            writer.writerow([i, name, int(count), group, "" if np.isnan(acc) else f"{acc:.6f}"])

@@ -1,0 +1,85 @@
+"""One owner per artifact and per fact: the run folder's result files, the results-file writer, the group names."""
+
+import ast
+from pathlib import Path
+
+from neighbor_lt.run_folder import EVAL_FILE, PER_CLASS_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = ("src", "recipes", "benchmarks", "space")
+
+
+def _python_files():
+    for folder in FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            yield path.relative_to(ROOT).as_posix(), ast.parse(path.read_text(encoding="utf-8"))
+
+
+def _constants(tree):
+    """String constants of the code, docstrings left out (they may name a file)."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node
+
+
+def _places_outside(owner: str, nodes, matches) -> list[str]:
+    """``file:line`` of every node (``nodes(tree)``) that ``matches``, in any module but ``owner``."""
+    return [
+        f"{relative}:{node.lineno}"
+        for relative, tree in _python_files()
+        if relative != owner
+        for node in nodes(tree)
+        if matches(node)
+    ]
+
+
+def test_run_folder_result_files_are_named_in_run_folder_only():
+    """eval_results.json and per_class_accuracy.csv are opened through RunFolder: no other module names them."""
+    found = _places_outside(
+        "src/neighbor_lt/run_folder.py", _constants, lambda node: node.value in (EVAL_FILE, PER_CLASS_FILE)
+    )
+    assert not found, f"read and write them through neighbor_lt.run_folder.RunFolder instead: {found}"
+
+
+def test_results_files_have_one_writer():
+    """The results-file writer (and the section format) is defined once, in neighbor_lt.results_md."""
+    found = _places_outside(
+        "src/neighbor_lt/results_md.py",
+        ast.walk,
+        lambda node: isinstance(node, ast.FunctionDef) and node.name in ("append_results", "results_section"),
+    )
+    assert not found, f"append through neighbor_lt.results_md.append_results instead: {found}"
+
+
+def test_group_names_are_defined_once():
+    """Overall / Many / Medium / Few are named in neighbor_lt.metrics; others import them."""
+    found = _places_outside(
+        "src/neighbor_lt/metrics.py",
+        ast.walk,
+        lambda node: (
+            isinstance(node, ast.Tuple)
+            and [getattr(e, "value", None) for e in node.elts][-3:] == ["many", "medium", "few"]
+        ),
+    )
+    assert not found, f"use neighbor_lt.metrics.GROUPS / ACCURACY_KEYS instead: {found}"
+
+
+def test_no_ticket_numbers_in_code_or_cards():
+    """What users read (code, recipes, cards, reports) names no issue or ticket numbers."""
+    import re
+
+    pattern = re.compile(r"\b(issue|ticket)s? #?\d+", re.IGNORECASE)
+    found = []
+    for folder in (*FOLDERS, "hub_cards"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix in (".py", ".md", ".yaml", ".txt") and path.is_file():
+                for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                    if pattern.search(line):
+                        found.append(f"{path.relative_to(ROOT).as_posix()}:{number}")
+    assert not found, f"ticket numbers in what users read: {found}"
