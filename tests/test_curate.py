@@ -86,7 +86,6 @@ def test_dotted_overrides_reach_every_section_and_nested_keys(tmp_path):
         (["--retrieve.backend", "brave", "--retrieve.backend_kwargs", "{pagesize: 10}"],
          r"unknown option\(s\) pagesize .* for BraveImageSearch \(valid: api_key, endpoint, api_key_env, timeout"),
         (["--neighbors.backend_kwargs.dept", "2"], r"unknown option\(s\) dept in neighbors.backend_kwargs \(wordnet\)"),
-        (["--neighbors.model", "gpt-4o"], r"model: not an option of the wordnet backend \(its options: depth, "),
         (["--retrieve.download.workers", "2"], r"unknown key\(s\) in retrieve.download: workers \(known: .*num_workers"),
         (["--neighbors.k", "0"], r"k must be a positive integer \(got 0\)"),
         (["--retrieve.backend", "altavista"], r"retrieve.backend: unknown search backend 'altavista'; choose from .*google, pool"),

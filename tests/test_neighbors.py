@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -10,13 +11,13 @@ import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from neighbor_lt.configs import ConfigError, from_dict
-from neighbor_lt.curate import CurateContext
-from neighbor_lt.neighbors import get_backend, register_backend
+from neighbor_lt.curate import CurateContext, load_config
+from neighbor_lt.neighbors import NEIGHBOR_BACKENDS, get_neighbor_backend
 from neighbor_lt.neighbors.base import Candidate, NeighborBackend, Proposal, TargetQuery
 from neighbor_lt.neighbors.guard import Entry, LeakGuard, load_vocabulary, normalize
 from neighbor_lt.neighbors.manifest import assemble, load_manifest, neighbor_map, neighbor_pairs
 from neighbor_lt.neighbors.stage import NeighborsArguments, group_ratios, run
-from neighbor_lt.neighbors.wordnet import WordNet
+from neighbor_lt.neighbors.wordnet import WordNet, WordNetOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def test_wordnet_parse_and_similarity(wordnet, tiny_classes):
 
 
 def test_wordnet_backend_open_and_vocabulary(wordnet, tiny_classes):
-    backend = get_backend("wordnet", depth=2, max_candidates=20)
+    backend = get_neighbor_backend("wordnet", depth=2, max_candidates=20)
     query = TargetQuery(0, "n02085620", "Chihuahua", wnid="n02085620")
     proposal = backend.propose([query])[0]
     assert proposal.status == "ok" and len(proposal.candidates) == 20
@@ -83,7 +84,7 @@ def test_wordnet_backend_open_and_vocabulary(wordnet, tiny_classes):
     assert sims == sorted(sims, reverse=True)
 
     vocab = load_vocabulary(Path(REPO.parent, "shared/data/tiny-imagenet-200/classes.tsv"))
-    backend = get_backend("wordnet", depth=20, min_similarity=0.7)
+    backend = get_neighbor_backend("wordnet", depth=20, min_similarity=0.7)
     proposal = backend.propose([query], vocabulary=vocab)[0]
     names = [c.name for c in proposal.candidates]
     pool = {row["words"].split(",")[0] for row in tiny_classes}
@@ -149,12 +150,12 @@ class FakeBackend(NeighborBackend):
         return [Proposal([Candidate(f"{q.query} relative")]) for q in queries]
 
 
-def test_registry_swaps_in_a_fake(tmp_path):
-    register_backend("fake", FakeBackend)
+def test_registry_swaps_in_a_fake(tmp_path, monkeypatch):
+    monkeypatch.setitem(NEIGHBOR_BACKENDS, "fake", FakeBackend)
     manifest = run({"backend": "fake", "use_wordnet": False}, _context(tmp_path, ["a", "b"], [10, 10]))
     assert neighbor_map(manifest) == {"a relative": ["a"], "b relative": ["b"]}
     with pytest.raises(ValueError, match="unknown neighbor backend"):
-        get_backend("nope")
+        get_neighbor_backend("nope")
 
 
 def test_wordnet_stage_on_tiny_imagenet_lt(tmp_path, tiny_classes):
@@ -204,3 +205,36 @@ def test_curate_recipe_neighbors_stage_on_demo(tmp_path, monkeypatch):
     assert all(a["name"] not in targets and a["wnid"] for a in manifest["auxiliary"])
     tabby = next(t for t in manifest["targets"] if t["name"] == "tabby")
     assert set(tabby["kept"]) <= {"Persian cat", "Egyptian cat", "tiger cat", "lion", "cougar"} and tabby["kept"]
+
+
+def test_a_yaml_for_the_llm_runs_with_wordnet_from_the_command_line(tmp_path, monkeypatch, caplog):
+    """Each backend owns its options: switched on the command line, the other backend's keys are ignored with a note;
+    a key of no backend is still an error, and the saved configuration reruns without a note."""
+    config = yaml.safe_load((REPO / "recipes" / "demo" / "curate.yaml").read_text())
+    config["neighbors"].update(backend="openai", model="gpt-5.5", reasoning_effort="none", temperature=0.2)
+    config["neighbors"]["backend_kwargs"] = {"base_url": "http://127.0.0.1:9/v1"}
+    path = tmp_path / "curate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    caplog.set_level(logging.INFO)
+    loaded = load_config(str(path), ["--neighbors.backend", "wordnet"], output_dir=str(tmp_path / "out"),
+                         stages=["neighbors"])  # fmt: skip
+    args = loaded.arguments("neighbors")
+    assert isinstance(args.options, WordNetOptions) and args.options.depth == 20 and args.options.min_similarity == 0.6
+    for key in ("model", "reasoning_effort", "temperature"):
+        assert f"neighbors.{key} is an option of the openai backend, not of wordnet: ignored" in caplog.text
+        assert getattr(args, key) is None
+    assert (
+        "neighbors.backend_kwargs.base_url is an option of the openai backend, not of wordnet: ignored" in caplog.text
+    )
+    assert args.backend_kwargs == {}
+    monkeypatch.chdir(REPO)  # the YAML's paths are relative to the repository root
+    manifest = run(args, loaded.context())
+    assert manifest["backend"] == "wordnet" and manifest["summary"]["with_neighbors"] >= 15
+
+    caplog.clear()
+    again = load_config(loaded.save()).arguments("neighbors")
+    assert again.options == args.options and "ignored" not in caplog.text
+    with pytest.raises(ConfigError, match=r"unknown key neighbors\.modle"):
+        load_config(str(path), ["--neighbors.modle", "gpt-5.5"])
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) dept in neighbors.backend_kwargs \(wordnet\) for "):
+        load_config(str(path), ["--neighbors.backend", "wordnet", "--neighbors.backend_kwargs.dept", "2"])

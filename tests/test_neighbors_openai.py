@@ -24,7 +24,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features
 
 from neighbor_lt.configs import ConfigError
 from neighbor_lt.curate import CurateContext
-from neighbor_lt.neighbors import get_backend
+from neighbor_lt.neighbors import get_neighbor_backend
 from neighbor_lt.neighbors.base import NeighborSearchError, TargetQuery
 from neighbor_lt.neighbors.llm import PAPER_TEMPLATE, parse_reply
 from neighbor_lt.neighbors.manifest import load_manifest, neighbor_map
@@ -191,7 +191,7 @@ def test_parse_reply(reply, expected):
 
 
 def test_template_is_the_papers_and_safe_with_braces():
-    backend = get_backend("openai", model="m")
+    backend = get_neighbor_backend("openai", model="m")
     query = TargetQuery(0, "odd", "a {weird} name\x00", num_requested=10)
     prompt = backend.messages(query)[-1]["content"]
     assert "10 visually similar categories" in prompt and "this category name: a {weird} name." in prompt

@@ -1,52 +1,45 @@
 """Neighbor category search (step 1 of the method): backends chosen by name, leak guard, cache and manifest.
 
 Example:
-    >>> from neighbor_lt.neighbors import get_backend
-    >>> backend = get_backend("static", mapping={"goldfish": ["koi"]})
+    >>> from neighbor_lt.neighbors import get_neighbor_backend
+    >>> backend = get_neighbor_backend("static", mapping={"goldfish": ["koi"]})
     >>> backend.name
     'static'
 """
 
 from __future__ import annotations
 
-import importlib
+from neighbor_lt.neighbors.base import NeighborBackend, StaticBackend
+from neighbor_lt.neighbors.llm import OpenAIBackend
+from neighbor_lt.neighbors.wordnet import WordNetBackend
 
-# Backend name -> "module:class". Add a backend here, or at run time with `register_backend` (tests use fakes).
-BACKENDS = {
-    "openai": "neighbor_lt.neighbors.llm:OpenAIBackend",
-    "wordnet": "neighbor_lt.neighbors.wordnet:WordNetBackend",
-    "static": "neighbor_lt.neighbors.base:StaticBackend",
+#: Backend name -> class. A new backend subclasses ``NeighborBackend`` (with its own ``Options`` dataclass) and is
+#: added here; tests swap in a fake with ``monkeypatch.setitem(NEIGHBOR_BACKENDS, "fake", FakeBackend)``.
+NEIGHBOR_BACKENDS: dict[str, type[NeighborBackend]] = {
+    "openai": OpenAIBackend,
+    "wordnet": WordNetBackend,
+    "static": StaticBackend,
 }
 
 
-def register_backend(name: str, target) -> None:
-    """Register a backend class (or a ``"module:Class"`` string) under ``name``."""
-    BACKENDS[name] = target
-
-
-def resolve_backend(name: str):
-    """The backend class registered under ``name``."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown neighbor backend {name!r}; choose from {sorted(BACKENDS)}")
-    target = BACKENDS[name]
-    if isinstance(target, str):
-        module, attr = target.split(":")
-        target = getattr(importlib.import_module(module), attr)
-    return target
-
-
-def get_backend(name: str, **kwargs):
+def get_neighbor_backend(name: str, **options) -> NeighborBackend:
     """Build the neighbor backend registered under ``name``.
 
     Example:
-        >>> get_backend("wordnet", depth=2).settings()["depth"]
+        >>> get_neighbor_backend("wordnet", depth=2).settings()["depth"]
         2
 
     Args:
-        name: ``openai``, ``wordnet``, ``static`` or a registered name.
-        **kwargs: the backend's own settings (see each backend class).
+        name: ``openai``, ``wordnet``, ``static`` or another key of :data:`NEIGHBOR_BACKENDS`.
+        **options: the backend's own settings (the fields of its ``Options`` dataclass).
+
+    Raises:
+        ValueError: an unknown name; the message lists the valid ones.
+        neighbor_lt.configs.ConfigError: an unknown option or an invalid value.
     """
-    return resolve_backend(name)(**kwargs)
+    if name not in NEIGHBOR_BACKENDS:
+        raise ValueError(f"unknown neighbor backend {name!r}; choose from {', '.join(sorted(NEIGHBOR_BACKENDS))}")
+    return NEIGHBOR_BACKENDS[name](**options)
 
 
-__all__ = ["BACKENDS", "get_backend", "register_backend", "resolve_backend"]
+__all__ = ["NEIGHBOR_BACKENDS", "NeighborBackend", "get_neighbor_backend"]

@@ -1,9 +1,18 @@
-"""Neighbor search with a chat LLM behind any OpenAI-compatible endpoint, with a request cache.
+"""Neighbor search with a chat LLM behind any OpenAI-compatible endpoint (Chat Completions), with a request cache.
 
 Every request and its reply are appended to a JSONL cache keyed by (backend, model, template hash, class query,
 count), so a rerun sends no request and an interrupted run resumes. A reply counts only when it reads as a list of
-names (:func:`read_reply`); anything else (a refusal, an error string, ``null``, prose) is a failed class, never
-cached, asked again on the next run.
+names (:func:`neighbor_lt.neighbors.replies.read_reply`); anything else (a refusal, an error string, ``null``, prose,
+a reply cut short) is a failed class, never cached, asked again on the next run.
+
+Requests follow today's OpenAI API. The reply limit goes as ``max_completion_tokens`` (``max_tokens`` is deprecated
+and refused by reasoning models). ``temperature`` is sent only to a model that takes one: not to the o-series nor to
+the GPT-5 family, whose reasoning models accept only the default, unless ``reasoning_effort: none``. The reply is
+asked for as JSON matching a strict schema of the neighbor list (``response_format`` ``json_schema``) where the
+endpoint supports it; the same reader parses JSON and free text. When an endpoint answers HTTP 400 / 422 naming one
+of these parameters (a model the name rule does not know, a server without structured output), the request is sent
+once more without it (``max_tokens`` instead of ``max_completion_tokens`` for a server that knows only the old name),
+the change is logged and the rest of the run follows it.
 
 Errors are of two kinds. Retryable ones (timeouts, 429, 5xx, connection resets) are retried with exponential
 backoff; ``max_consecutive_failures`` requests in a row that get no answer at all (endpoint down) stop the run.
@@ -19,19 +28,38 @@ import json
 import logging
 import os
 import random
-import re
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from neighbor_lt.configs import ConfigError
-from neighbor_lt.neighbors.base import Candidate, NeighborBackend, NeighborSearchError, Proposal, TargetQuery
-from neighbor_lt.neighbors.names import NameIndex, clean_name, name_problem
+from neighbor_lt.neighbors.base import Candidate, Checks, NeighborBackend, NeighborSearchError, Proposal, TargetQuery
+from neighbor_lt.neighbors.cache import RequestCache
+from neighbor_lt.neighbors.chat_api import (
+    NEIGHBOR_LIST_FORMAT,
+    OPENAI_PRICES,
+    describe_error,
+    is_reasoning_model,
+    list_price,
+    rejected_parameter,
+    retry_after,
+    takes_temperature,
+    unfinished_reply,
+)
+from neighbor_lt.neighbors.names import clean_name
+from neighbor_lt.neighbors.replies import ParsedReply, failure_reason, parse_reply, read_reply
 from neighbor_lt.secrets import redact, register_secret
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "NEIGHBOR_LIST_FORMAT", "OPENAI_PRICES", "OpenAIBackend", "OpenAIOptions", "PAPER_TEMPLATE", "ParsedReply",
+    "RequestCache", "is_reasoning_model", "list_price", "parse_reply", "read_reply", "rejected_parameter",
+    "takes_temperature",
+]  # fmt: skip
 
 # The structured in-context prompt of the paper (appendix B.2); {k} and {name} are filled in per class.
 PAPER_TEMPLATE = (
@@ -44,13 +72,6 @@ PAPER_TEMPLATE = (
 AVOID_SUFFIX = "\nDo not include {name} itself or any of these categories: {avoid}."
 _MAX_AVOID = 40
 
-_REFUSAL = re.compile(
-    r"^\s*(i'?m sorry|i am sorry|sorry\b|i can(?:no|')t|i am unable|i'?m unable|i'?m not able|as an ai|i won'?t|"
-    r"unfortunately|i apologi[sz]e)",
-    re.IGNORECASE,
-)
-_BULLET = re.compile(r"^\s*(?:[-*\u2022+]|\(?\d{1,3}[.):]|\(?[a-zA-Z][.)])\s+")
-_DESCRIPTION = re.compile(r"\s+[-\u2013\u2014]\s+|:\s")  # "koi - a carp", "koi: a carp"
 # Endpoint answers that mean "this request is wrong", not "try later": the run stops with the setting to fix.
 _FATAL_STATUS = (400, 401, 403, 404, 422)
 # Answers from a gateway whose upstream is down: they count towards the consecutive-failure stop, like no answer.
@@ -68,167 +89,79 @@ def render(template: str, name: str, k: int) -> str:
 
 
 @dataclass
-class ParsedReply:
-    """What :func:`read_reply` made of a reply.
+class OpenAIOptions:
+    """Options of the ``openai`` backend: any endpoint that speaks OpenAI's Chat Completions."""
 
-    Args:
-        names: the names, in order, duplicates removed (any spelling).
-        rejected: ``(item, reason)`` for list items that are not names (a sentence, ``null``, another script).
-        form: ``json``, ``brackets``, ``bullets``, ``lines`` or ``inline``; None when the reply is not a list.
-    """
+    model: str | None = field(
+        default=None, metadata={"help": "openai: model name (required), e.g. gpt-5.5 or what a local server serves."}
+    )
+    base_url: str | None = field(default=None, metadata={"help": "openai: endpoint root, e.g. http://host:8000/v1."})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "openai: environment variable of the key."})
+    template: str | None = field(
+        default=None, metadata={"help": "openai: prompt with {name} and {k}; paper's default."}
+    )
+    template_file: str | None = field(
+        default=None, metadata={"help": "openai: read the prompt template from a file.", "path": True}
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "openai: optional system message."})
+    temperature: float = field(
+        default=0.0,
+        metadata={"help": "openai: sampling temperature, sent only to a model that takes one (not the o-series or "
+                  "GPT-5 reasoning models, which take only their default)."},
+    )  # fmt: skip
+    max_completion_tokens: int | None = field(
+        default=None,
+        metadata={"help": "openai: reply token limit, reasoning tokens included (null: 256, or 4096 for a "
+                  "reasoning model that reasons)."},
+    )  # fmt: skip
+    max_tokens: int | None = field(
+        default=None, metadata={"help": "openai: old name of max_completion_tokens (read as it)."}
+    )
+    reasoning_effort: str | None = field(
+        default=None,
+        metadata={"help": "openai: a reasoning model's effort (none, minimal, low, medium, high, xhigh, as the "
+                  "model takes); null: not sent (the model's default)."},
+    )  # fmt: skip
+    structured_output: Any = field(
+        default="auto",
+        metadata={"help": "openai: ask for the reply as JSON of a strict neighbor-list schema (response_format "
+                  "json_schema): auto (plain text when the endpoint refuses it), true (required), false (never)."},
+    )  # fmt: skip
+    price_per_million: list[float] | None = field(
+        default=None,
+        metadata={"help": "openai: USD per 1M [input, output] tokens, to price a run (dry_run); null: OpenAI's list "
+                  "price of the model when known."},
+    )  # fmt: skip
+    timeout: float = field(default=60.0, metadata={"help": "openai: seconds per request."})
+    max_retries: int = field(default=4, metadata={"help": "openai: retries on 429 / 5xx / timeouts."})
+    retry_backoff: float = field(default=1.0, metadata={"help": "openai: first retry delay (s), doubled per retry."})
+    concurrency: int = field(default=4, metadata={"help": "openai: requests in flight at once."})
+    max_requests: int | None = field(default=None, metadata={"help": "openai: request budget of one run."})
+    max_consecutive_failures: int = field(
+        default=4,
+        metadata={"help": "openai: requests in a row with no answer (endpoint down) that stop the stage."},
+    )
 
-    names: list[str] = field(default_factory=list)
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-    form: str | None = None
-
-
-def _json_items(text: str):
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if isinstance(value, dict):
-        lists = [v for v in value.values() if isinstance(v, list)]
-        value = lists[0] if lists else None
-    if isinstance(value, list):
-        return [v.get("name") if isinstance(v, dict) else v for v in value]
-    return None
-
-
-def _split(text: str) -> list[str]:
-    return [p for p in (clean_name(p) for p in re.split(r"[,;]", text)) if p]
-
-
-def _plain_items(lines: list[str]) -> tuple[list[str], str | None]:
-    """Items of a reply with no JSON, brackets or bullets: a comma list (maybe after ``...:``) or one name a line.
-    Prose is not a list: every item of a one-line list must look like a name."""
-    content = [line for line in lines if not line.rstrip().endswith(":")]
-    for line in content:  # "Here are three: koi, carp, tench."
-        _, colon, tail = line.rpartition(": ")
-        parts = _split(tail)
-        if colon and len(parts) >= 2 and all(name_problem(p) is None for p in parts):
-            return parts, "inline"
-    if len(content) == 1:
-        parts = _split(content[0])
-        return (parts, "inline") if parts and all(name_problem(p) is None for p in parts) else ([], None)
-    named = [line for line in content if name_problem(_DESCRIPTION.split(line, maxsplit=1)[0]) is None]
-    return (named, "lines") if named else ([], None)
-
-
-def read_reply(text: str | None) -> ParsedReply:
-    """Read a reply as a list of names, or find that it is not one.
-
-    A list is a JSON array (or an object holding one), a bracketed list (``[a, b, c]``, also inside prose),
-    numbered or bulleted lines, one name a line, or a comma-separated line (alone or after ``...:``). Code fences,
-    markdown emphasis and trailing descriptions (``koi: a colourful carp``, ``koi - ...``) are removed; an item that
-    does not look like a name (``neighbor_lt.neighbors.names.name_problem``) is rejected. Free text, refusals,
-    ``null`` and error strings give no names.
-
-    Example:
-        >>> read_reply("Sure! Here you go:\\n1. **Koi**\\n2. crucian carp - a fish\\n3. koi\\n4. null").names
-        ['Koi', 'crucian carp']
-        >>> read_reply("Unfortunately, I cannot help with that request.").names
-        []
-    """
-    if not text or not text.strip():
-        return ParsedReply()
-    body = re.sub(r"```[a-zA-Z]*", "\n", text).strip()
-    items, form = _json_items(body), "json"
-    if items is None:
-        lines = [line.strip() for line in body.splitlines() if line.strip()]
-        bulleted = [line for line in lines if _BULLET.match(line)]
-        brackets = re.search(r"\[([^\[\]]+)\]", body, re.DOTALL)
-        if brackets and (_json_items(brackets.group(0)) is not None or not bulleted):
-            items, form = _json_items(brackets.group(0)) or re.split(r"[,;\n]", brackets.group(1)), "brackets"
-        elif bulleted:
-            items, form = [_BULLET.sub("", line) for line in bulleted], "bullets"
-        else:
-            items, form = _plain_items(lines)
-    parsed, seen = ParsedReply(form=form), NameIndex()
-    for item in items:
-        if item is None or isinstance(item, (list, dict)):
-            continue
-        item = _DESCRIPTION.split(str(item), maxsplit=1)[0]
-        name = clean_name(item.replace("**", ""))
-        if not name:
-            continue
-        problem = name_problem(name)
-        if problem:
-            parsed.rejected.append((name[:80], problem))
-        elif name not in seen:
-            seen.add(name, name)
-            parsed.names.append(name)
-    if not parsed.names:
-        parsed.form = None
-    return parsed
-
-
-def parse_reply(text: str | None) -> list[str]:
-    """The names of a reply (:func:`read_reply`); empty when the reply is not a list of names.
-
-    Example:
-        >>> parse_reply("[Koi, crucian carp, koi, , Prussian carp]")
-        ['Koi', 'crucian carp', 'Prussian carp']
-    """
-    return read_reply(text).names
-
-
-def _failure(reply: str, parsed: ParsedReply) -> str:
-    """Why a reply gave no names, in a few words."""
-    if not reply.strip():
-        return "empty reply"
-    if parsed.rejected and all(reason == "not in Latin script" for _, reason in parsed.rejected):
-        return "reply is not in Latin script (another language?)"
-    if _REFUSAL.match(reply):
-        return "the model refused"
-    return "reply is not a list of names"
-
-
-class RequestCache:
-    """Append-only JSONL store of LLM requests and replies, safe to share between threads.
-
-    Example:
-        >>> cache = RequestCache(None)  # in memory
-        >>> cache.put("k", {"reply": "[a, b]"}); cache.get("k")["reply"]
-        '[a, b]'
-    """
-
-    def __init__(self, path: str | None):
-        self.path = path
-        self.records: dict[str, dict] = {}
-        self._lock = threading.Lock()
-        self._torn = False
-        if path and os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            self._torn = bool(text) and not text.endswith("\n")  # a run killed mid-write: start on a new line
-            for line in text.splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:  # a line cut short by an interrupted run
-                    continue
-                self.records[record["key"]] = record
-
-    @staticmethod
-    def key(**parts) -> str:
-        """A stable key from the request's identifying parts."""
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-    def get(self, key: str) -> dict | None:
-        """The stored record for ``key``, or None."""
-        return self.records.get(key)
-
-    def put(self, key: str, record: dict) -> None:
-        """Store a record and append it to the file at once (an interrupted run keeps what it got)."""
-        record = {"key": key, **record}
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        with self._lock:
-            self.records[key] = record
-            if self.path:
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(("\n" if self._torn else "") + line)
-                self._torn = False
+    def problems(self) -> list[str]:
+        checks = Checks(self)
+        checks.need(isinstance(self.model, str) and self.model.strip() != "", "model",
+                    "the model name the endpoint serves (required for backend openai)")  # fmt: skip
+        checks.need(isinstance(self.api_key_env, str) and self.api_key_env.strip() != "", "api_key_env",
+                    "the name of an environment variable")  # fmt: skip
+        checks.positive_int("concurrency", "max_consecutive_failures")
+        checks.positive_int("max_completion_tokens", "max_tokens", "max_requests", optional=True)
+        checks.positive_int("max_retries", minimum=0)
+        checks.number("temperature", "a number >= 0", low=0)
+        checks.number("timeout", "a positive number of seconds", low=0, strict=True)
+        checks.number("retry_backoff", "a number of seconds >= 0", low=0)
+        checks.need(self.reasoning_effort is None or (isinstance(self.reasoning_effort, str)
+                    and self.reasoning_effort.strip() != ""), "reasoning_effort", "a level such as low, or null")  # fmt: skip
+        checks.need(self.structured_output in ("auto", True, False), "structured_output", "auto, true or false")
+        price = self.price_per_million
+        checks.need(price is None or (isinstance(price, (list, tuple)) and len(price) == 2
+                    and all(isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0 for p in price)),
+                    "price_per_million", "[input, output] USD per 1M tokens, or null")  # fmt: skip
+        return checks.problems
 
 
 class _Stopped(Exception):
@@ -272,73 +205,62 @@ class OpenAIBackend(NeighborBackend):
     """Ask a chat model behind an OpenAI-compatible endpoint, one request per target class.
 
     Example:
-        >>> backend = OpenAIBackend(model="gpt-4o", base_url="http://127.0.0.1:8000/v1")  # doctest: +SKIP
-        >>> backend.propose([TargetQuery(0, "n01443537", "goldfish")])[0].candidates  # doctest: +SKIP
+        >>> backend = OpenAIBackend(model="gpt-5.5", reasoning_effort="none")
+        >>> sorted(backend.request_body(TargetQuery(0, "n01443537", "goldfish")))
+        ['max_completion_tokens', 'messages', 'model', 'reasoning_effort', 'response_format', 'temperature']
+        >>> "temperature" in OpenAIBackend(model="o3").request_body(TargetQuery(0, "n01443537", "goldfish"))
+        False
 
     Args:
-        model: model name sent to the endpoint (required).
-        base_url: endpoint root (``.../v1``); None for api.openai.com. Credentials in it are never logged.
-        api_key_env: environment variable holding the API key.
-        template: prompt with ``{name}`` and ``{k}``; the paper's prompt by default.
-        system_prompt: optional system message.
-        temperature: sampling temperature (0 for replies that repeat).
-        max_tokens: reply length limit.
-        timeout: seconds per request.
-        max_retries: retries of one request on 429, 5xx, timeouts and connection errors.
-        retry_backoff: first retry delay in seconds, doubled each retry (a Retry-After header wins, up to 60 s).
-        concurrency: requests in flight at once.
-        max_requests: request budget of one run (retries included); None for no limit.
-        max_consecutive_failures: requests in a row with no answer from the endpoint (refused, reset, timed out,
-            502 / 503 / 504) that stop the run; finished classes stay cached.
+        options: an :class:`OpenAIOptions`, or its fields as keyword arguments (``model`` is required).
     """
 
     name = "openai"
+    Options = OpenAIOptions
     can_top_up = True
+    cacheable = True
 
-    def __init__(
-        self,
-        model: str,
-        base_url: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        template: str | None = None,
-        system_prompt: str | None = None,
-        temperature: float = 0.0,
-        max_tokens: int = 256,
-        timeout: float = 60.0,
-        max_retries: int = 4,
-        retry_backoff: float = 1.0,
-        concurrency: int = 4,
-        max_requests: int | None = None,
-        max_consecutive_failures: int = 4,
-    ):
-        super().__init__()
-        if not model:
-            raise ConfigError("neighbors.model is required for backend openai (the model name the endpoint serves)")
-        self.model = model
-        self.base_url = base_url
-        self.where = redact(base_url or "api.openai.com")
-        self.api_key_env = api_key_env
+    def __init__(self, options: OpenAIOptions | None = None, /, **values):
+        super().__init__(options, **values)
+        o = self.options
+        self.model, self.base_url, self.api_key_env = o.model, o.base_url, o.api_key_env
+        self.where = redact(o.base_url or "api.openai.com")
+        template = o.template
+        if o.template_file:
+            with open(o.template_file, encoding="utf-8") as f:
+                template = f.read().strip()
         self.template = template or PAPER_TEMPLATE
-        self.system_prompt = system_prompt
-        self.template_hash = template_hash(self.template, system_prompt)
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.retry_backoff = retry_backoff
-        self.concurrency = max(1, concurrency)
-        self.max_requests = max_requests
-        self.max_consecutive_failures = max(1, max_consecutive_failures)
+        self.system_prompt = o.system_prompt
+        self.template_hash = template_hash(self.template, o.system_prompt)
+        self.temperature = o.temperature
+        self.reasoning = is_reasoning_model(o.model) and o.reasoning_effort != "none"
+        if o.max_tokens and not o.max_completion_tokens:
+            logger.info("neighbors.max_tokens is the old name of max_completion_tokens: sent as max_completion_tokens")
+        self.max_completion_tokens = o.max_completion_tokens or o.max_tokens or (4096 if self.reasoning else 256)
+        self.timeout, self.max_retries, self.retry_backoff = o.timeout, o.max_retries, o.retry_backoff
+        self.concurrency, self.max_requests = max(1, o.concurrency), o.max_requests
+        self.max_consecutive_failures = max(1, o.max_consecutive_failures)
+        # what requests carry; an endpoint's HTTP 400 naming one of them changes it for the rest of the run
+        self._send = {
+            "temperature": takes_temperature(o.model, o.reasoning_effort),
+            "response_format": o.structured_output is not False,
+            "limit": "max_completion_tokens",
+        }
+        self._refused: set[str] = set()
+        self._send_lock = threading.Lock()
         self._client = None
 
     def settings(self):
+        o = self.options
         return {
             "base_url": redact(self.base_url) if self.base_url else None,
             "api_key_env": self.api_key_env,
             "template": self.template,
             "system_prompt": self.system_prompt,
             "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
+            "max_completion_tokens": self.max_completion_tokens,
+            "reasoning_effort": o.reasoning_effort,
+            "structured_output": o.structured_output,
         }
 
     def messages(self, query: TargetQuery) -> list[dict]:
@@ -350,6 +272,19 @@ class OpenAIBackend(NeighborBackend):
             prompt += AVOID_SUFFIX.replace("{name}", name).replace("{avoid}", avoid)
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return system + [{"role": "user", "content": prompt}]
+
+    def request_body(self, query: TargetQuery) -> dict:
+        """The Chat Completions request of one query, with the parameters the endpoint is known to take."""
+        with self._send_lock:
+            send = dict(self._send)
+        body = {"model": self.model, "messages": self.messages(query), send["limit"]: self.max_completion_tokens}
+        if send["temperature"]:
+            body["temperature"] = self.temperature
+        if self.options.reasoning_effort is not None:
+            body["reasoning_effort"] = self.options.reasoning_effort
+        if send["response_format"]:
+            body["response_format"] = NEIGHBOR_LIST_FORMAT
+        return body
 
     def cache_key(self, query: TargetQuery) -> str:
         """Cache key: backend, model, template hash, class query, requested count (and the names to avoid)."""
@@ -364,18 +299,33 @@ class OpenAIBackend(NeighborBackend):
         record = cache.get(self.cache_key(query)) if cache else None
         return record["reply"] if record and read_reply(record.get("reply")).names else None
 
+    def price(self) -> tuple[float, float] | None:
+        """USD per 1M (input, output) tokens: ``price_per_million``, else OpenAI's list price (its own endpoint)."""
+        if self.options.price_per_million is not None:
+            return tuple(self.options.price_per_million)
+        return list_price(self.model) if self.base_url is None else None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """The price of so many tokens in USD, None when the price is not known."""
+        price = self.price()
+        return None if price is None else (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
+
     def estimate(self, queries: list[TargetQuery], cache: RequestCache | None = None) -> dict:
-        """What a run would cost: requests not answered by the cache and a rough token count (4 chars a token)."""
+        """What a run would cost: requests not answered by the cache, a rough token count (4 characters a token) and
+        its price. A reasoning model also spends hidden reasoning tokens, billed as output: the visible reply is the
+        low end, ``max_completion_tokens`` for every request the high end."""
         todo = [q for q in queries if self.cached_reply(q, cache) is None]
-        prompt_tokens = sum(len(json.dumps(self.messages(q))) // 4 for q in todo)
-        completion_tokens = sum(min(self.max_tokens, 8 * q.num_requested + 8) for q in todo)
-        return {
-            "requests": len(todo),
-            "cached": len(queries) - len(todo),
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "max_completion_tokens": self.max_tokens * len(todo),
-        }
+        schema = len(json.dumps(NEIGHBOR_LIST_FORMAT)) // 4 if self._send["response_format"] else 0
+        prompt_tokens = sum(len(json.dumps(self.messages(q))) // 4 + schema for q in todo)
+        completion_tokens = sum(min(self.max_completion_tokens, 8 * q.num_requested + 8) for q in todo)
+        most = self.max_completion_tokens * len(todo)
+        out = {"requests": len(todo), "cached": len(queries) - len(todo), "prompt_tokens": prompt_tokens,
+               "completion_tokens": completion_tokens, "max_completion_tokens": most, "model": self.model,
+               "reasoning": self.reasoning}  # fmt: skip
+        if self.price() is not None:
+            out.update(price_per_million=list(self.price()), cost_usd=round(self.cost(prompt_tokens, completion_tokens), 4),
+                       max_cost_usd=round(self.cost(prompt_tokens, most), 4))  # fmt: skip
+        return out
 
     def _api_key(self) -> str:
         key = os.environ.get(self.api_key_env)
@@ -415,19 +365,72 @@ class OpenAIBackend(NeighborBackend):
         elif status == 404:
             text = f"HTTP 404 from {self.where}: check neighbors.base_url (an OpenAI-compatible root, usually ending " \
                    f"in /v1) and neighbors.model {self.model!r}; the endpoint said: {message}"  # fmt: skip
+        elif status is not None and rejected_parameter(error) in ("response_format", "json_schema"):
+            text = f"the endpoint {self.where} refused structured output (HTTP {status}) although " \
+                   f"neighbors.structured_output is true: set it to auto or false; the endpoint said: {message}"  # fmt: skip
         elif status is not None:
             text = f"the endpoint {self.where} rejected the request (HTTP {status}): check neighbors.model, " \
-                   f"max_tokens, temperature and system_prompt; the endpoint said: {message}"  # fmt: skip
+                   f"reasoning_effort, max_completion_tokens and system_prompt; the endpoint said: {message}"  # fmt: skip
         else:
             text = f"the API key in {key} is not a valid HTTP header value; store the bare key there"
         return ConfigError(redact(text))
 
+    def _adapt(self, error, body: dict) -> bool:
+        """After an HTTP 400 / 422 naming an optional parameter ``body`` carried: stop sending it (or send the other
+        name of the reply limit) for the rest of the run, logged once; True when the request should be sent again."""
+        param = rejected_parameter(error)
+        sent = "response_format" if param == "json_schema" else param
+        if sent not in body or (sent == "response_format" and self.options.structured_output is True):
+            return False
+        key, value = {"temperature": ("temperature", False), "response_format": ("response_format", False),
+                      "max_completion_tokens": ("limit", "max_tokens"),
+                      "max_tokens": ("limit", "max_completion_tokens")}[sent]  # fmt: skip
+        with self._send_lock:
+            if sent in self._refused:  # a request in flight when another one found out: send it again as it is now
+                return self._send[key] != sent
+            if value in self._refused:  # both names of the limit refused: nothing left to try
+                return False
+            self._refused.add(sent)
+            self._send[key] = value
+        said = redact(str(getattr(error, "message", error)))[:200]
+        change = {"temperature": "sending none from now on (the model's default)",
+                  "response_format": "asking for plain text from now on, read by the text parser",
+                  "limit": f"sending the limit as {value} from now on"}[key]  # fmt: skip
+        logger.warning("the endpoint %s refused %s for model %s (HTTP %s: %s): %s", self.where, sent, self.model,
+                       getattr(error, "status_code", "?"), said, change)  # fmt: skip
+        self.count(f"refused_{sent}")
+        return True
+
+    def _reply(self, response) -> tuple[str | None, str | None]:
+        """(content, None), or (what came, why it is no reply): a refusal, a reply cut at the token limit."""
+        try:
+            choice = response.choices[0]
+            content = choice.message.content or ""
+        except (AttributeError, IndexError, TypeError):
+            return None, redact(f"malformed response from the endpoint (no choices[0].message.content): "
+                                f"{str(response)[:200]}")  # fmt: skip
+        usage = getattr(response, "usage", None)
+        for stat in ("prompt_tokens", "completion_tokens"):
+            if isinstance(getattr(usage, stat, None), int):
+                self.count(stat, getattr(usage, stat))
+        refusal = getattr(choice.message, "refusal", None)
+        if refusal and not content.strip():
+            return str(refusal), "the model refused"
+        if getattr(choice, "finish_reason", None) == "length" and unfinished_reply(content):
+            return content, (
+                f"the reply was cut at max_completion_tokens={self.max_completion_tokens} before it ended (a "
+                "reasoning model spends tokens thinking first): raise neighbors.max_completion_tokens or lower "
+                "neighbors.reasoning_effort"
+            )
+        return content, None
+
     def _request(self, query: TargetQuery, run: _Run) -> tuple[str | None, str | None]:
-        """(reply text, None) or (None, error message), retrying transient failures with exponential backoff."""
+        """(reply text, None), or (what came back if anything, error message); transient failures are retried with
+        exponential backoff, a refused optional parameter is dropped and the request sent again."""
         import openai
 
-        error = None
-        for attempt in range(self.max_retries + 1):
+        error, attempt = None, 0
+        while True:
             if run.stop.is_set():
                 raise _Stopped
             if not run.take():
@@ -435,37 +438,32 @@ class OpenAIBackend(NeighborBackend):
                     f"; last error: {error}" if error else ""
                 )
             self.count("requests")
+            body = self.request_body(query)
             try:
-                response = self._get_client().chat.completions.create(
-                    model=self.model, messages=self.messages(query), temperature=self.temperature,
-                    max_tokens=self.max_tokens,
-                )  # fmt: skip
+                response = self._get_client().chat.completions.create(**body)
             except openai.APIConnectionError as e:  # timeouts included
                 last = e
                 cause = e.__cause__
                 if type(cause).__name__ == "LocalProtocolError" or "header value" in str(cause).lower():
                     raise self._fatal(e) from None
-                error, answered = _describe(e, self.where), False
+                error, answered = describe_error(e, self.where), False
             except openai.APIStatusError as e:
                 last = e
+                if e.status_code in (400, 422) and self._adapt(e, body):
+                    run.answered(True)
+                    continue  # the same request without the refused parameter; not a retry
                 code = str(getattr(e, "code", "") or "") + str(getattr(e, "body", "") or "")
                 if e.status_code in _FATAL_STATUS and "content_filter" not in code:
                     raise self._fatal(e) from None
                 if e.status_code != 429 and e.status_code < 500:
-                    return None, _describe(e, self.where)
-                error, answered = _describe(e, self.where), e.status_code not in _GATEWAY_DOWN
+                    return None, describe_error(e, self.where)
+                error, answered = describe_error(e, self.where), e.status_code not in _GATEWAY_DOWN
             except Exception as e:  # a body that is not a chat completion at all
                 run.answered(True)
                 return None, redact(f"malformed response from the endpoint: {type(e).__name__}: {e}")[:300]
             else:
                 run.answered(True)
-                try:
-                    return response.choices[0].message.content or "", None
-                except (AttributeError, IndexError, TypeError):
-                    text = str(response)[:200]
-                    return None, redact(
-                        f"malformed response from the endpoint (no choices[0].message.content): {text}"
-                    )
+                return self._reply(response)
             if run.answered(answered):
                 raise NeighborSearchError(
                     f"the endpoint {self.where} did not answer {run.max_unanswered} requests in a row "
@@ -473,16 +471,16 @@ class OpenAIBackend(NeighborBackend):
                     "classes are cached and not asked again"
                 )
             if attempt == self.max_retries:
-                break
+                return None, f"gave up after {self.max_retries + 1} attempts: {error}"
             delay = self.retry_backoff * 2**attempt * (1 + 0.1 * random.random())
-            retry_after = _retry_after(last)
-            if retry_after is not None:
-                delay = min(max(delay, retry_after), 60.0)
+            wait = retry_after(last)
+            if wait is not None:
+                delay = min(max(delay, wait), 60.0)
+            attempt += 1
             self.count("retries")
-            logger.warning("%s: %s; retry %d/%d in %.2fs", query.name, error, attempt + 1, self.max_retries, delay)
+            logger.warning("%s: %s; retry %d/%d in %.2fs", query.name, error, attempt, self.max_retries, delay)
             if run.stop.wait(delay):
                 raise _Stopped
-        return None, f"gave up after {self.max_retries + 1} attempts: {error}"
 
     def _one(self, query: TargetQuery, cache: RequestCache | None, run: _Run) -> Proposal:
         reply, cached = self.cached_reply(query, cache), True
@@ -493,11 +491,11 @@ class OpenAIBackend(NeighborBackend):
                 return Proposal.failed(f"class name {query.name!r} is empty after removing odd characters")
             reply, error = self._request(query, run)
             if error is not None:
-                return Proposal.failed(error)
+                return Proposal.failed(error, redact(reply)[:200] if reply else None)
             reply, cached = redact(reply), False
         parsed = read_reply(reply)
         if not parsed.names:
-            return Proposal(status="failed", error=_failure(reply, parsed), raw_reply=reply[:200],
+            return Proposal(status="failed", error=failure_reason(reply, parsed), raw_reply=reply[:200],
                             rejected=parsed.rejected)  # fmt: skip
         if not cached and cache is not None:
             cache.put(self.cache_key(query), {
@@ -563,26 +561,3 @@ class OpenAIBackend(NeighborBackend):
                 t.join(max(0.0, deadline - time.monotonic()))
             raise run.error
         return [r if r is not None else Proposal.failed("not asked: the run stopped") for r in results]
-
-
-def _retry_after(error) -> float | None:
-    response = getattr(error, "response", None)
-    if response is None:
-        return None
-    value = response.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _describe(error, where: str) -> str:
-    import openai
-
-    if isinstance(error, openai.APITimeoutError):
-        return f"request to {where} timed out"
-    if isinstance(error, openai.APIConnectionError):
-        return redact(f"cannot reach the endpoint {where}: {error.__cause__ or error}")[:300]
-    status = getattr(error, "status_code", None)
-    message = getattr(error, "message", str(error))
-    return redact(f"HTTP {status} from {where}: {str(message)[:200]}")

@@ -27,12 +27,20 @@ from typing import Any
 import numpy as np
 
 from neighbor_lt.configs import ConfigError, from_dict
-from neighbor_lt.curate import CurateContext, StageError, backend_parameters, check_backend_options
+from neighbor_lt.curate import CurateContext, StageError
 from neighbor_lt.metrics import GROUPS, group_of
-from neighbor_lt.neighbors import BACKENDS, get_backend, resolve_backend
-from neighbor_lt.neighbors.base import NeighborSearchError, Proposal, TargetQuery
+from neighbor_lt.neighbors import NEIGHBOR_BACKENDS
+from neighbor_lt.neighbors.base import (
+    Checks,
+    NeighborSearchError,
+    Proposal,
+    TargetQuery,
+    build_options,
+    is_number,
+    option_names,
+)
+from neighbor_lt.neighbors.cache import RequestCache
 from neighbor_lt.neighbors.guard import Entry, LeakGuard, Vocabulary, load_vocabulary
-from neighbor_lt.neighbors.llm import RequestCache
 from neighbor_lt.neighbors.manifest import CANDIDATES_NAME, MANIFEST_NAME, assemble, screen, write_manifest
 from neighbor_lt.neighbors.names import is_wnid, split_synonyms
 from neighbor_lt.neighbors.wordnet import WordNet
@@ -52,8 +60,8 @@ class NeighborsConfigError(ConfigError, StageError):
 
 
 @dataclass
-class NeighborsArguments:
-    """The ``neighbors:`` section of a curation YAML file."""
+class _StageArguments:
+    """The stage's own keys of the ``neighbors:`` section; :class:`NeighborsArguments` adds the backends' options."""
 
     backend: str | None = field(
         default=None, metadata={"help": "Knowledge source (required): openai, wordnet or static."}
@@ -61,9 +69,11 @@ class NeighborsArguments:
     backend_kwargs: dict[str, Any] = field(
         default_factory=dict,
         metadata={
-            "help": "Options of the backend's constructor, checked against it (like retrieve.backend_kwargs): e.g. "
-            "{model: gpt-4o, base_url: ...} for openai, {depth: 3} for wordnet. The backend keys below may also be "
-            "set directly in the section; backend_kwargs wins."
+            "help": "Options of the backend (the fields of its Options dataclass), checked against it (like "
+            "retrieve.backend_kwargs): e.g. {model: gpt-5.5, base_url: ...} for openai, {depth: 3} for wordnet. The "
+            "built-in backends' options may also be set directly in the section; backend_kwargs wins. Options of "
+            "another backend than the chosen one are ignored with a note (a YAML for openai run with --neighbors.backend "
+            "wordnet)."
         },
     )
     k: int = field(default=5, metadata={"help": "Neighbors per head class; other groups get k times their ratio."})
@@ -110,33 +120,6 @@ class NeighborsArguments:
         default=True, metadata={"help": "Use WordNet (when installed) for names, the leak guard and similarities."}
     )
     wordnet_dir: str | None = field(default=None, metadata={"help": "WordNet database folder (/usr/share/wordnet)."})
-    # wordnet backend
-    depth: int = field(default=3, metadata={"help": "wordnet: hypernym steps above the target to search."})
-    min_similarity: float | None = field(default=None, metadata={"help": "wordnet: minimum Wu-Palmer similarity."})
-    max_distance: int | None = field(default=None, metadata={"help": "wordnet: maximum path distance (edges)."})
-    max_candidates: int = field(default=50, metadata={"help": "wordnet: ranked candidates kept per target."})
-    # static backend
-    mapping: Any = field(default=None, metadata={"help": "static: YAML/JSON file or inline mapping target -> names."})
-    # openai backend
-    model: str | None = field(default=None, metadata={"help": "openai: model name (required)."})
-    base_url: str | None = field(default=None, metadata={"help": "openai: endpoint root, e.g. http://host:8000/v1."})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "openai: environment variable of the key."})
-    template: str | None = field(
-        default=None, metadata={"help": "openai: prompt with {name} and {k}; paper's default."}
-    )
-    template_file: str | None = field(default=None, metadata={"help": "openai: read the prompt template from a file."})
-    system_prompt: str | None = field(default=None, metadata={"help": "openai: optional system message."})
-    temperature: float = field(default=0.0, metadata={"help": "openai: sampling temperature."})
-    max_tokens: int = field(default=256, metadata={"help": "openai: reply token limit."})
-    timeout: float = field(default=60.0, metadata={"help": "openai: seconds per request."})
-    max_retries: int = field(default=4, metadata={"help": "openai: retries on 429 / 5xx / timeouts."})
-    retry_backoff: float = field(default=1.0, metadata={"help": "openai: first retry delay (s), doubled per retry."})
-    concurrency: int = field(default=4, metadata={"help": "openai: requests in flight at once."})
-    max_requests: int | None = field(default=None, metadata={"help": "openai: request budget of one run."})
-    max_consecutive_failures: int = field(
-        default=4,
-        metadata={"help": "openai: requests in a row with no answer (endpoint down) that stop the stage."},
-    )
     top_up: int = field(
         default=1,
         metadata={
@@ -145,7 +128,8 @@ class NeighborsArguments:
         },
     )
     dry_run: bool = field(
-        default=False, metadata={"help": "openai: only report requests and tokens a run would take."}
+        default=False,
+        metadata={"help": "Only report the requests, tokens and price (openai) a run would take; nothing is sent."},
     )
     cache_path: str | None = field(
         default=None, metadata={"help": "Request cache; <output_dir>/neighbors/cache.jsonl."}
@@ -157,67 +141,94 @@ class NeighborsArguments:
             raise ConfigError("invalid neighbors settings: " + "; ".join(problems))
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _option_keys() -> dict[str, tuple[list[str], dataclasses.Field]]:
+    """Option key -> (the built-in backends that take it, its field), for keys that are not the stage's own."""
+    own = {f.name for f in dataclasses.fields(_StageArguments)}
+    keys: dict[str, tuple[list[str], dataclasses.Field]] = {}
+    for name, backend in NEIGHBOR_BACKENDS.items():
+        for f in dataclasses.fields(backend.Options) if backend.Options is not None else ():
+            if f.name not in own:
+                keys.setdefault(f.name, ([], f))[0].append(name)
+    return keys
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+# The built-in backends' options, also accepted at the top of the section (the YAML files set `model:` there); each
+# is defined once, in its backend's Options dataclass, and null here means "the backend's default".
+OPTION_KEYS = _option_keys()
+NeighborsArguments = dataclasses.make_dataclass(
+    "NeighborsArguments",
+    [
+        (key, f.type, field(default=None, metadata={**f.metadata, "backends": owners}))
+        for key, (owners, f) in OPTION_KEYS.items()
+    ],
+    bases=(_StageArguments,),
+    namespace={"__module__": __name__},
+)
+NeighborsArguments.__doc__ = """The ``neighbors:`` section of a curation YAML file: the stage's keys, and the options of
+the chosen backend (``backend_kwargs``, or set directly in the section). ``options`` holds the chosen backend's
+checked ``Options``.
+
+Example:
+    >>> NeighborsArguments(backend="wordnet", depth=2).options.depth
+    2
+"""
+
+
+def _problems(args) -> list[str]:
+    """Every invalid setting, each with what it must be and what it is."""
+    checks = Checks(args)
+    if args.backend is None:
+        checks.problems.append(f"backend is required (one of {', '.join(sorted(NEIGHBOR_BACKENDS))})")
+    else:
+        checks.need(args.backend in NEIGHBOR_BACKENDS, "backend", f"one of {', '.join(sorted(NEIGHBOR_BACKENDS))}")
+    checks.positive_int("k", "candidate_factor")
+    checks.need(args.ratios == "auto" or _fixed_ratios(args.ratios), "ratios",
+                "'auto' or three non-negative numbers [head, medium, tail] with a positive sum")  # fmt: skip
+    checks.number("max_auto_ratio", "a number >= 1 or null", low=1, optional=True)
+    checks.positive_int("max_per_class", "max_targets_per_aux", optional=True)
+    checks.positive_int("top_up", minimum=0)
+    if args.backend in NEIGHBOR_BACKENDS:
+        try:
+            args.options = backend_options(args)
+        except ConfigError as e:
+            checks.problems.append(str(e).removeprefix("invalid neighbors settings: "))
+    return checks.problems
+
+
+def backend_options(args):
+    """The chosen backend's ``Options``: its keys set in the section, the stage keys it shares (``wordnet_dir``),
+    then ``backend_kwargs``. An option of another backend (a YAML for openai run with ``--neighbors.backend
+    wordnet``) is ignored with a note and dropped from the resolved configuration; a key of no backend is an error."""
+    where = f"neighbors.backend_kwargs ({args.backend})"
+    if not isinstance(args.backend_kwargs, dict):
+        raise ConfigError(f"{where} must be a mapping of option names to values (got {args.backend_kwargs!r})")
+    backend = NEIGHBOR_BACKENDS[args.backend]
+    takes = set(option_names(backend))
+    section = {key: getattr(args, key) for key in OPTION_KEYS if getattr(args, key) is not None}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(_StageArguments) if f.name in takes}
+    for source, given in (("neighbors", section), ("neighbors.backend_kwargs", dict(args.backend_kwargs))):
+        for key, value in given.items():
+            owners = [name for name, other in NEIGHBOR_BACKENDS.items() if key in option_names(other)]
+            if key in takes or not owners:
+                values[key] = value  # a key of no backend is reported below, with the valid ones
+                continue
+            logger.info("%s.%s is an option of the %s backend, not of %s: ignored", source, key, " / ".join(owners),
+                        args.backend)  # fmt: skip
+            if source == "neighbors":
+                setattr(args, key, None)
+            else:
+                del args.backend_kwargs[key]
+    options = build_options(backend, values, where)
+    for key in takes & OPTION_KEYS.keys():  # the resolved configuration shows every option of the backend
+        setattr(args, key, getattr(options, key))
+    return options
 
 
 def _fixed_ratios(ratios) -> bool:
     return (
-        isinstance(ratios, (list, tuple)) and len(ratios) == 3 and all(_is_number(r) and r >= 0 for r in ratios)
+        isinstance(ratios, (list, tuple)) and len(ratios) == 3 and all(is_number(r) and r >= 0 for r in ratios)
         and sum(ratios) > 0
     )  # fmt: skip
-
-
-def _problems(args: NeighborsArguments) -> list[str]:
-    """Every invalid setting, each with what it must be and what it is."""
-    problems = _option_problems(args) if args.backend in BACKENDS else []
-
-    def need(ok: bool, key: str, what: str) -> None:
-        if not ok:
-            problems.append(f"{key} must be {what} (got {getattr(args, key)!r})")
-
-    if args.backend is None:
-        problems.append(f"backend is required (one of {', '.join(sorted(BACKENDS))})")
-    else:
-        need(args.backend in BACKENDS, "backend", f"one of {', '.join(sorted(BACKENDS))}")
-    need(_is_int(args.k) and args.k > 0, "k", "a positive integer")
-    need(args.ratios == "auto" or _fixed_ratios(args.ratios), "ratios",
-         "'auto' or three non-negative numbers [head, medium, tail] with a positive sum")  # fmt: skip
-    need(args.max_auto_ratio is None or (_is_number(args.max_auto_ratio) and args.max_auto_ratio >= 1),
-         "max_auto_ratio", "a number >= 1 or null")  # fmt: skip
-    for key in ("max_per_class", "max_targets_per_aux", "max_requests"):
-        need(getattr(args, key) is None or (_is_int(getattr(args, key)) and getattr(args, key) > 0), key,
-             "a positive integer or null")  # fmt: skip
-    for key in (
-        "depth",
-        "max_candidates",
-        "max_tokens",
-        "concurrency",
-        "max_consecutive_failures",
-        "candidate_factor",
-    ):
-        need(_is_int(getattr(args, key)) and getattr(args, key) > 0, key, "a positive integer")
-    for key in ("max_retries", "top_up"):
-        need(_is_int(getattr(args, key)) and getattr(args, key) >= 0, key, "an integer >= 0")
-    need(args.max_distance is None or (_is_int(args.max_distance) and args.max_distance >= 0), "max_distance",
-         "an integer >= 0 or null")  # fmt: skip
-    need(args.min_similarity is None or (_is_number(args.min_similarity) and 0 <= args.min_similarity <= 1),
-         "min_similarity", "a number in [0, 1] or null")  # fmt: skip
-    need(_is_number(args.temperature) and args.temperature >= 0, "temperature", "a number >= 0")
-    need(_is_number(args.timeout) and args.timeout > 0, "timeout", "a positive number of seconds")
-    need(_is_number(args.retry_backoff) and args.retry_backoff >= 0, "retry_backoff", "a number of seconds >= 0")
-    need(isinstance(args.api_key_env, str) and args.api_key_env.strip() != "", "api_key_env",
-         "the name of an environment variable")  # fmt: skip
-    if args.backend == "openai" and "model" not in args.backend_kwargs:
-        need(isinstance(args.model, str) and args.model.strip() != "", "model",
-             "the model name the endpoint serves (required for backend openai)")  # fmt: skip
-    if args.backend == "static" and "mapping" not in args.backend_kwargs:
-        need(args.mapping is not None, "mapping", "a file or an inline mapping (required for backend static)")
-    return problems
 
 
 def group_ratios(ratios, counts: list[int], max_auto_ratio: float | None = None) -> dict[str, float]:
@@ -304,52 +315,6 @@ def build_queries(target, args: NeighborsArguments, context, wordnet=None, label
     return queries, ratios
 
 
-# Section keys that are options of a backend (the others are the stage's own); template_file fills `template`.
-BACKEND_KEYS = (
-    "depth", "min_similarity", "max_distance", "max_candidates", "mapping", "model", "base_url", "api_key_env",
-    "template", "template_file", "system_prompt", "temperature", "max_tokens", "timeout", "max_retries",
-    "retry_backoff", "concurrency", "max_requests", "max_consecutive_failures",
-)  # fmt: skip
-
-
-def _option_problems(args: NeighborsArguments) -> list[str]:
-    """Backend options the chosen backend does not take: a typo in backend_kwargs, or a section key of another
-    backend set away from its default (``model`` with ``backend: wordnet``)."""
-    try:
-        cls = resolve_backend(args.backend)
-    except ValueError:
-        return []  # reported as a bad backend
-    try:
-        check_backend_options(cls, args.backend_kwargs, f"neighbors.backend_kwargs ({args.backend})")
-    except ConfigError as e:
-        return [str(e)]
-    params = backend_parameters(cls)
-    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-                for f in dataclasses.fields(NeighborsArguments)}  # fmt: skip
-    stray = [
-        k for k in BACKEND_KEYS
-        if getattr(args, k) != defaults[k] and (k if k != "template_file" else "template") not in params
-    ]  # fmt: skip
-    if stray:
-        return [f"{', '.join(stray)}: not an option of the {args.backend} backend (its options: {', '.join(params)})"]
-    return []
-
-
-def backend_options(args: NeighborsArguments, context: CurateContext) -> dict:
-    """The keyword arguments of the backend: its section keys, then ``backend_kwargs``; paths resolved."""
-    params = backend_parameters(resolve_backend(args.backend))
-    values = {k: getattr(args, k) for k in BACKEND_KEYS if k in params}
-    if args.template_file and "template" in params:
-        with open(context.path(args.template_file), encoding="utf-8") as f:
-            values["template"] = f.read().strip()
-    if "wordnet_dir" in params:
-        values["wordnet_dir"] = args.wordnet_dir
-    values.update(args.backend_kwargs)
-    if isinstance(values.get("mapping"), str):
-        values["mapping"] = context.path(values["mapping"])
-    return values
-
-
 def top_up(backend, queries, proposals, guard, vocabulary=None, cache=None, rounds: int = 1) -> None:
     """Ask a class again for the neighbors it is short of (after the shape check, guard, vocabulary and de-dup),
     naming the names already proposed; the new candidates are appended to its proposal, ``proposal.top_up`` records
@@ -415,19 +380,28 @@ def run(section: NeighborsArguments | dict, context: CurateContext) -> dict:
         raise NeighborsStageError(redact(e)) from e
 
 
-def _run(section: NeighborsArguments | dict, context: CurateContext) -> dict:
-    args = section if isinstance(section, NeighborsArguments) else from_dict(NeighborsArguments, section, "neighbors")
-    out_dir = os.path.join(context.output_dir, "neighbors")
+def _resolve_paths(options, context: CurateContext):
+    """The backend's file options (``metadata={"path": True}``) looked up next to the YAML file."""
+    if options is None:
+        return None
+    paths = {f.name: context.path(getattr(options, f.name)) for f in dataclasses.fields(options)
+             if f.metadata.get("path") and isinstance(getattr(options, f.name), str)}  # fmt: skip
+    return dataclasses.replace(options, **paths)
+
+
+def _prepare(args, context: CurateContext):
+    """WordNet (when used), the target queries with their group ratios, the vocabulary and the leak guard."""
+    backend_class = NEIGHBOR_BACKENDS[args.backend]
     wordnet = None
-    if args.use_wordnet or args.backend == "wordnet":
+    if args.use_wordnet or backend_class.uses_wordnet:
         try:
             wordnet = WordNet.load(args.wordnet_dir or os.environ.get("WORDNET_DIR", "/usr/share/wordnet"))
         except FileNotFoundError as e:
-            if args.backend == "wordnet":
+            if backend_class.uses_wordnet:
                 raise
             logger.warning("%s; the leak guard matches names only", e)
-    asks_by_name = resolve_backend(args.backend).asks_by_name  # no asking an LLM about class "17"
-    target = context.load_target(require_names=f"the {args.backend} neighbor backend" if asks_by_name else None)
+    names_needed = f"the {args.backend} neighbor backend" if backend_class.asks_by_name else None  # not class "17"
+    target = context.load_target(require_names=names_needed)
     queries, ratios = build_queries(target, args, context, wordnet, context.label_column)
     vocabulary = (
         load_vocabulary(context.path(args.vocabulary) if isinstance(args.vocabulary, str) else args.vocabulary)
@@ -452,24 +426,46 @@ def _run(section: NeighborsArguments | dict, context: CurateContext) -> dict:
         allowed = [e for e in vocabulary.entries if guard.check(e.name, e.wnid) is None]
         logger.info("vocabulary: %d names, %d left after the leak guard", len(vocabulary), len(allowed))
         vocabulary = Vocabulary(allowed)
-    backend = get_backend(args.backend, **backend_options(args, context))
-    cache = RequestCache(args.cache_path or os.path.join(out_dir, "cache.jsonl")) if args.backend == "openai" else None
+    return queries, ratios, vocabulary, guard
+
+
+def _dry_run(backend, asked: list[TargetQuery], cache) -> dict:
+    """Log and return what a run would take: requests, tokens and, when the price is known, dollars."""
+    if not hasattr(backend, "estimate"):
+        logger.info("dry run: backend %s makes no requests", backend.name)
+        return {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    e = backend.estimate(asked, cache)
+    logger.info(
+        "dry run: %d classes, %d requests (%d answered by the cache), ~%d prompt + ~%d completion tokens "
+        "(at most %d completion tokens)", len(asked), e["requests"], e["cached"], e["prompt_tokens"],
+        e["completion_tokens"], e["max_completion_tokens"],
+    )  # fmt: skip
+    if "cost_usd" in e:
+        price_in, price_out = e["price_per_million"]
+        hidden = " plus its hidden reasoning tokens, billed as output:" if e.get("reasoning") else ""
+        logger.info(
+            "dry run: ~$%.2f for %s at $%.2f / $%.2f per 1M input / output tokens%s at most $%.2f if every reply "
+            "used max_completion_tokens; top-ups add up to top_up requests per short class",
+            e["cost_usd"], e["model"], price_in, price_out, hidden, e["max_cost_usd"],
+        )  # fmt: skip
+    else:
+        logger.info("dry run: no price known for %s at this endpoint: set neighbors.price_per_million [input, output] "
+                    "(USD per 1M tokens) to price the run", e.get("model"))  # fmt: skip
+    return e
+
+
+def _run(section: NeighborsArguments | dict, context: CurateContext) -> dict:
+    args = section if isinstance(section, NeighborsArguments) else from_dict(NeighborsArguments, section, "neighbors")
+    out_dir = os.path.join(context.output_dir, "neighbors")
+    queries, ratios, vocabulary, guard = _prepare(args, context)
+    backend = NEIGHBOR_BACKENDS[args.backend](_resolve_paths(args.options, context))
+    cache = RequestCache(args.cache_path or os.path.join(out_dir, "cache.jsonl")) if backend.cacheable else None
     # the backend proposes candidate_factor x what each class keeps; top-up and screening count the wide number, so
     # nothing cuts the candidates before the rank stage sees them (the per-auxiliary cap applies to the final choice)
     wide = [dataclasses.replace(q, num_requested=q.num_requested * args.candidate_factor) for q in queries]
     asked = [q for q in wide if q.num_requested > 0]  # a group with ratio 0 is not asked
     if args.dry_run:
-        if not hasattr(backend, "estimate"):
-            logger.info("dry run: backend %s makes no requests", args.backend)
-            return {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0}
-        estimate = backend.estimate(asked, cache)
-        logger.info(
-            "dry run: %d classes, %d requests (%d answered by the cache), ~%d prompt + ~%d completion tokens "
-            "(at most %d completion tokens)",
-            len(asked), estimate["requests"], estimate["cached"], estimate["prompt_tokens"],
-            estimate["completion_tokens"], estimate["max_completion_tokens"],
-        )  # fmt: skip
-        return estimate
+        return _dry_run(backend, asked, cache)
     logger.info(
         "neighbors: %d target classes (%d asked), backend %s, k=%d, ratios %s, vocabulary %s",
         len(queries), len(asked), args.backend, args.k, ratios, len(vocabulary) if vocabulary is not None else "none",
@@ -481,6 +477,11 @@ def _run(section: NeighborsArguments | dict, context: CurateContext) -> dict:
     answers = iter(backend.propose(asked, vocabulary=vocabulary, cache=cache))
     proposals = [next(answers) if q.num_requested > 0 else Proposal(status="skipped") for q in queries]
     top_up(backend, wide, proposals, guard, vocabulary, cache, args.top_up)
+    return _write(args, backend, queries, wide, proposals, guard, vocabulary, ratios, out_dir)
+
+
+def _write(args, backend, queries, wide, proposals, guard, vocabulary, ratios, out_dir: str) -> dict:
+    """neighbors.json, candidates.json and the run log; the summary logged, failures named."""
     settings = {
         "k": args.k, "ratios": args.ratios, "group_ratios": ratios, "max_auto_ratio": args.max_auto_ratio,
         "max_per_class": args.max_per_class,
@@ -507,6 +508,11 @@ def _run(section: NeighborsArguments | dict, context: CurateContext) -> dict:
     run_stats = {"created": manifest["created"], "backend": args.backend, **backend.stats}
     with open(os.path.join(out_dir, "runs.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps(run_stats) + "\n")
+    if backend.stats.get("completion_tokens"):
+        prompt, completion = backend.stats.get("prompt_tokens", 0), backend.stats["completion_tokens"]
+        cost = backend.cost(prompt, completion) if hasattr(backend, "cost") else None
+        logger.info("tokens used by this run: %d prompt + %d completion%s", prompt, completion,
+                    f" (~${cost:.2f})" if cost is not None else "")  # fmt: skip
     s = manifest["summary"]
     logger.info(
         "neighbors done: %d/%d classes ok, %d failed, %d skipped, %d with >= 1 neighbor, %d short of k x ratio "

@@ -20,11 +20,11 @@ import logging
 import os
 import re
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from neighbor_lt.neighbors.base import Candidate, NeighborBackend, Proposal, TargetQuery
+from neighbor_lt.neighbors.base import Candidate, Checks, NeighborBackend, Proposal, TargetQuery
 from neighbor_lt.neighbors.names import WNID_RE, is_wnid, name_keys, normalize
 
 logger = logging.getLogger(__name__)
@@ -339,6 +339,24 @@ class WordNet:
         return seen
 
 
+@dataclass
+class WordNetOptions:
+    """Options of the ``wordnet`` backend."""
+
+    depth: int = field(default=3, metadata={"help": "wordnet: hypernym steps above the target to search."})
+    min_similarity: float | None = field(default=None, metadata={"help": "wordnet: minimum Wu-Palmer similarity."})
+    max_distance: int | None = field(default=None, metadata={"help": "wordnet: maximum path distance (edges)."})
+    max_candidates: int = field(default=50, metadata={"help": "wordnet: ranked candidates kept per target."})
+    wordnet_dir: str | None = field(default=None, metadata={"help": "WordNet database folder (/usr/share/wordnet)."})
+
+    def problems(self) -> list[str]:
+        checks = Checks(self)
+        checks.positive_int("depth", "max_candidates")
+        checks.positive_int("max_distance", optional=True, minimum=0)
+        checks.number("min_similarity", "a number in [0, 1] or null", 0, 1, optional=True)
+        return checks.problems
+
+
 class WordNetBackend(NeighborBackend):
     """Siblings and cousins from WordNet, ranked by Wu-Palmer similarity; offline and deterministic.
 
@@ -362,22 +380,16 @@ class WordNetBackend(NeighborBackend):
     """
 
     name = "wordnet"
+    Options = WordNetOptions
+    uses_wordnet = True
     asks_by_name = False  # also finds a target by its wnid (a wnid column beside numeric labels)
 
-    def __init__(
-        self,
-        depth: int = 3,
-        min_similarity: float | None = None,
-        max_distance: int | None = None,
-        max_candidates: int = 50,
-        wordnet_dir: str | None = None,
-    ):
-        super().__init__()
-        self.depth = depth
-        self.min_similarity = min_similarity
-        self.max_distance = max_distance
-        self.max_candidates = max_candidates
-        self.wordnet = WordNet.load(wordnet_dir or WORDNET_DIR)
+    def __init__(self, options: WordNetOptions | None = None, /, **values):
+        super().__init__(options, **values)
+        o = self.options
+        self.depth, self.min_similarity, self.max_distance = o.depth, o.min_similarity, o.max_distance
+        self.max_candidates = o.max_candidates
+        self.wordnet = WordNet.load(o.wordnet_dir or WORDNET_DIR)
 
     def settings(self):
         return {
