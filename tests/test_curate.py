@@ -318,7 +318,7 @@ def test_benchmark_curate_recipes_validate_offline_and_price_first(recipe):
     path = REPO / "recipes" / recipe / "curate.yaml"
     config = load_config(str(path))  # every key and backend option checked; nothing is loaded or sent
     neighbors, retrieve, filters = (config.arguments(s) for s in ("neighbors", "retrieve", "filter"))
-    assert neighbors.backend == "openai" and neighbors.backend_kwargs["model"] == "gpt-4"  # the paper's LLM, k, ratios
+    assert neighbors.backend == "openai" and neighbors.backend_kwargs["model"] == "gpt-5.5"  # a current LLM, k, ratios
     assert neighbors.k == 5 and neighbors.ratios == [1, 1, 3]
     assert config.stages == ["neighbors"] and neighbors.dry_run  # as is, the file only prices the LLM requests
     # then the searches: priced first, on a live API (not Bing, retired; not Google CSE, closing), at the paper's size
