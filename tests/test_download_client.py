@@ -3,11 +3,9 @@ connections and https."""
 
 import itertools
 import socket
-import subprocess
 
 import pytest
-from retrieval_fixtures.downloads import loopback_config, no_dns_resolver
-from retrieval_fixtures.server import ImageServer
+from retrieval_fixtures.downloads import https_image_server, loopback_config, no_dns_resolver
 
 from neighbor_lt.retrieval import AddressGuard, Candidate, DownloadConfig, Downloader
 from neighbor_lt.retrieval.download import read_jsonl
@@ -110,19 +108,7 @@ def test_a_keep_alive_connection_the_server_dropped_is_reopened(jpegs, tmp_path)
 def test_https_goes_through_the_guard_and_verifies_the_certificate(jpegs, tmp_path):
     """A loopback https server with a self-signed certificate for 127.0.0.1: refused as unverified by default,
     downloaded once its certificate is given as ``ca_bundle`` (SNI, verification and keep-alive over TLS)."""
-    import ssl
-
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days",
-         "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    server = ImageServer(jpegs)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
-    server.start()
+    server, cert = https_image_server(jpegs, tmp_path)
     try:
         urls = [f"https://127.0.0.1:{server.port}/img/{i}.jpg" for i in range(33, 36)]
         candidates = [Candidate("goldfish", url, rank=i) for i, url in enumerate(urls)]

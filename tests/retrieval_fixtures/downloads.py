@@ -62,3 +62,23 @@ def download_command(tmp_path, candidates, processes: int) -> tuple[list[str], d
 def run_to_end(command, env) -> subprocess.CompletedProcess:
     """Run the child to its end (it must succeed)."""
     return subprocess.run(command, env=env, check=True, capture_output=True)
+
+
+def https_image_server(jpegs, folder: Path):
+    """An :class:`ImageServer` over TLS with a fresh self-signed certificate for 127.0.0.1 (started); returns it and
+    the certificate's path (a ``ca_bundle`` that trusts it)."""
+    import ssl
+
+    from retrieval_fixtures.server import ImageServer
+
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days",
+         "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = ImageServer(jpegs)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+    return server.start(), cert

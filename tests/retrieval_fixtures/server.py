@@ -83,6 +83,7 @@ class ImageServer:
         self.outage = False
         self.api_mode: str | None = None
         self.requests: Counter = Counter()
+        self.log: list[tuple[float, str]] = []  # (time.monotonic() on arrival, path) of every request
         self.flaky: Counter = Counter()
         self.lock = threading.Lock()
         self.search_results = search_results or {}  # query -> list of (image path, page path, title)
@@ -121,6 +122,7 @@ class ImageServer:
                 path, query = parts.path, parse_qs(parts.query)
                 with server.lock:
                     server.requests[path] += 1
+                    server.log.append((time.monotonic(), path))
                 name = path.rsplit("/", 1)[-1]
                 index = int(name.split(".")[0]) if name.split(".")[0].isdigit() else 0
                 if path == "/robots.txt":

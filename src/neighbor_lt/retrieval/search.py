@@ -20,6 +20,7 @@ from datetime import date
 from typing import Any
 
 from ..secrets import redact, register_secret
+from .proxies import http_client
 
 logger = logging.getLogger(__name__)
 
@@ -181,13 +182,10 @@ def _api_message(response) -> str:
     return str(error or data)[:300]
 
 
-def _client(timeout: float, headers: dict | None = None):
-    """The HTTP client of every web search backend (our User-Agent; the environment's proxy settings are not read)."""
-    import httpx
-
-    return httpx.Client(
-        timeout=timeout, headers={"User-Agent": DEFAULT_USER_AGENT, **(headers or {})}, trust_env=False
-    )
+def _client(endpoint: str, timeout: float, headers: dict | None = None):
+    """The HTTP client of every web search backend: our User-Agent, through the environment's proxy for ``endpoint``
+    (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY``, :func:`~neighbor_lt.retrieval.proxies.http_client`)."""
+    return http_client(endpoint, timeout=timeout, headers={"User-Agent": DEFAULT_USER_AGENT, **(headers or {})})
 
 
 _warned: set[str] = set()
@@ -258,7 +256,7 @@ class GoogleImageSearch(SearchBackend):
 
     def search(self, query: str, max_results: int = 100, **hints) -> list[Candidate]:
         out: list[Candidate] = []
-        with _client(self.timeout) as client:
+        with _client(self.endpoint, self.timeout) as client:
             start = 1
             while len(out) < max_results and start <= 91:  # the API serves at most 100 results
                 params = {"key": self.api_key, "cx": self.cx, "q": query, "searchType": "image"}
@@ -330,7 +328,7 @@ class BraveImageSearch(SearchBackend):
     def search(self, query: str, max_results: int = 200, **hints) -> list[Candidate]:
         headers = {"Accept": "application/json", "X-Subscription-Token": self.api_key}
         params = {"q": query, "count": max(1, min(self.page_size, max_results)), **self.extra_params}
-        with _client(self.timeout, headers) as client:
+        with _client(self.endpoint, self.timeout, headers) as client:
             data = _get_json(client, self.endpoint, "brave", params=params)
         results = data.get("results")
         if not isinstance(results, list):
@@ -390,7 +388,7 @@ class SerpApiImageSearch(SearchBackend):
     def search(self, query: str, max_results: int = 100, **hints) -> list[Candidate]:
         out: list[Candidate] = []
         seen: set[str] = set()
-        with _client(self.timeout) as client:
+        with _client(self.endpoint, self.timeout) as client:
             for page in range(self.max_pages):
                 if len(out) >= max_results:
                     break

@@ -308,9 +308,18 @@ def _report_downloads(summary: dict, desc: str, retried: bool) -> dict:
         "%s: %d candidate(s): %d ok, %d duplicate, %d failed%s",
         desc, summary["total"], summary["ok"], summary["duplicate"], sum(failed.values()), f" ({detail})" if detail else "",
     )  # fmt: skip
+    blocked = (
+        f"{summary['blocked_address']} URL(s) point at private, loopback, link-local or reserved addresses, which "
+        "the address guard refuses: if they are your own servers, list their networks in "
+        "retrieve.download.allowed_networks (e.g. ['10.0.0.0/8']) and rerun: refused URLs are checked again"
+    ) if summary.get("blocked_address") else ""  # fmt: skip
     if summary["ok"] == 0:
         what = f"all {summary['total']} candidate(s) failed ({detail})" if summary["total"] else "no candidate"
-        raise StageError(f"{desc}: no image retrieved: {what}; see retrieve/downloads.jsonl")
+        raise StageError(
+            f"{desc}: no image retrieved: {what}; see retrieve/downloads.jsonl{'; ' + blocked if blocked else ''}"
+        )
+    if blocked:
+        logger.warning("%s: %s", desc, blocked)
     if summary.get("retryable"):
         logger.warning(
             "%s: %d URL(s) failed in a way that may pass later (timeout, 429 / 5xx, network or DNS error, robots.txt "

@@ -30,6 +30,10 @@ together (each gets its share).
 Safety by default: only http(s); any address that is private, loopback, link-local, multicast, reserved or unspecified
 is refused, checked on the IP a hostname resolves to at connect time (so redirects and DNS answers cannot sneak past),
 unless it is in ``allowed_networks``; robots.txt and ``X-Robots-Tag: noai / noimageai / noindex / none`` are honoured.
+A URL the guard refused (``blocked_address``, the record names the setting) is checked again with ``retry_failed``,
+and by any run whose guard settings changed. ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` are honoured
+(:mod:`neighbor_lt.retrieval.proxies`); through a proxy the guard checks IP literals and the names this machine can
+resolve, and leaves the names only the proxy resolves to the proxy.
 
 The parts, one concern each: :mod:`.config` (settings, outcomes), :mod:`.client` (HTTP/1.1 connections and the
 address guard), :mod:`.robots` (robots.txt, X-Robots-Tag), :mod:`.limits` (per-host limits), :mod:`.images`

@@ -15,8 +15,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from urllib.parse import quote, urlsplit
+from urllib.request import getproxies_environment
 
+from ..proxies import Proxy, parse_proxy, proxy_for
 from .config import DownloadConfig
+
+#: Where a refused address is allowed: every ``blocked_address`` record says so.
+ALLOW_HINT = " (allow its network in retrieve.download.allowed_networks)"
 
 
 class BlockedAddress(Exception):
@@ -68,7 +73,7 @@ class AddressGuard:
         except ValueError:
             return
         if not self.is_allowed(host.strip("[]")):
-            raise BlockedAddress(f"address {host} is not public")
+            raise BlockedAddress(f"address {host} is not public{ALLOW_HINT}")
 
     def resolve(self, host: str, port: int) -> list[str]:
         """Resolve ``host`` and return its allowed addresses; raise BlockedAddress when none is allowed."""
@@ -79,7 +84,7 @@ class AddressGuard:
         addresses = list(dict.fromkeys(info[4][0] for info in infos))
         allowed = [a for a in addresses if self.is_allowed(a)]
         if not allowed:
-            raise BlockedAddress(f"{host} resolves to refused address(es) {addresses}")
+            raise BlockedAddress(f"{host} resolves to refused address(es) {addresses}{ALLOW_HINT}")
         return allowed
 
 
@@ -93,27 +98,61 @@ class HttpTimeout(HttpError):
 
 class GuardedConnection(http.client.HTTPConnection):
     """An HTTP/1.1 connection whose TCP connection goes only to an address the guard checked at connect time (so a
-    DNS answer cannot point it at a refused address); the read timeout applies once connected."""
+    DNS answer cannot point it at a refused address); the read timeout applies once connected.
 
-    def __init__(self, host, port, guard: AddressGuard, connect_timeout: float, read_timeout: float, ssl_context=None):
+    With a ``proxy`` the TCP connection goes to the proxy (the user's own setting: not checked), an https target
+    through a ``CONNECT`` tunnel; the target's name is checked where this machine can resolve it, and a name only
+    the proxy can resolve is left to the proxy's own rules (see the README's proxy section).
+    """
+
+    def __init__(
+        self, host, port, guard: AddressGuard, connect_timeout: float, read_timeout: float, ssl_context=None,
+        proxy: Proxy | None = None,
+    ):  # fmt: skip
         super().__init__(host, port, timeout=connect_timeout)
-        self._guard, self._read_timeout, self._ssl_context = guard, read_timeout, ssl_context
+        self._guard, self._read_timeout, self._ssl_context, self._proxy = guard, read_timeout, ssl_context, proxy
 
     def connect(self):
-        error: OSError | None = None
-        for ip in self._guard.resolve(self.host, self.port):
-            try:
-                sock = socket.create_connection((ip, self.port), self.timeout)
-                break
-            except OSError as e:
-                error = e
-        else:
-            raise error or OSError(f"no address for {self.host}")
+        sock = self._connect_proxy() if self._proxy is not None else self._connect_direct()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._ssl_context is not None:
             sock = self._ssl_context.wrap_socket(sock, server_hostname=self.host)
         sock.settimeout(self._read_timeout)
         self.sock = sock
+
+    def _connect_direct(self) -> socket.socket:
+        error: OSError | None = None
+        for ip in self._guard.resolve(self.host, self.port):
+            try:
+                return socket.create_connection((ip, self.port), self.timeout)
+            except OSError as e:
+                error = e
+        raise error or OSError(f"no address for {self.host}")
+
+    def _connect_proxy(self) -> socket.socket:
+        try:
+            self._guard.resolve(self.host, self.port)  # BlockedAddress when every address it has here is refused
+        except DnsError:
+            pass  # a name only the proxy resolves: what it points to is the proxy's to check
+        sock = socket.create_connection((self._proxy.host, self._proxy.port), self.timeout)
+        if self._ssl_context is not None:
+            try:
+                _open_tunnel(sock, self.host, self.port, self._proxy.headers)
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+
+
+def _open_tunnel(sock: socket.socket, host: str, port: int, headers: dict[str, str]) -> None:
+    """Ask the proxy on ``sock`` for a ``CONNECT`` tunnel to ``host:port``; raises OSError when it refuses."""
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}", *(f"{k}: {v}" for k, v in headers.items())]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    response = http.client.HTTPResponse(sock, method="CONNECT")
+    response.begin()  # the status line and headers only: the tunnel's bytes follow
+    if response.status != 200:
+        raise OSError(f"the proxy refused CONNECT {authority}: HTTP {response.status} {response.reason}".strip())
 
 
 class Response:
@@ -146,9 +185,13 @@ class Response:
 class Connections:
     """One thread's keep-alive connections, one per origin, at most ``max_idle`` kept (least recently used closed)."""
 
-    def __init__(self, guard: AddressGuard, config: DownloadConfig, ssl_context, max_idle: int = 8):
+    def __init__(
+        self, guard: AddressGuard, config: DownloadConfig, ssl_context, max_idle: int = 8, proxies: dict | None = None
+    ):
         self.guard, self.config, self.ssl_context, self.max_idle = guard, config, ssl_context, max_idle
         self.idle: OrderedDict[tuple, GuardedConnection] = OrderedDict()
+        self.proxies = getproxies_environment() if proxies is None else proxies  # HTTP(S)_PROXY, NO_PROXY
+        self._parsed: dict[str, Proxy] = {}
         self.headers = {"User-Agent": config.user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
 
     @contextmanager
@@ -160,16 +203,21 @@ class Connections:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe="!#$%&'()*+,/:;=?@[]~")
         key = (parts.scheme, host, port)
+        proxy, headers = self._proxy(url), self.headers
+        if proxy is not None and parts.scheme == "http":  # a plain request to the proxy names the whole URL
+            authority = f"[{host}]" if ":" in host else host
+            authority += f":{port}" if parts.port else ""
+            target, headers = f"http://{authority}{target}", {**headers, **proxy.headers}
         for attempt in range(2):
             connection = self.idle.pop(key, None)
             reused = connection is not None
             if connection is None:
                 connection = GuardedConnection(
                     host, port, self.guard, self.config.connect_timeout, self.config.read_timeout,
-                    self.ssl_context if parts.scheme == "https" else None,
+                    self.ssl_context if parts.scheme == "https" else None, proxy,
                 )  # fmt: skip
             try:
-                connection.request("GET", target, headers=self.headers)
+                connection.request("GET", target, headers=headers)
                 response = connection.getresponse()
                 break
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
@@ -194,6 +242,15 @@ class Connections:
                     self.idle.popitem(last=False)[1].close()
             else:
                 connection.close()
+
+    def _proxy(self, url: str) -> Proxy | None:
+        """The proxy ``url`` goes through (:func:`~neighbor_lt.retrieval.proxies.proxy_for`), or None."""
+        proxy_url = proxy_for(url, self.proxies)
+        if proxy_url is None:
+            return None
+        if proxy_url not in self._parsed:
+            self._parsed[proxy_url] = parse_proxy(proxy_url)
+        return self._parsed[proxy_url]
 
     def close(self) -> None:
         while self.idle:

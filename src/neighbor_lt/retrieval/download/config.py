@@ -25,6 +25,24 @@ OUTCOMES = (
 RETRYABLE_OUTCOMES = ("timeout", "network_error", "dns_error", "robots_unreachable")
 
 
+#: Outcomes a setting decided (the address guard's ``allowed_networks`` / ``block_private_addresses``): fetched again
+#: with ``retry_failed``, and by any run whose guard settings differ from those the record was made under.
+SETTING_OUTCOMES = ("blocked_address",)
+
+
+def guard_settings(config: DownloadConfig) -> list:
+    """The settings a ``blocked_address`` record was decided under (stored in it as ``guard``)."""
+    return [bool(config.block_private_addresses), sorted(str(n) for n in config.allowed_networks)]
+
+
+def is_refetched(record: dict, retry_failed: bool, guard: list) -> bool:
+    """Whether a run fetches ``record``'s URL again: a retryable failure with ``retry_failed``; a refusal of the
+    address guard with ``retry_failed`` or once the guard's settings (``guard``, :func:`guard_settings`) changed."""
+    if record.get("outcome") in SETTING_OUTCOMES:
+        return retry_failed or record.get("guard", guard) != guard
+    return retry_failed and is_retryable(record)
+
+
 def is_retryable(record: dict) -> bool:
     """Whether a manifest record failed in a way that may succeed later (timeouts, network / DNS errors, 429 and
     5xx after the retries, an unreachable robots.txt); ``--retry_failed`` fetches exactly these again."""

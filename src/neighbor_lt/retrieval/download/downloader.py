@@ -16,13 +16,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from urllib.parse import urljoin, urlsplit
+from urllib.request import getproxies_environment
 
 from tqdm.auto import tqdm
 
 from ...secrets import redactor
+from ..proxies import parse_proxy
 from ..search import Candidate
 from .client import AddressGuard, BlockedAddress, Connections, DnsError, HttpError, HttpTimeout, Response, url_problem
-from .config import OUTCOMES, DownloadConfig, is_retryable
+from .config import OUTCOMES, DownloadConfig, guard_settings, is_refetched, is_retryable
 from .dedup import DedupIndex, perceptual_hash
 from .images import decode_image
 from .limits import HostLimiters, Stopped
@@ -69,11 +71,16 @@ class Downloader:
         self._ssl_context = ssl.create_default_context()  # shared: building one costs ~30 ms of CPU
         if config.ca_bundle:
             self._ssl_context.load_verify_locations(cafile=config.ca_bundle)
+        self.proxies = getproxies_environment()  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as the search client reads them
+        for scheme in ("http", "https"):
+            if self.proxies.get(scheme):
+                parse_proxy(self.proxies[scheme])  # a proxy it cannot use is one error here, not one per URL
         self._lock = threading.Lock()
         self._stop = stop if stop is not None else threading.Event()
         self.limiters = HostLimiters(config.max_connections_per_host, config.requests_per_second_per_host, self._stop)
         self.robots = RobotsRules(config.user_agent.split("/")[0].split()[0], self._request, config.max_redirects)
         self.seen = DedupIndex(config.phash_distance)
+        self._guard_settings = guard_settings(config)
         self._redact = redactor()  # the secrets known now; renewed by run()
         self._throttled_elsewhere: Counter = Counter()  # host -> seconds held back in the download processes
         self._commit_lock = threading.Lock()  # an image file and its manifest line are written together
@@ -88,22 +95,26 @@ class Downloader:
     def load_records(self, retry_failed: bool = False) -> dict[str, dict]:
         """Records already in the manifest, by key (a key's last line wins); also rebuilds the dedup indexes.
 
-        With ``retry_failed``, the records of retryable failures (:func:`is_retryable`) are taken out of the manifest
-        (rewritten atomically), so their URLs are fetched again. Image files without a record (left by ``kill -9``
-        between writing a file and its line) are removed.
+        With ``retry_failed``, the records of retryable failures (:func:`is_retryable`) and of refused addresses are
+        taken out of the manifest (rewritten atomically), so their URLs are fetched again; refused addresses also
+        whenever the guard's settings changed since (:func:`is_refetched`). Image files without a record (left by
+        ``kill -9`` between writing a file and its line) are removed.
         """
         lines = read_jsonl(self.manifest_path)
         records = {}
         for record in lines:
             records[record["key"]] = record
+        guard = guard_settings(self.config)
+        refetch = [key for key, record in records.items() if is_refetched(record, retry_failed, guard)]
+        for key in refetch:
+            del records[key]
+        if refetch or (retry_failed and len(lines) != len(records)):
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records.values())
+            atomic_write(self.manifest_path, text.encode())
         if retry_failed:
-            retry = [key for key, record in records.items() if is_retryable(record)]
-            for key in retry:
-                del records[key]
-            if retry or len(lines) != len(records):
-                text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records.values())
-                atomic_write(self.manifest_path, text.encode())
-            logger.info("retry_failed: %d failed URL(s) will be fetched again", len(retry))
+            logger.info("retry_failed: %d failed URL(s) will be fetched again", len(refetch))
+        elif refetch:
+            logger.info("%d URL(s) the address guard refused under other settings will be checked again", len(refetch))
         for record in records.values():
             if record["outcome"] == "ok":
                 self.seen.add_stored(record)
@@ -131,7 +142,9 @@ class Downloader:
         """This thread's keep-alive connections (http.client: a request costs a fifth of httpx's CPU)."""
         connections = getattr(self._local, "connections", None)
         if connections is None:
-            connections = self._local.connections = Connections(self.guard, self.config, self._ssl_context)
+            connections = self._local.connections = Connections(
+                self.guard, self.config, self._ssl_context, proxies=self.proxies
+            )
             with self._lock:
                 self._connections.append(connections)
         return connections
@@ -163,7 +176,12 @@ class Downloader:
                     return {"outcome": "opted_out", "detail": "robots.txt", "final_url": url}
                 result = self._get(url)
             except BlockedAddress as e:
-                return {"outcome": "blocked_address", "detail": str(e), "final_url": url}
+                return {
+                    "outcome": "blocked_address",
+                    "detail": str(e),
+                    "final_url": url,
+                    "guard": self._guard_settings,
+                }
             except DnsError as e:
                 return {"outcome": "dns_error", "detail": str(e), "final_url": url}
             except RobotsUnreachable as e:
@@ -276,8 +294,7 @@ class Downloader:
         elif (previous := self.seen.url_result(record["source_url"])) is not None:  # found by another query
             result = {"outcome": "duplicate" if previous["outcome"] == "ok" else previous["outcome"]}
             result["detail"] = f"same URL as {previous['key']}"
-            if "status" in previous:
-                result["status"] = previous["status"]
+            result.update({k: previous[k] for k in ("status", "guard") if k in previous})
         else:
             result = self.fetch(candidate.image_url)
         data = result.pop("data", None)

@@ -1,0 +1,124 @@
+"""HTTPS_PROXY / HTTP_PROXY / NO_PROXY: the downloader and the search client through a loopback forwarding proxy
+(absolute-URI requests for http, CONNECT tunnels for https), and what the address guard still checks there."""
+
+import base64
+import socket
+
+import pytest
+from retrieval_fixtures.downloads import https_image_server, loopback_config, no_dns_resolver
+from retrieval_fixtures.proxy import ConnectProxy
+
+from neighbor_lt.retrieval import Candidate, Downloader, get_search_backend
+from neighbor_lt.retrieval.download import read_jsonl
+from neighbor_lt.secrets import redact
+
+
+def proxy_env(monkeypatch, **values):
+    """Only the given proxy variables set (whatever the machine running the tests has)."""
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def proxy():
+    proxy = ConnectProxy().start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def ports(monkeypatch):
+    """The ports this process opens TCP connections to (the proxy fixture's own connections are not counted)."""
+    real, seen = socket.create_connection, []
+
+    def record(address, *args, **kwargs):
+        seen.append(address[1])
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", record)
+    return seen
+
+
+def candidates(urls):
+    return [Candidate("goldfish", url, rank=i) for i, url in enumerate(urls)]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_http_goes_through_http_proxy(server, proxy, ports, tmp_path, monkeypatch, processes):
+    proxy_env(monkeypatch, HTTP_PROXY=proxy.url, NO_PROXY="example.org")
+    paths = [f"/img/{i}.jpg" for i in range(20, 24)]
+    before = server.requests.copy()
+    config = loopback_config(num_workers=2, num_processes=processes)
+    summary = Downloader(str(tmp_path), config).run(candidates(server.url(p) for p in paths))
+    assert summary["ok"] == 4, read_jsonl(tmp_path / "downloads.jsonl")
+    assert all(server.requests[p] - before[p] == 1 for p in paths)
+    assert f"GET {server.url('/robots.txt')} HTTP/1.1" in proxy.requests  # absolute URIs, sent to the proxy
+    assert all(r.startswith(f"GET http://127.0.0.1:{server.port}/") for r in proxy.requests)
+    if processes == 1:  # the download processes connect outside this test's monkeypatch
+        assert set(ports) == {proxy.port}
+
+
+def test_https_goes_through_a_connect_tunnel_with_proxy_credentials(jpegs, tmp_path, monkeypatch, ports):
+    secret = "pr0xy-s3cret"
+    proxy = ConnectProxy(require_auth="Basic " + base64.b64encode(f"me:{secret}".encode()).decode()).start()
+    server, cert = https_image_server(jpegs, tmp_path)
+    try:
+        proxy_env(monkeypatch, HTTPS_PROXY=f"http://me:{secret}@127.0.0.1:{proxy.port}")
+        urls = [f"https://127.0.0.1:{server.port}/img/{i}.jpg" for i in range(3)]
+        config = loopback_config(num_workers=1, ca_bundle=str(cert))
+        summary = Downloader(str(tmp_path / "out"), config).run(candidates(urls))
+        assert summary["ok"] == 3, read_jsonl(tmp_path / "out" / "downloads.jsonl")
+        assert proxy.requests == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1"]  # one tunnel, kept alive, TLS inside
+        assert set(ports) == {proxy.port}
+        assert secret not in redact(f"proxy {secret} said no")  # the proxy's password is redacted everywhere
+
+        proxy_env(monkeypatch, HTTPS_PROXY=f"http://me:wrong@127.0.0.1:{proxy.port}")
+        refused = Downloader(str(tmp_path / "refused"), config).run(candidates(urls))
+        detail = read_jsonl(tmp_path / "refused" / "downloads.jsonl")[0]["detail"]
+        assert refused["robots_unreachable"] == 3 and "the proxy refused CONNECT" in detail and "407" in detail
+    finally:
+        server.stop()
+        proxy.stop()
+
+
+def test_no_proxy_goes_direct(server, proxy, ports, tmp_path, monkeypatch):
+    proxy_env(monkeypatch, HTTP_PROXY=proxy.url, HTTPS_PROXY=proxy.url, NO_PROXY="localhost,127.0.0.1")
+    summary = Downloader(str(tmp_path), loopback_config()).run(candidates([server.url("/img/25.jpg")]))
+    assert summary["ok"] == 1 and proxy.requests == [] and set(ports) == {server.port}
+
+
+def test_the_guard_through_a_proxy_checks_what_it_can_resolve_here(server, proxy, tmp_path, monkeypatch):
+    """IP literals and names that resolve here to refused addresses never reach the proxy; a name only the proxy can
+    resolve is the proxy's to check (it answers 502 here: the name does not exist)."""
+    proxy_env(monkeypatch, HTTP_PROXY=proxy.url)
+
+    def resolve(host, port, *args, **kwargs):
+        if host == "intranet.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", port))]
+        return no_dns_resolver([])(host, port, *args, **kwargs)
+
+    urls = ["http://10.1.2.3/x.jpg", "http://intranet.example/y.jpg", server.url("/to-private/1"),
+            "http://dead-domain.invalid/z.jpg"]  # fmt: skip
+    Downloader(str(tmp_path), loopback_config(), resolver=resolve).run(candidates(urls))
+    got = {r["source_url"]: r for r in read_jsonl(tmp_path / "downloads.jsonl")}
+    assert [got[u]["outcome"] for u in urls[:3]] == ["blocked_address"] * 3
+    assert not any("10." in r or "intranet" in r or "192.168" in r for r in proxy.requests)
+    assert got[urls[3]]["outcome"] == "robots_unreachable" and "502" in got[urls[3]]["detail"]
+    assert "GET http://dead-domain.invalid/robots.txt HTTP/1.1" in proxy.requests
+
+
+def test_search_goes_through_the_proxy(server, proxy, monkeypatch):
+    proxy_env(monkeypatch, HTTP_PROXY=proxy.url)
+    server.search_results["goldfish"] = [("/img/1.jpg", "/page/1", "a goldfish")]
+    backend = get_search_backend(
+        "google", endpoint=server.url("/customsearch/v1"), api_key=server.api_key, cx="test-cx"
+    )
+    hits = backend.search("goldfish", max_results=5)
+    assert [h.image_url for h in hits] == [server.url("/img/1.jpg")]
+    assert any(r.startswith(f"GET {server.url('/customsearch/v1')}?") for r in proxy.requests)
+    proxy_env(monkeypatch, HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
+    count = len(proxy.requests)
+    assert len(backend.search("goldfish", max_results=5)) == 1 and len(proxy.requests) == count  # direct
