@@ -75,17 +75,13 @@ def test_find_manifest_beside_an_aux_set_in_the_curate_layout(tmp_path):
     assert find_manifest("someone/aux-set") is None  # a Hub id: nothing local to look beside
 
 
-# Files that still build a neighbors.json path by hand (none: the ablation reads it through the manifest module).
-PENDING: set[str] = set()
-
-
 def test_no_other_module_builds_a_neighbors_json_path():
     """Only neighbors/manifest.py names the file in code (docstrings and help texts may mention it)."""
     found = []
     for folder in ("src", "recipes", "benchmarks", "space"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             relative = path.relative_to(ROOT).as_posix()
-            if relative.endswith("neighbors/manifest.py") or relative in PENDING:
+            if relative.endswith("neighbors/manifest.py"):
                 continue
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.Constant) and node.value == MANIFEST_NAME:
