@@ -73,3 +73,34 @@ def test_command_line_data_source_replaces_the_yaml_one(tmp_path, monkeypatch):
     assert data.train_files == ["x/*.parquet"] and data.dataset_name is None
     _, data, _ = parse_args(TYPES, [*base, "--dataset_name", "parquet", "--train_files", "x/*.parquet"])
     assert data.dataset_name == "parquet" and data.train_files == ["x/*.parquet"]
+
+
+def test_one_front_end_for_yaml_overrides_and_the_saved_config(tmp_path):
+    """The pieces train, curate and ablate share: the YAML reader, the override splitter, the value parser, the
+    writer of the resolved config."""
+    from neighbor_lt.configs import ConfigError, parse_value, read_yaml_mapping, split_overrides, write_yaml
+
+    assert split_overrides(["--a.b", "--x", "--c=1"], "--K V") == [("a.b", ["--x"]), ("c", ["1"])]
+    assert split_overrides(["--seeds", "0", "1", "--k", "v"], "--K V", greedy=True) == [
+        ("seeds", ["0", "1"]),
+        ("k", ["v"]),
+    ]
+    with pytest.raises(ConfigError, match="unknown argument 'stray': overrides are --K V"):
+        split_overrides(["stray"], "--K V")
+    with pytest.raises(ConfigError, match="--seeds needs a value"):
+        split_overrides(["--seeds", "--k", "v"], "--K V", greedy=True)
+    assert (
+        parse_value("[1, 2]") == [1, 2]
+        and parse_value("2024", "str") == "2024"
+        and parse_value("1e-4", "float") == 1e-4
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        read_yaml_mapping(str(bad))
+    bad.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="must hold a list of sections"):
+        read_yaml_mapping(str(bad), expected="a list of sections")
+    path = write_yaml(str(tmp_path / "out" / "resolved.yaml"), {"b": 1, "a": [2]}, header="rerun with --config")
+    assert open(path).read() == "# rerun with --config\nb: 1\na:\n- 2\n"
+    assert read_yaml_mapping(path) == {"b": 1, "a": [2]} and not (tmp_path / "out" / "resolved.yaml.tmp").exists()

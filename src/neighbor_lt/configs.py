@@ -1,8 +1,13 @@
-"""Argument dataclasses and the YAML + command-line parser shared by every recipe.
+"""Argument dataclasses and the YAML + command-line front-end shared by every recipe.
 
 A recipe is configured by a YAML file passed as ``--config``; any key can be overridden on the command line
 (``--learning_rate 1e-4``). Unknown keys are an error, not a warning, so a typo never silently falls back to a
 default. The resolved arguments are written next to the outputs (``args.yaml``).
+
+The same pieces serve the curation and the ablation, whose configs are sections of settings rather than flat
+dataclasses: :func:`pop_config_path` and :func:`read_yaml_mapping` take the file, :func:`split_overrides` and
+:func:`parse_value` the dotted command-line overrides (``--neighbors.k 3``, ``--train.lt_seed 2``), and
+:func:`write_yaml` saves what was resolved next to the outputs.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import dataclasses
 import enum
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -300,15 +306,98 @@ def pop_config_path(args: list[str], required: str | None = None) -> str | None:
     return path
 
 
-def read_yaml_mapping(path: str) -> dict:
-    """The mapping of a YAML config file; a missing file or a non-mapping is a :class:`ConfigError`."""
+def read_yaml_mapping(path: str, expected: str = "a mapping of argument names to values") -> dict:
+    """The mapping of a YAML config file; a missing file, invalid YAML or a non-mapping is a one-line
+    :class:`ConfigError` (``expected`` says what the file should hold)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     with open(path) as f:
-        values = yaml.safe_load(f) or {}
+        try:
+            values = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of argument names to values")
+        raise ConfigError(f"{path} must hold {expected}")
     return values
+
+
+def write_yaml(path: str, values: dict, header: str | None = None, sort_keys: bool = False) -> str:
+    """Write a resolved configuration atomically (a reader never sees half a file); ``header`` is a comment line.
+
+    Every front-end saves what it resolved next to its outputs this way: ``args.yaml`` (:func:`save_args`),
+    ``curate_config.yaml`` and the ablation's ``ablate.yaml`` / ``train.yaml``.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        if header:
+            f.write(f"# {header}\n")
+        yaml.safe_dump(values, f, sort_keys=sort_keys)
+    os.replace(tmp, path)
+    return path
+
+
+def split_overrides(argv: list[str], usage: str, greedy: bool = False) -> list[tuple[str, list[str]]]:
+    """The ``--key value`` overrides of a command line (``--key=value`` too) as ``(key, [values])`` pairs.
+
+    Example:
+        >>> split_overrides(["--neighbors.k", "3", "--retrieve.backend=pool"], "--SECTION.KEY VALUE")
+        [('neighbors.k', ['3']), ('retrieve.backend', ['pool'])]
+        >>> split_overrides(["--seeds", "0", "1", "--train.lt_seed", "2"], "--key value", greedy=True)
+        [('seeds', ['0', '1']), ('train.lt_seed', ['2'])]
+
+    Args:
+        argv: the arguments after ``--config PATH`` was taken out.
+        usage: how an override is written, for the error message.
+        greedy: a key takes every value up to the next ``--key`` (lists such as ``--seeds 0 1 2``); otherwise
+            exactly the next argument.
+
+    Raises:
+        ConfigError: an argument that is not an override, or a key without a value.
+    """
+    out: list[tuple[str, list[str]]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unknown argument {arg!r}: overrides are {usage}")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            out.append((key, [value]))
+            i += 1
+            continue
+        values = []
+        i += 1
+        while i < len(argv) and (greedy and not argv[i].startswith("--") or not greedy and not values):
+            values.append(argv[i])
+            i += 1
+        if not values:
+            raise ConfigError(f"{arg} needs a value")
+        out.append((arg[2:], values))
+    return out
+
+
+def _annotation_kinds(annotation) -> set[str]:
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    return set(re.findall(r"\b(str|int|float|bool|list|dict|Any)\b", text))
+
+
+def parse_value(raw: str, annotation=None):
+    """A command-line string as the value its field takes: YAML (``3``, ``[1, 1, 3]``, ``null``, ``true``), but a
+    string field keeps the text (``--build.target_name 2024``) and a float field takes ``1e-4``."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    kinds = _annotation_kinds(annotation) if annotation is not None else set()
+    if kinds == {"str"} and value is not None and not isinstance(value, str):
+        return raw
+    if "float" in kinds and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _several_processes_without_gpu() -> bool:
@@ -425,9 +514,7 @@ def save_args(path: str, *arg_objects, extra: dict | None = None) -> None:
             resolved[f.name] = value
     if extra:
         resolved[RUN_KEY] = dict(extra)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        yaml.safe_dump(resolved, f, sort_keys=True)
+    write_yaml(path, resolved, sort_keys=True)
 
 
 def from_dict(dataclass_type, values: dict | None, where: str = "config"):

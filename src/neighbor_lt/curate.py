@@ -36,13 +36,19 @@ import importlib
 import inspect
 import logging
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from .configs import ConfigError, DataArguments, _plain
+from .configs import (
+    ConfigError,
+    DataArguments,
+    _annotation_kinds,
+    _plain,
+    parse_value,
+    read_yaml_mapping,
+    split_overrides,
+    write_yaml,
+)
 from .secrets import REDACTED, install_log_redaction, redact, redact_mapping
 
 logger = logging.getLogger(__name__)
@@ -242,53 +248,18 @@ class CurateContext:
 
 
 # ---- configuration -----------------------------------------------------------------------------------------------
-def _annotation_kinds(annotation) -> set[str]:
-    text = annotation if isinstance(annotation, str) else str(annotation)
-    return set(re.findall(r"\b(str|int|float|bool|list|dict|Any)\b", text))
-
-
-def parse_value(raw: str, annotation=None):
-    """A command-line string as the value its field takes: YAML (``3``, ``[1, 1, 3]``, ``null``, ``true``), but a
-    string field keeps the text (``--build.target_name 2024``) and a float field takes ``1e-4``."""
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
-        value = raw
-    kinds = _annotation_kinds(annotation) if annotation is not None else set()
-    if kinds == {"str"} and value is not None and not isinstance(value, str):
-        return raw
-    if "float" in kinds and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
 def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
-    """``["--neighbors.k", "3", "--retrieve.backend=brave"]`` -> ``[("neighbors.k", "3"), ("retrieve.backend", "brave")]``.
+    """``["--neighbors.k", "3", "--retrieve.backend=bing"]`` -> ``[("neighbors.k", "3"), ("retrieve.backend", "bing")]``.
 
     Raises:
         ConfigError: an argument that is not ``--dotted.key value``.
     """
-    out, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
-            raise ConfigError(
-                f"unknown argument {arg!r}: overrides are --SECTION.KEY VALUE with SECTION one of "
-                f"{', '.join(('target', *STAGES))}"
-            )
-        if "=" in arg:
-            key, value = arg[2:].split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(argv):
-                raise ConfigError(f"{arg} needs a value")
-            key, value = arg[2:], argv[i + 1]
-            i += 2
-        out.append((key, value))
-    return out
+    usage = f"--SECTION.KEY VALUE with SECTION one of {', '.join(('target', *STAGES))}"
+    pairs = split_overrides(argv, usage)
+    for key, _ in pairs:
+        if "." not in key:
+            raise ConfigError(f"unknown argument {'--' + key!r}: overrides are {usage}")
+    return [(key, values[0]) for key, values in pairs]
 
 
 def _fields(dataclass_type) -> dict[str, dataclasses.Field]:
@@ -347,14 +318,8 @@ class CurateConfig:
 
     def save(self) -> str:
         """Write :meth:`resolved` to ``<output_dir>/curate_config.yaml``; ``--config`` on it reruns this curation."""
-        os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, CONFIG_NAME)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("# Resolved by recipes/curate.py (secrets redacted); rerun with --config this file.\n")
-            yaml.safe_dump(self.resolved(), f, sort_keys=False)
-        os.replace(tmp, path)
-        return path
+        header = "Resolved by recipes/curate.py (secrets redacted); rerun with --config this file."
+        return write_yaml(os.path.join(self.output_dir, CONFIG_NAME), self.resolved(), header=header)
 
 
 def load_config(
@@ -384,16 +349,13 @@ def load_config(
         ConfigError: a missing file, an unknown section / key / stage / backend option or an invalid value, with the
             valid keys; nothing has run yet.
     """
+    expected = f"a mapping (output_dir, stages, target, {', '.join(STAGES)})"
     if values is None:
-        if not path or not os.path.isfile(path):
+        if not path:
             raise ConfigError(f"config file not found: {path}")
-        with open(path) as f:
-            try:
-                values = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+        values = read_yaml_mapping(path, expected)
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping (output_dir, stages, target, {', '.join(STAGES)})")
+        raise ConfigError(f"{path} must hold {expected}")
     values = _drop_redacted(values, "config")
     known = (*TOP_LEVEL, *STAGES)
     for key in values:

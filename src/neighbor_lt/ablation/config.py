@@ -7,9 +7,7 @@ import copy
 import glob
 import os
 
-import yaml
-
-from ..configs import ConfigError, pop_config_path, read_yaml_mapping
+from ..configs import ConfigError, parse_value, pop_config_path, read_yaml_mapping, split_overrides
 from .variants import VARIANTS
 
 #: Every key of an ablation YAML and its default.
@@ -56,7 +54,15 @@ def _set_dotted(config: dict, key: str, value) -> None:
 
 
 def parse_config(argv: list[str]) -> dict:
-    """The YAML of ``--config`` with ``--key value`` / ``--section.key value`` overrides; unknown top-level keys fail."""
+    """The YAML of ``--config`` with ``--key value`` / ``--section.key value`` overrides; unknown top-level keys fail.
+
+    Example:
+        >>> parse_config(["--config", "recipes/tiny_imagenet_lt/ablate.yaml", "--seeds", "0", "1"])["seeds"]
+        [0, 1]
+
+    Args:
+        argv: ``--config YAML`` and overrides; the summary records them as the command.
+    """
     argv = list(argv)
     argv_given = list(argv)  # the summary's command line
     path = pop_config_path(
@@ -65,18 +71,10 @@ def parse_config(argv: list[str]) -> dict:
     loaded = read_yaml_mapping(path)
     config = copy.deepcopy(DEFAULTS)
     config.update(loaded)
-    overrides: list[tuple[str, list[str]]] = []
-    for token in argv:
-        if token.startswith("--"):
-            overrides.append((token[2:], []))
-        elif overrides:
-            overrides[-1][1].append(token)
-        else:
-            raise ConfigError(f"unexpected argument {token!r}: overrides are --key value")
-    for key, values in overrides:
-        if not values:
-            raise ConfigError(f"--{key} needs a value")
-        parsed = [yaml.safe_load(v) for v in values]
+    for key, values in split_overrides(
+        argv, "--key value (--train.KEY VALUE, --curate.SECTION.KEY VALUE)", greedy=True
+    ):
+        parsed = [parse_value(v) for v in values]
         value = parsed[0] if len(parsed) == 1 and key.split(".")[0] not in ("seeds", "variants") else parsed
         _set_dotted(config, key, value)
     unknown = sorted(set(config) - set(DEFAULTS))
@@ -138,8 +136,8 @@ def check_aux_datasets(config: dict) -> dict:
 
 
 def resolved_train_config(config: dict) -> dict:
-    with open(config["train_config"]) as f:
-        train = yaml.safe_load(f) or {}
+    """The train recipe YAML with the ``train`` overrides (and the development split when asked for)."""
+    train = read_yaml_mapping(config["train_config"])
     train.update(config["train"] or {})
     if config["development"]:
         train["heldout_eval_per_class"] = config["heldout_per_class"]
@@ -147,8 +145,8 @@ def resolved_train_config(config: dict) -> dict:
 
 
 def resolved_curate_config(config: dict, train: dict, output_dir: str) -> dict:
-    with open(config["curate_config"]) as f:
-        curate = yaml.safe_load(f) or {}
+    """The curate recipe YAML with the ``curate`` overrides, the training config's target set and ``output_dir``."""
+    curate = read_yaml_mapping(config["curate_config"])
     for section, values in (config["curate"] or {}).items():
         if isinstance(values, dict) and isinstance(curate.get(section), dict):
             curate[section] = {**curate[section], **values}
@@ -158,10 +156,3 @@ def resolved_curate_config(config: dict, train: dict, output_dir: str) -> dict:
     curate["output_dir"] = output_dir
     curate.pop("stages", None)
     return curate
-
-
-def write_yaml(path: str, value: dict) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        yaml.safe_dump(value, f, sort_keys=False)
-    return path

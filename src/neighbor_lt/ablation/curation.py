@@ -10,8 +10,9 @@ import time
 
 import numpy as np
 
+from ..configs import write_yaml
 from ..neighbors.manifest import default_manifest_path, find_manifest, load_manifest, save_manifest
-from .config import resolved_curate_config, write_yaml
+from .config import resolved_curate_config
 from .variants import VARIANTS, random_control_manifest, read_vocabulary
 
 logger = logging.getLogger(__name__)

@@ -8,11 +8,12 @@ import logging
 import os
 import time
 
+from ..configs import write_yaml
 from ..files import write_json_atomic
 from ..metrics import ACCURACY_KEYS as GROUPS
 from ..run_folder import RunFolder
 from . import curation
-from .config import resolved_train_config, write_yaml
+from .config import resolved_train_config
 from .report import report
 from .variants import VARIANTS, optimizer_steps
 
