@@ -313,3 +313,13 @@ def test_the_paper_curate_configs_name_a_current_model_and_price_it(recipe):
     assert estimate["requests"] == 1000 and 0 < estimate["cost_usd"] < estimate["max_cost_usd"] < 100
     text = (REPO / "recipes" / recipe / "curate.yaml").read_text()
     assert "dry_run" in text and "price" in text and yaml.safe_load(text)["neighbors"]["dry_run"] is True
+
+    # the README's local-server variant of the same file
+    local = ["--neighbors.dry_run", "false", "--neighbors.backend_kwargs.base_url", "http://127.0.0.1:8000/v1",
+             "--neighbors.backend_kwargs.model", "Qwen/Qwen3-8B", "--neighbors.backend_kwargs.reasoning_effort", "null",
+             "--neighbors.backend_kwargs.price_per_million", "null"]  # fmt: skip
+    options = load_config(str(REPO / "recipes" / recipe / "curate.yaml"), local).arguments("neighbors").options
+    backend = get_neighbor_backend("openai", **{**vars(options), "template_file": None})
+    body = backend.request_body(queries[0])
+    assert backend.price() is None and "reasoning_effort" not in body and body["temperature"] == 0
+    assert (body["model"], body["max_completion_tokens"]) == ("Qwen/Qwen3-8B", 256)
