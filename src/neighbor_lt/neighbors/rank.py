@@ -49,8 +49,8 @@ from neighbor_lt.neighbors.manifest import (
     MANIFEST_NAME,
     load_manifest,
     round_robin,
+    save_manifest,
     summarize,
-    write_manifest,
 )
 
 logger = logging.getLogger(__name__)
@@ -437,7 +437,7 @@ def run(section: RankArguments | dict, context: CurateContext) -> dict:
     }  # fmt: skip
     manifest = choose(candidates, args, visual, present, problem, counts, problems, header)
     path = os.path.join(neighbors_dir, MANIFEST_NAME)
-    if not write_manifest(manifest, path):
+    if not save_manifest(manifest, path):
         logger.info("manifest unchanged: %s", path)
     paths = write_report(manifest, out)
     r = manifest["ranking"]

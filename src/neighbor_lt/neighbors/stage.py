@@ -41,7 +41,7 @@ from neighbor_lt.neighbors.base import (
 )
 from neighbor_lt.neighbors.cache import RequestCache
 from neighbor_lt.neighbors.guard import Entry, LeakGuard, Vocabulary, load_vocabulary
-from neighbor_lt.neighbors.manifest import CANDIDATES_NAME, MANIFEST_NAME, assemble, screen, write_manifest
+from neighbor_lt.neighbors.manifest import CANDIDATES_NAME, MANIFEST_NAME, assemble, save_manifest, screen
 from neighbor_lt.neighbors.names import is_wnid, split_synonyms
 from neighbor_lt.neighbors.wordnet import WordNet
 from neighbor_lt.secrets import install_log_redaction, redact
@@ -500,9 +500,9 @@ def _write(args, backend, queries, wide, proposals, guard, vocabulary, ratios, o
     candidates = assemble(wide, proposals, guard, vocabulary, None, header)
     for entry, q in zip(candidates["targets"], queries):
         entry["num_neighbors"] = q.num_requested  # what the rank stage keeps of the num_requested candidates
-    write_manifest(candidates, os.path.join(out_dir, CANDIDATES_NAME))
+    save_manifest(candidates, os.path.join(out_dir, CANDIDATES_NAME))
     path = os.path.join(out_dir, MANIFEST_NAME)
-    if not write_manifest(manifest, path):
+    if not save_manifest(manifest, path):
         logger.info("manifest unchanged: %s", path)
     # request figures differ between a first run and a cached rerun, so they go to a log beside the manifest
     run_stats = {"created": manifest["created"], "backend": args.backend, **backend.stats}
