@@ -223,3 +223,28 @@ def test_a_url_refused_by_a_setting_is_fetched_once_the_setting_allows_it(server
     assert len(records) == len(urls) and allowed["ok"] == 2 and allowed["blocked_address"] == 1
     assert records[urls[2]]["detail"].startswith("address 169.254.169.254 is not public")  # still refused: private
     assert all(server.requests[f"/img/{i}.jpg"] - before[f"/img/{i}.jpg"] == 1 for i in (26, 27))
+
+
+def test_retrieve_stage_names_the_setting_and_a_rerun_with_it_fetches(server, tmp_path):
+    """A user's local image server, refused by default: the stage's one line names
+    retrieve.download.allowed_networks; a rerun with it set fetches the URLs, no --retry_failed needed."""
+    import pandas as pd
+
+    from neighbor_lt.curate import CurateContext, StageError
+    from neighbor_lt.neighbors.manifest import default_manifest_path, save_manifest
+    from neighbor_lt.retrieval.stages import run_retrieve
+
+    manifest = {"version": 1, "backend": "static", "targets": [{"index": 0, "name": "tench"}],
+                "auxiliary": [{"name": "goldfish", "neighbor_of": ["tench"]}]}  # fmt: skip
+    save_manifest(manifest, default_manifest_path(str(tmp_path)))
+    urls = tmp_path / "urls.csv"
+    pd.DataFrame({"name": ["goldfish"] * 3, "url": [server.url(f"/img/{i}.jpg") for i in (28, 29, 30)]}).to_csv(
+        urls, index=False
+    )
+    section = {"backend": "urls", "backend_kwargs": {"path": str(urls)}, "download": {"num_workers": 2}}
+    before = server.requests.copy()
+    with pytest.raises(StageError, match=r"3 URL\(s\) point at private.*retrieve\.download\.allowed_networks"):
+        run_retrieve(section, CurateContext(str(tmp_path)))
+    assert server.requests == before
+    section["download"] = {"num_workers": 2, "allowed_networks": ["127.0.0.1/32"], "requests_per_second_per_host": 0}
+    assert run_retrieve(section, CurateContext(str(tmp_path)))["ok"] == 3

@@ -477,7 +477,7 @@ Any key of the YAML file can be overridden on the command line by its dotted pat
 --SECTION.KEY.SUBKEY VALUE), e.g. --neighbors.k 3 --retrieve.backend brave --retrieve.download.num_workers 8.
 
 --retry_failed: the retrieve stage asks again the searches with zero results and fetches again only the URLs that
-failed with a retryable outcome. The neighbors stage always asks again the classes whose request failed (only usable
+failed with a retryable outcome or were refused by the address guard. The neighbors stage always asks again the classes whose request failed (only usable
 replies are cached), with or without the flag.
 
 Exit status: 0 when every stage produced something (a partial failure is logged with how to retry it), 1 when a stage
@@ -507,7 +507,8 @@ def main(argv=None):
         "--retry_failed",
         action="store_true",
         help="retrieve: ask again the searches with zero results and fetch again only the URLs that failed with a "
-        "retryable outcome (timeout, 429 / 5xx, network or DNS error, robots.txt unreachable). neighbors: failed "
+        "retryable outcome (timeout, 429 / 5xx, network or DNS error, robots.txt unreachable) or that the address "
+        "guard refused (checked again under the current retrieve.download.allowed_networks). neighbors: failed "
         "classes are asked again on every rerun.",
     )
     args, overrides = parser.parse_known_args(argv)

@@ -101,7 +101,8 @@ class RetrieveArguments:
         default=False,
         metadata={
             "help": "Ask again the searches that returned nothing and fetch again the URLs that failed with a "
-            "retryable outcome (timeout, 429 / 5xx, network or DNS error, robots.txt unreachable); nothing else."
+            "retryable outcome (timeout, 429 / 5xx, network or DNS error, robots.txt unreachable) or that the address "
+            "guard refused (checked again under the current download.allowed_networks); nothing else."
         },
     )
     max_consecutive_search_errors: int = field(
