@@ -98,6 +98,17 @@ def test_bad_inputs_are_one_line_errors(run_dir, monkeypatch, tmp_path, capsys):
     assert _evaluate("--model", run_dir, "--dataset_name", "parquet", "--train_files", aux, "--eval_files", aux) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("configuration error")]
     assert len(errors) == 1 and "are not classes of the model" in errors[0]  # one line (progress bars aside)
+    # a folder without args.yaml: the data comes from the command line, or it is a clear error
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "neighbor_lt.json"):
+        (copied / name).write_bytes((run_dir / name).read_bytes())
+    assert _evaluate("--model", copied) == 1
+    assert "has no args.yaml to take the data settings from" in capsys.readouterr().err
+    target = REPO / "recipes/demo/data/target"
+    assert _evaluate("--model", copied, "--dataset_name", "parquet", "--train_files", target / "train.parquet",
+                     "--eval_files", target / "validation.parquet", "--max_eval_samples", "50") == 0  # fmt: skip
+    assert RunFolder(copied).read_eval_results("validation")["num_images"] == 50
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset_nam: parquet\n")
     assert _evaluate("--model", run_dir, "--config", bad) == 1

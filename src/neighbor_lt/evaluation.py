@@ -56,20 +56,16 @@ class EvaluateArguments:
 
 
 def _data_defaults(values: dict, where: str) -> dict:
-    """The ``DataArguments`` keys of a config mapping; keys of the model / training arguments are dropped (a train
+    """The data (and evaluate) keys of a config mapping; keys of the model / training arguments are dropped (a train
     YAML or a run's ``args.yaml`` work as the data config), anything else is an error naming ``where``."""
     from .configs import RUN_KEY
 
-    data_keys = {f.name for f in dataclasses.fields(DataArguments)}
-    other = {
-        f.name
-        for dc in (ModelArguments, NeighborLTTrainingArguments, EvaluateArguments)
-        for f in dataclasses.fields(dc)
-    }
-    unknown = sorted(set(values) - data_keys - other - {RUN_KEY})
+    kept = {f.name for dc in (DataArguments, EvaluateArguments) for f in dataclasses.fields(dc)}
+    skipped = {f.name for dc in (ModelArguments, NeighborLTTrainingArguments) for f in dataclasses.fields(dc)}
+    unknown = sorted(set(values) - kept - skipped - {RUN_KEY})
     if unknown:
         raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}")
-    return {k: v for k, v in values.items() if k in data_keys}
+    return {k: v for k, v in values.items() if k in kept}
 
 
 def parse_evaluate_args(argv: list[str]) -> tuple[EvaluateArguments, DataArguments]:
@@ -83,19 +79,19 @@ def parse_evaluate_args(argv: list[str]) -> tuple[EvaluateArguments, DataArgumen
 
     argv = list(argv)
     config_path = pop_config_path(argv)
-    probe, _ = parse_args((EvaluateArguments, DataArguments), argv)
+    defaults = _data_defaults(read_yaml_mapping(config_path), config_path) if config_path is not None else {}
+    probe, data = parse_args((EvaluateArguments, DataArguments), argv, defaults=defaults)
     if not probe.model:
         raise ConfigError("--model is required: the folder of a trained model (the output_dir of neighbor-lt train)")
-    if config_path is not None:
-        defaults = _data_defaults(read_yaml_mapping(config_path), config_path)
-    else:
+    if config_path is None:
         run = RunFolder(probe.model)
-        if not run.has("args.yaml"):
+        if run.has("args.yaml"):
+            defaults = _data_defaults(run.read_args(), run.file("args.yaml"))
+        elif not (data.dataset_name or data.train_files or data.lt_train_list):
             raise ConfigError(
                 f"{probe.model} has no args.yaml to take the data settings from: pass --config data.yaml or the "
                 "data keys (e.g. --dataset_name parquet --train_files ... --eval_files ...)"
             )
-        defaults = _data_defaults(run.read_args(), run.file("args.yaml"))
     return parse_args((EvaluateArguments, DataArguments), argv, defaults=defaults)
 
 
