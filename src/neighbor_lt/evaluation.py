@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .configs import ConfigError, DataArguments, ModelArguments, NeighborLTTrainingArguments, parse_args
-from .run_folder import RunFolder, RunInfo
+from .run_folder import ARGS_FILE, RunFolder, RunInfo
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ def parse_evaluate_args(argv: list[str]) -> tuple[EvaluateArguments, DataArgumen
         raise ConfigError("--model is required: the folder of a trained model (the output_dir of neighbor-lt train)")
     if config_path is None:
         run = RunFolder(probe.model)
-        if run.has("args.yaml"):
-            defaults = _data_defaults(run.read_args(), run.file("args.yaml"))
+        if run.has(ARGS_FILE):
+            defaults = _data_defaults(run.read_args(), run.file(ARGS_FILE))
         elif not (data.dataset_name or data.train_files or data.lt_train_list):
             raise ConfigError(
                 f"{probe.model} has no args.yaml to take the data settings from: pass --config data.yaml or the "
