@@ -122,3 +122,10 @@ def test_search_goes_through_the_proxy(server, proxy, monkeypatch):
     proxy_env(monkeypatch, HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
     count = len(proxy.requests)
     assert len(backend.search("goldfish", max_results=5)) == 1 and len(proxy.requests) == count  # direct
+
+
+def test_a_proxy_it_cannot_use_is_one_line_before_any_request(tmp_path, monkeypatch):
+    proxy_env(monkeypatch, HTTPS_PROXY="socks5://me:pw-1234@127.0.0.1:1080")
+    with pytest.raises(ValueError, match=r"^proxy socks5://127\.0\.0\.1 is not an http:// proxy") as caught:
+        Downloader(str(tmp_path), loopback_config())
+    assert "pw-1234" not in str(caught.value)

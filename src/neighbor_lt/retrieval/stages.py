@@ -253,7 +253,10 @@ def run_retrieve(section: RetrieveArguments | dict, context: CurateContext) -> d
     # the rank stage's probes (searches and images of the candidate classes): reused, never fetched twice
     probes = os.path.join(context.output_dir, "rank", PROBE_DIR)
     probes = probes if os.path.isdir(probes) else None
-    downloader = Downloader(out, download, reuse_dir=probes)
+    try:
+        downloader = Downloader(out, download, reuse_dir=probes)
+    except ValueError as e:  # a proxy it cannot use: one line, before any request
+        raise StageError(redact(f"retrieve: {e}")) from None
     try:
         if args.img2dataset_dir:
             summary = downloader.run(iter_img2dataset(args.img2dataset_dir), desc="img2dataset ingest")
