@@ -330,10 +330,9 @@ def test_a_bad_key_stops_before_any_request(serve, tmp_path, monkeypatch, caplog
         monkeypatch.delenv("NLT_TEST_KEY")
     else:
         monkeypatch.setenv("NLT_TEST_KEY", key)
-    start = time.monotonic()
     with pytest.raises(NeighborsConfigError, match=message) as info:
         run(_fault_section(server.url), _context(tmp_path, ["tabby", "lion", "tiger"]))
-    assert time.monotonic() - start < 5 and sum(server.hits.values()) == 0
+    assert sum(server.hits.values()) == 0
     assert "$NLT_TEST_KEY" in str(info.value) and isinstance(info.value, (ConfigError, StageError))
     _no_secret_anywhere(tmp_path, str(info.value), caplog.text)
 
@@ -345,10 +344,8 @@ def test_a_bad_key_stops_before_any_request(serve, tmp_path, monkeypatch, caplog
 def test_a_fatal_answer_stops_the_stage_at_once(serve, tmp_path, caplog, status, setting):
     server = serve(lambda name, attempt, body: _error(status, f"nope, key={API_KEY}"))
     names = [f"class {i}" for i in range(12)]
-    start = time.monotonic()
     with pytest.raises(NeighborsConfigError, match=f"HTTP {status}") as info:
         run(_fault_section(server.url, max_retries=4), _context(tmp_path, names))
-    assert time.monotonic() - start < 5
     assert sum(server.hits.values()) <= 3  # the requests in flight (concurrency 3), none retried or queued after
     assert setting in str(info.value)
     _no_secret_anywhere(tmp_path, str(info.value), caplog.text)
@@ -366,7 +363,7 @@ def test_credentials_in_the_url_and_the_key_never_reach_manifest_cache_or_logs(s
     _no_secret_anywhere(tmp_path, caplog.text, json.dumps(manifest))
 
 
-def test_endpoint_down_stops_in_seconds_and_keeps_the_cache(serve, tmp_path):
+def test_endpoint_down_stops_after_4_unanswered_requests_and_keeps_the_cache(serve, tmp_path, caplog):
     server = serve(lambda name, attempt, body: "[red fox, kit fox, fennec fox]")
     names = [f"class {i}" for i in range(20)]
     run(_fault_section(server.url), _context(tmp_path, names[:5]))  # five classes answered and cached
@@ -376,10 +373,11 @@ def test_endpoint_down_stops_in_seconds_and_keeps_the_cache(serve, tmp_path):
         port = s.getsockname()[1]
     section = {k: v for k, v in _fault_section(f"http://127.0.0.1:{port}/v1").items() if k not in ("timeout", "max_retries",
                "retry_backoff", "concurrency")}  # fmt: skip
-    start = time.monotonic()  # default retries (4) and backoff (1 s, doubling)
     with pytest.raises(NeighborsStageError, match="did not answer 4 requests in a row") as info:
-        run(section, _context(tmp_path, names))
-    assert time.monotonic() - start < 10
+        run(section, _context(tmp_path, names))  # default retries (4) and backoff (1 s, doubling)
+    # counted, not timed: 4 unanswered requests stop the run, so at most 3 of them were followed by a retry (without
+    # the stop, each of the 15 classes would be retried 4 times, a minute of backoff)
+    assert caplog.text.count("; retry ") <= 3
     assert isinstance(info.value, NeighborSearchError) and "cached" in str(info.value)
     assert (tmp_path / "neighbors" / "cache.jsonl").read_text() == cache
 
@@ -538,7 +536,7 @@ run(section, CurateContext(sys.argv[2], target=DatasetDict(train=train)))
 """
 
 
-def test_ctrl_c_stops_within_2_s_sends_nothing_more_and_a_rerun_resumes(serve, tmp_path):
+def test_ctrl_c_stops_sends_nothing_more_and_a_rerun_resumes(serve, tmp_path):
     server = serve(lambda name, attempt, body: "[red fox, kit fox]", delay=0.3)
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
@@ -550,11 +548,10 @@ def test_ctrl_c_stops_within_2_s_sends_nothing_more_and_a_rerun_resumes(serve, t
     assert proc.poll() is None, proc.communicate()[0]
     proc.send_signal(signal.SIGINT)
     interrupted = time.monotonic()
-    output = proc.communicate(timeout=10)[0]
-    assert time.monotonic() - interrupted < 2, output
+    output = proc.communicate(timeout=60)[0]  # a generous bound, not a timing: a loaded machine may be slow to exit
     assert proc.returncode != 0 and "interrupted" in output
-    time.sleep(0.5)
-    assert [t for t in server.arrivals if t > interrupted + 0.05] == []  # no queued request sent after Ctrl-C
+    # counted, not timed: after Ctrl-C at most the request each of the 2 workers was sending arrives, none queued
+    assert len([t for t in server.arrivals if t > interrupted]) <= 2
     cache = tmp_path / "neighbors" / "cache.jsonl"
     done = {json.loads(line)["query"] for line in cache.read_text().splitlines()}
     assert 3 <= len(done) < 40
