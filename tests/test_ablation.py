@@ -1,4 +1,4 @@
-"""neighbor_lt.ablation and recipes/ablate.py: the random control, the config overrides and an end-to-end run of all five variants."""
+"""neighbor_lt.ablation (and recipes/ablate.py): the random control, the config overrides, an end-to-end run."""
 
 import importlib.util
 import json

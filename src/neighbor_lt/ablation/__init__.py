@@ -14,7 +14,8 @@ The configuration (:mod:`.config`) is a YAML file with dotted command-line overr
 
 Example:
     >>> from neighbor_lt import ablation
-    >>> summary = ablation.run(ablation.parse_config(["--config", "recipes/tiny_imagenet_lt/ablate.yaml"]))  # doctest: +SKIP
+    >>> config = ablation.parse_config(["--config", "recipes/tiny_imagenet_lt/ablate.yaml"])  # doctest: +SKIP
+    >>> summary = ablation.run(config)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def curate_sets(config: dict, train: dict, out: str) -> dict:
 
 
 def curate_visual_set(config: dict, train: dict, out: str) -> dict:
-    """The (c+v) set: the neighbor set's curation with the ``visual`` overrides and the rank stage, in curate/visual."""
+    """The (c+v) set: the neighbor set's curation with the ``visual`` overrides and the rank stage (curate/visual)."""
     visual_dir = os.path.join(out, "curate", "visual")
     overrides = {**config, "curate": copy.deepcopy(config["curate"] or {})}
     visual = copy.deepcopy(config["visual"] or {})

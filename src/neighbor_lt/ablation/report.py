@@ -236,7 +236,7 @@ def report(config: dict, runs: list[dict], sets: dict, steps_c: int | None, wall
 
 
 def results_md_section(config: dict, summary: dict, sets: dict, table_text: str) -> str:
-    """The ablation's section of a results file: the command, the machine, the sets, the tables, the bars, the chart."""
+    """The ablation's section of a results file: command, machine, sets, tables, bars and chart."""
     rel = os.path.relpath(summary["figure"], os.path.dirname(os.path.abspath(config["results_md"])))
     paired = summary["paired"]
     return "\n".join([
