@@ -323,3 +323,17 @@ def test_the_paper_curate_configs_name_a_current_model_and_price_it(recipe):
     body = backend.request_body(queries[0])
     assert backend.price() is None and "reasoning_effort" not in body and body["temperature"] == 0
     assert (body["model"], body["max_completion_tokens"]) == ("Qwen/Qwen3-8B", 256)
+
+
+def test_a_template_file_is_read_next_to_the_yaml_and_a_missing_one_is_one_line(api, tmp_path):
+    server = api()
+    (tmp_path / "prompt.txt").write_text("List {k} look-alikes of: this category name: {name}. You should return:\n")
+    context = _context(tmp_path / "out", ["goldfish"])
+    context.config_path = str(tmp_path / "curate.yaml")  # relative paths of the YAML are looked up next to it
+    manifest = run(_section(server.url, "m", template_file="prompt.txt"), context)
+    assert server.bodies[0]["messages"][-1]["content"].startswith(
+        "List 3 look-alikes of: this category name: goldfish"
+    )
+    assert manifest["settings"]["template"].startswith("List {k} look-alikes")
+    with pytest.raises(NeighborsConfigError, match="neighbors.template_file not found: .*missing.txt"):
+        run(_section(server.url, "m", template_file="missing.txt"), context)

@@ -227,6 +227,8 @@ class OpenAIBackend(NeighborBackend):
         self.where = redact(o.base_url or "api.openai.com")
         template = o.template
         if o.template_file:
+            if not os.path.isfile(o.template_file):
+                raise ConfigError(f"neighbors.template_file not found: {o.template_file}")
             with open(o.template_file, encoding="utf-8") as f:
                 template = f.read().strip()
         self.template = template or PAPER_TEMPLATE
