@@ -1,0 +1,269 @@
+"""The ``captions`` search backend: image-text metadata (LAION / Re-LAION, DataComp, COYO) searched by caption.
+
+Web-scale image-text sets publish their metadata as Parquet shards, one row per image: at least an image URL and
+its alt-text caption, often width, height, a CLIP image-text similarity and an NSFW score. No API is involved: the
+shards are read with DuckDB (embedded, no server; local files or remote globs such as ``hf://`` or ``s3://``), and
+**every auxiliary name is matched in one pass over the shards**, not one pass per name: each caption is normalised
+as :func:`~neighbor_lt.retrieval.search.normalize_text` does (the caption filter's rule), split into words, and its
+words are joined against the first words of all the names and synonyms; a hit is then confirmed as a whole-word
+phrase (``"cat"`` matches ``"a cat on a mat"``, not ``"catalog"``). The best rows of each name (highest score column
+first, else shard and row order) become its candidates, which the downloader fetches like any search result, or
+which ``retrieve/urls.parquet`` hands to img2dataset for millions of images.
+
+Each candidate's ``page_url`` records where its URL came from: ``<shard file>#row=<row number in that shard>``.
+
+Column names of the public releases (``backend_kwargs``)::
+
+    Re-LAION-5B (research-safe)  url_column: url, caption_column: caption, score_column: similarity,
+                                 nsfw_column: punsafe (older LAION-5B files: URL, TEXT, WIDTH, HEIGHT, similarity,
+                                 punsafe, and NSFW as a string)
+    DataComp (CommonPool, -1B)   url, text, clip_l14_similarity_score (or clip_b32_...), original_width/_height
+    COYO-700M                    url, text, clip_similarity_vitb32, width, height, nsfw_score_opennsfw2
+
+A name of a column a shard lacks is one error line that lists the shard's columns.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from typing import Any
+
+from .search import Candidate, name_in_text, normalize_text
+
+logger = logging.getLogger(__name__)
+
+# The caption as normalize_text() leaves it, padded with spaces so that a whole-word phrase is ' <phrase> ': accents
+# stripped, case folded, every run of other characters one space. (normalize_text drops a non-ASCII letter that has no
+# ASCII base where this splits the word there; each hit is confirmed with name_in_text, so this only loses such words.)
+_NORMALIZED = "' ' || regexp_replace(strip_accents(lower(coalesce({col}, ''))), '[^a-z0-9]+', ' ', 'g') || ' '"
+
+
+def _quote(name: str) -> str:
+    """A SQL identifier, quoted (column names such as ``URL`` or ``TEXT`` keep their case)."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+class CaptionSearch:
+    """Search image-text metadata shards by caption: every name and synonym in one pass, ranked by a score column.
+
+    Example:
+        >>> backend = get_search_backend(  # doctest: +SKIP
+        ...     "captions", data_files="relaion2B-en-research-safe/*.parquet", caption_column="caption",
+        ...     score_column="similarity", nsfw_column="punsafe", max_nsfw=0.1, min_width=256, min_height=256)
+        >>> hits = backend.search_many({"koi": ["koi", "nishikigoi"], "goldfish": ["goldfish"]}, max_results=800)
+        >>> hits["koi"][0].page_url  # doctest: +SKIP
+        'relaion2B-en-research-safe/part-00017.parquet#row=48213'
+
+    Args:
+        data_files: Parquet file(s) or glob(s): local paths, or remote ones DuckDB reads (``hf://``, ``s3://``,
+            ``https://``).
+        url_column: column with the image URL.
+        caption_column: column with the caption (alt-text).
+        score_column: optional column to rank by, highest first (e.g. the CLIP image-text similarity); without it the
+            rows come in shard and row order.
+        width_column, height_column: optional image-size columns, used with ``min_width`` / ``min_height``.
+        min_width, min_height: rows whose width / height is known and smaller are skipped.
+        nsfw_column: optional NSFW column: a probability (Re-LAION ``punsafe``, COYO ``nsfw_score_opennsfw2``) kept
+            when at most ``max_nsfw``, or a label (LAION-5B ``NSFW``) kept when one of ``nsfw_keep``.
+        max_nsfw: highest NSFW probability kept.
+        nsfw_keep: labels kept for a label column.
+        synonyms: also match the ``synonyms`` of a manifest entry and, for an entry with a ``wnid``, its WordNet
+            lemmas.
+        threads: DuckDB threads (default: all cores).
+        memory_limit: DuckDB memory limit (e.g. ``"3GB"``); larger intermediate results spill to a temp folder.
+    """
+
+    #: no request per query: the shards are read locally (or as remote files), and one pass answers every name
+    local = True
+    pages = False
+
+    def __init__(
+        self,
+        data_files: str | list[str],
+        url_column: str = "url",
+        caption_column: str = "caption",
+        score_column: str | None = None,
+        width_column: str | None = None,
+        height_column: str | None = None,
+        min_width: int = 0,
+        min_height: int = 0,
+        nsfw_column: str | None = None,
+        max_nsfw: float = 0.5,
+        nsfw_keep: list[str] | tuple[str, ...] = ("UNLIKELY",),
+        synonyms: bool = True,
+        threads: int | None = None,
+        memory_limit: str | None = None,
+    ):
+        try:
+            import duckdb
+        except ImportError:
+            raise ValueError("captions: DuckDB is missing; pip install 'neighbor-lt[retrieval]'") from None
+        self.files = _expand(data_files)
+        self.url_column, self.caption_column, self.score_column = url_column, caption_column, score_column
+        self.width_column, self.height_column, self.min_width, self.min_height = (
+            width_column, height_column, int(min_width), int(min_height),
+        )  # fmt: skip
+        self.nsfw_column, self.max_nsfw, self.nsfw_keep = nsfw_column, float(max_nsfw), [str(v) for v in nsfw_keep]
+        self.synonyms = synonyms
+        self.db = duckdb.connect()
+        if threads:
+            self.db.execute(f"SET threads = {int(threads)}")
+        if memory_limit:
+            self.db.execute("SET memory_limit = ?", [str(memory_limit)])
+        self.db.execute("SET preserve_insertion_order = false")  # lets the scan stream instead of buffering
+        self.types = self._check_columns()
+        self._hits: dict[str, list[Candidate]] = {}
+        self.stats: dict[str, Any] = {}
+
+    # ---- schema ----
+    def _check_columns(self) -> dict[str, str]:
+        """Column -> DuckDB type of the first shard; a missing column is one line naming it and the columns there."""
+        wanted = {
+            "url_column": self.url_column, "caption_column": self.caption_column,
+            "score_column": self.score_column, "width_column": self.width_column,
+            "height_column": self.height_column, "nsfw_column": self.nsfw_column,
+        }  # fmt: skip
+        if self.min_width and not self.width_column or self.min_height and not self.height_column:
+            raise ValueError("captions: min_width / min_height need width_column / height_column")
+        rows = self.db.execute(
+            "SELECT file_name, name, type FROM parquet_schema(?) WHERE name <> 'schema' ORDER BY file_name",
+            [self.files],
+        ).fetchall()
+        by_file: dict[str, dict[str, str]] = {}
+        for file, name, type_ in rows:
+            by_file.setdefault(file, {})[name] = type_ or ""
+        for file, columns in by_file.items():
+            for key, column in wanted.items():
+                if column and column not in columns:
+                    raise ValueError(
+                        f"captions: {key} {column!r} is not a column of {file}; its columns: {', '.join(columns)}"
+                    )
+        return next(iter(by_file.values()), {})
+
+    def _filters(self) -> str:
+        clauses = [f"{_quote(self.url_column)} IS NOT NULL", f"{_quote(self.caption_column)} IS NOT NULL"]
+        if self.min_width:
+            clauses.append(f"coalesce({_quote(self.width_column)}, {self.min_width}) >= {self.min_width}")
+        if self.min_height:
+            clauses.append(f"coalesce({_quote(self.height_column)}, {self.min_height}) >= {self.min_height}")
+        if self.nsfw_column:
+            column = _quote(self.nsfw_column)
+            if self.types.get(self.nsfw_column) in ("BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY"):  # a label column
+                keep = ", ".join("'" + v.upper().replace("'", "''") + "'" for v in self.nsfw_keep)
+                clauses.append(f"upper(CAST({column} AS VARCHAR)) IN ({keep})")
+            else:
+                clauses.append(f"coalesce(CAST({column} AS DOUBLE), 0) <= {self.max_nsfw}")
+        return " AND ".join(clauses)
+
+    # ---- search ----
+    def terms_of(self, entry: dict) -> list[str]:
+        """The names a manifest entry is searched by: its name, its ``synonyms`` and its WordNet synset's lemmas."""
+        terms = [entry["name"]]
+        if self.synonyms:
+            terms += [str(s) for s in entry.get("synonyms") or []]
+            if entry.get("wnid"):
+                terms += _wordnet_names(entry["wnid"])
+        return list(dict.fromkeys(t for t in terms if normalize_text(t)))
+
+    def search_many(self, terms: dict[str, list[str]], max_results: int = 100) -> dict[str, list[Candidate]]:
+        """Search every query's terms in one pass over the shards; the hits are kept for :meth:`search`.
+
+        Args:
+            terms: query -> the names it matches (the query itself, synonyms).
+            max_results: most candidates kept per query (its best rows by the score column).
+
+        Returns:
+            Query -> its candidates, best first (``query`` is the term the caption matched).
+        """
+        import time
+
+        pairs = sorted({(query, normalize_text(t)) for query, names in terms.items() for t in names if normalize_text(t)})
+        found: dict[str, list[Candidate]] = {q: [] for q in terms}
+        if not pairs:
+            return found
+        start = time.monotonic()
+        self.db.execute("CREATE OR REPLACE TEMP TABLE terms (query VARCHAR, term VARCHAR, first VARCHAR)")
+        self.db.executemany("INSERT INTO terms VALUES (?, ?, ?)", [(q, t, t.split(" ", 1)[0]) for q, t in pairs])
+        rows = self.db.execute(self._sql(int(max_results)), [self.files]).fetchall()
+        dropped = 0
+        for query, term, url, caption, shard, row, _ in rows:
+            if not name_in_text(term, caption):  # the caption filter's rule is the last word (exotic Unicode)
+                dropped += 1
+                continue
+            hits = found[query]
+            hits.append(Candidate(term, url, f"{shard}#row={row}", caption, len(hits)))
+        self.stats = {"pairs": len(pairs), "rows": len(rows), "dropped": dropped, "seconds": time.monotonic() - start}
+        logger.info(
+            "captions: %d name(s) / %d term(s) over %d shard(s) in one pass: %d candidate(s) in %.1fs",
+            len(terms), len(pairs), len(self.files), len(rows) - dropped, self.stats["seconds"],
+        )  # fmt: skip
+        self._hits.update(found)
+        return found
+
+    def _sql(self, max_results: int) -> str:
+        url, caption = _quote(self.url_column), _quote(self.caption_column)
+        score = f"CAST({_quote(self.score_column)} AS DOUBLE)" if self.score_column else "NULL::DOUBLE"
+        # words -> hash join against the terms' first words (5,000 names probe one small table) -> phrase check;
+        # then the best row per (query, url), then the best max_results per query
+        return f"""
+        WITH src AS (
+            SELECT filename AS shard, file_row_number AS row, {url} AS url, {caption} AS caption, {score} AS score,
+                   {_NORMALIZED.format(col=caption)} AS norm
+            FROM read_parquet(?, filename = true, file_row_number = true)
+            WHERE {self._filters()}
+        ),
+        words AS (SELECT shard, row, url, caption, score, norm, unnest(string_split(norm, ' ')) AS word FROM src),
+        hits AS (
+            SELECT t.query, t.term, w.url, w.caption, w.shard, w.row, w.score
+            FROM words w JOIN terms t ON w.word = t.first
+            WHERE t.first = t.term OR contains(w.norm, ' ' || t.term || ' ')
+        ),
+        best AS (
+            SELECT * FROM hits
+            QUALIFY row_number() OVER (PARTITION BY query, url ORDER BY score DESC NULLS LAST, shard, row) = 1
+        )
+        SELECT query, term, url, caption, shard, row, score FROM best
+        QUALIFY row_number() OVER (PARTITION BY query ORDER BY score DESC NULLS LAST, shard, row) <= {max_results}
+        ORDER BY query, score DESC NULLS LAST, shard, row
+        """
+
+    def search(self, query: str, max_results: int = 100, synonyms: list[str] | None = None, **hints) -> list[Candidate]:
+        """The candidates of one query: from the last :meth:`search_many` pass when it covered the query, else a
+        pass for this query alone (prefer :meth:`search_many` for many names)."""
+        if query not in self._hits:
+            entry = {"name": query, "synonyms": synonyms or [], "wnid": hints.get("wnid")}
+            self.search_many({query: self.terms_of(entry)}, max_results)
+        return self._hits[query][:max_results]
+
+    def prefetch(self, entries: dict[str, dict], max_results: int) -> None:
+        """Answer every query of ``entries`` (query -> manifest entry) in one pass; :meth:`search` then reads it."""
+        self.search_many({query: [query, *self.terms_of(entry)] for query, entry in entries.items()}, max_results)
+
+
+def _expand(data_files: str | list[str]) -> list[str]:
+    """Local globs expanded (sorted); remote paths (``scheme://``) left to DuckDB. No file: a ValueError."""
+    files = []
+    for pattern in [data_files] if isinstance(data_files, str) else list(data_files or []):
+        if "://" in pattern:
+            files.append(pattern)
+            continue
+        matched = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) else [pattern]
+        missing = [m for m in matched if not os.path.isfile(m)]
+        if not matched or missing:
+            raise ValueError(f"captions: data_files {pattern!r} matches no Parquet file")
+        files += matched
+    if not files:
+        raise ValueError("captions: data_files is empty; give the metadata shards (a Parquet file or glob)")
+    return files
+
+
+def _wordnet_names(wnid: str) -> list[str]:
+    """The lemmas of a WordNet synset, or nothing when WordNet is not installed or the id is unknown."""
+    from ..neighbors.wordnet import WordNet
+
+    try:
+        return WordNet.load().synset(wnid).names
+    except (OSError, KeyError):
+        return []
