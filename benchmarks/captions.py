@@ -73,7 +73,9 @@ def make_shard(path: str, rows: int, shard: int, names: list[str], seed: int) ->
     rng = np.random.default_rng([seed, shard])
     fillers = FILLER + DECOYS + wordnet_lemmas(20000)[::4]
     # the vocabulary: each word as is, Capitalised, and with a trailing comma / colon
-    vocab = fillers + [w.capitalize() for w in fillers] + [w + "," for w in fillers] + [w.upper() + ":" for w in fillers]
+    vocab = (
+        fillers + [w.capitalize() for w in fillers] + [w + "," for w in fillers] + [w.upper() + ":" for w in fillers]
+    )
     forms = names + [n.title() for n in names] + [n.upper() for n in names] + [n + "," for n in names]
     table = pa.array(vocab + forms)
     max_words = 16
@@ -172,7 +174,9 @@ def main():
         from neighbor_lt.ablation import append_results, results_section
 
         command = "python benchmarks/captions.py " + " ".join(sys.argv[1:])
-        append_results(RESULTS, results_section("Captions backend: one pass for every name", command, _machine(args), report))
+        append_results(
+            RESULTS, results_section("Captions backend: one pass for every name", command, _machine(args), report)
+        )
 
 
 def _machine(args) -> str:

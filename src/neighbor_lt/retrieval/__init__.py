@@ -11,6 +11,8 @@ import os
 # version at import time: a network request nobody asked for, and a hang on an offline machine
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+# the search registry first (light imports): search.py registers captions.py, which subclasses search.py's base
+from . import search as _search  # noqa: E402, F401
 
 # Attributes load on first use (PEP 562): a download process imports only the downloader, not the builder's and
 # card's Hub and datasets imports (~0.3 s of CPU in every process).

@@ -30,7 +30,7 @@ import logging
 import os
 from typing import Any
 
-from .search import Candidate, name_in_text, normalize_text
+from .search import Candidate, SearchBackend, name_in_text, normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _quote(name: str) -> str:
     return '"' + str(name).replace('"', '""') + '"'
 
 
-class CaptionSearch:
+class CaptionSearch(SearchBackend):
     """Search image-text metadata shards by caption: every name and synonym in one pass, ranked by a score column.
 
     Example:
@@ -75,9 +75,9 @@ class CaptionSearch:
         memory_limit: DuckDB memory limit (e.g. ``"3GB"``); larger intermediate results spill to a temp folder.
     """
 
-    #: no request per query: the shards are read locally (or as remote files), and one pass answers every name
-    local = True
-    pages = False
+    # not a local image collection (its URLs are downloaded), cached in searches.jsonl, no paging: one pass answers
+    # every name
+    local, cacheable, pages = False, True, False
 
     def __init__(
         self,
@@ -179,7 +179,9 @@ class CaptionSearch:
         """
         import time
 
-        pairs = sorted({(query, normalize_text(t)) for query, names in terms.items() for t in names if normalize_text(t)})
+        pairs = sorted(
+            {(query, normalize_text(t)) for query, names in terms.items() for t in names if normalize_text(t)}
+        )
         found: dict[str, list[Candidate]] = {q: [] for q in terms}
         if not pairs:
             return found
@@ -206,7 +208,7 @@ class CaptionSearch:
         url, caption = _quote(self.url_column), _quote(self.caption_column)
         score = f"CAST({_quote(self.score_column)} AS DOUBLE)" if self.score_column else "NULL::DOUBLE"
         # words -> hash join against the terms' first words (5,000 names probe one small table) -> phrase check;
-        # then the best row per (query, url), then the best max_results per query
+        # then the best row per (query, url) (an image URL listed twice counts once), then the best max_results per query
         return f"""
         WITH src AS (
             SELECT filename AS shard, file_row_number AS row, {url} AS url, {caption} AS caption, {score} AS score,
@@ -221,15 +223,20 @@ class CaptionSearch:
             WHERE t.first = t.term OR contains(w.norm, ' ' || t.term || ' ')
         ),
         best AS (
-            SELECT * FROM hits
-            QUALIFY row_number() OVER (PARTITION BY query, url ORDER BY score DESC NULLS LAST, shard, row) = 1
+            SELECT query, url,
+                   min_by(struct_pack(term, caption, shard, row, score),
+                          struct_pack(s := -coalesce(score, -1e308), f := shard, r := row)) AS hit
+            FROM hits GROUP BY query, url
         )
-        SELECT query, term, url, caption, shard, row, score FROM best
-        QUALIFY row_number() OVER (PARTITION BY query ORDER BY score DESC NULLS LAST, shard, row) <= {max_results}
-        ORDER BY query, score DESC NULLS LAST, shard, row
+        SELECT query, hit.term, url, hit.caption, hit.shard, hit.row, hit.score FROM best
+        QUALIFY row_number() OVER (PARTITION BY query ORDER BY hit.score DESC NULLS LAST, hit.shard, hit.row)
+            <= {max_results}
+        ORDER BY query, hit.score DESC NULLS LAST, hit.shard, hit.row
         """
 
-    def search(self, query: str, max_results: int = 100, synonyms: list[str] | None = None, **hints) -> list[Candidate]:
+    def search(
+        self, query: str, max_results: int = 100, synonyms: list[str] | None = None, **hints
+    ) -> list[Candidate]:
         """The candidates of one query: from the last :meth:`search_many` pass when it covered the query, else a
         pass for this query alone (prefer :meth:`search_many` for many names)."""
         if query not in self._hits:

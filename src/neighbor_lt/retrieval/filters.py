@@ -283,7 +283,14 @@ def build_references(args, target, out: str) -> References:
 
 def score_batch(batch: list[dict], refs: References, retrieve_dir: str, desc: str) -> list[dict]:
     """One chunk's scores: caption match, perceptual-hash and embedding leak distances, prototype similarity."""
-    results = [{"key": r["key"], "caption_ok": caption_matches(r["aux_name"], r["caption"])} for r in batch]
+    # the class name, or the term the search matched in the caption (a synonym, for the captions backend)
+    results = [
+        {
+            "key": r["key"],
+            "caption_ok": any(caption_matches(n, r["caption"]) for n in (r["aux_name"], r.get("query")) if n),
+        }
+        for r in batch
+    ]
     if len(refs.eval_hashes):
         distances = min_hamming(phash_to_int(r["phash"] for r in batch), refs.eval_hashes)
         for result, distance in zip(results, distances):

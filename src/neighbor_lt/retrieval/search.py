@@ -569,12 +569,15 @@ class UrlListSearch(SearchBackend):
         ]
 
 
+from .captions import CaptionSearch  # noqa: E402  (it subclasses SearchBackend, defined above)
+
 SEARCH_BACKENDS: dict[str, type[SearchBackend]] = {
     "brave": BraveImageSearch,
     "serpapi": SerpApiImageSearch,
     "google": GoogleImageSearch,
     "pool": PoolSearch,
     "urls": UrlListSearch,
+    "captions": CaptionSearch,
 }
 
 #: names of sources that are gone, with why: a config naming one fails before any request, with the way out

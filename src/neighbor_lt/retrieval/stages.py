@@ -357,6 +357,21 @@ def _dry_run(args: RetrieveArguments, aux: list[dict], out: str) -> dict:
     return estimate
 
 
+def _prefetch(backend, args: RetrieveArguments, aux: list[dict], cached: dict) -> None:
+    """A backend with ``prefetch`` (``captions``) answers every query still to ask in one pass over its source."""
+    if not hasattr(backend, "prefetch"):
+        return
+    todo = {
+        args.query_template.format(name=e["name"]): e for e in aux
+        if cached.get(e["name"]) is None or (args.retry_failed and not cached[e["name"]]["candidates"])
+    }  # fmt: skip
+    try:
+        if todo:
+            backend.prefetch(todo, args.results_per_query)
+    except Exception as e:  # one failed pass must not turn into a pass per query
+        raise StageError(redact(f"search ({args.backend}): {type(e).__name__}: {e}")) from None
+
+
 def search_all(
     backend, args: RetrieveArguments, aux: list[dict], out: str, reuse_dir: str | None = None
 ) -> tuple[list[Candidate], Counter]:
@@ -379,6 +394,7 @@ def search_all(
     candidates, stats = [], Counter()
     errors: dict[str, list[str]] = {}  # distinct error message -> the queries that got it
     empty, consecutive = [], 0
+    _prefetch(backend, args, aux, cached)
     try:
         for position, entry in enumerate(tqdm(aux, desc=f"search ({args.backend})", unit="query")):
             name = entry["name"]
