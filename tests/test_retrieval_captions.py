@@ -96,6 +96,12 @@ def test_ranking_by_score_dedup_and_several_shards(tmp_path):
         "http://x/2",
         "http://x/4",
     ]
+    batched = get_search_backend("captions", data_files=[a, b], score_column="clip", shards_per_batch=1)
+    assert batched.search("dog", max_results=10) == hits  # merged across batches: the same best rows, deduplicated
+    assert [h.image_url for h in batched.search_many({"dog": ["dog"]}, max_results=2)["dog"]] == [
+        "http://x/2",
+        "http://x/4",
+    ]
     unranked = get_search_backend("captions", data_files=[a, b])  # no score: shard, then row order
     assert [h.page_url for h in unranked.search("dog")] == [f"{a}#row=0", f"{a}#row=1", f"{a}#row=2", f"{b}#row=1"]
 

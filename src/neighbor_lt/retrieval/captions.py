@@ -12,13 +12,13 @@ which ``retrieve/urls.parquet`` hands to img2dataset for millions of images.
 
 Each candidate's ``page_url`` records where its URL came from: ``<shard file>#row=<row number in that shard>``.
 
-Column names of the public releases (``backend_kwargs``)::
+Column names of the public releases (``backend_kwargs``; from the releases' cards and loaders)::
 
-    Re-LAION-5B (research-safe)  url_column: url, caption_column: caption, score_column: similarity,
-                                 nsfw_column: punsafe (older LAION-5B files: URL, TEXT, WIDTH, HEIGHT, similarity,
-                                 punsafe, and NSFW as a string)
-    DataComp (CommonPool, -1B)   url, text, clip_l14_similarity_score (or clip_b32_...), original_width/_height
-    COYO-700M                    url, text, clip_similarity_vitb32, width, height, nsfw_score_opennsfw2
+    Re-LAION-5B research-safe    url_column: url, caption_column: caption, score_column: similarity,
+                                 width_column / height_column: original_width / original_height, nsfw_column: punsafe
+    LAION-5B (2022 files)        URL, TEXT, similarity, WIDTH / HEIGHT, punsafe (or NSFW, a label column)
+    DataComp-1B / CommonPool     url, text, clip_l14_similarity_score (or clip_b32_...), original_width / _height
+    COYO-700M                    url, text, clip_similarity_vitb32, width / height, nsfw_score_opennsfw2
 
 A name of a column a shard lacks is one error line that lists the shard's columns.
 """
@@ -40,6 +40,20 @@ logger = logging.getLogger(__name__)
 _NORMALIZED = "' ' || regexp_replace(strip_accents(lower(coalesce({col}, ''))), '[^a-z0-9]+', ' ', 'g') || ' '"
 
 
+# The best row of each (query, url) (an image URL listed twice counts once), then the best k rows of each query:
+# highest score first, then shard and row order. ``source`` has columns query, term, url, caption, shard, row, score.
+_BEST = """
+    best AS (
+        SELECT query, url, min_by(struct_pack(term, caption, shard, row, score),
+                                  struct_pack(s := -coalesce(score, -1e308), f := shard, r := row)) AS hit
+        FROM {source} GROUP BY query, url
+    )
+    SELECT query, hit.term AS term, url, hit.caption AS caption, hit.shard AS shard, hit.row AS row, hit.score AS score
+    FROM best
+    QUALIFY row_number() OVER (PARTITION BY query ORDER BY hit.score DESC NULLS LAST, hit.shard, hit.row) <= {k}
+"""
+
+
 def _quote(name: str) -> str:
     """A SQL identifier, quoted (column names such as ``URL`` or ``TEXT`` keep their case)."""
     return '"' + str(name).replace('"', '""') + '"'
@@ -50,8 +64,9 @@ class CaptionSearch(SearchBackend):
 
     Example:
         >>> backend = get_search_backend(  # doctest: +SKIP
-        ...     "captions", data_files="relaion2B-en-research-safe/*.parquet", caption_column="caption",
-        ...     score_column="similarity", nsfw_column="punsafe", max_nsfw=0.1, min_width=256, min_height=256)
+        ...     "captions", data_files="relaion2B-en-research-safe/*.parquet", score_column="similarity",
+        ...     nsfw_column="punsafe", max_nsfw=0.1, width_column="original_width", height_column="original_height",
+        ...     min_width=256, min_height=256)
         >>> hits = backend.search_many({"koi": ["koi", "nishikigoi"], "goldfish": ["goldfish"]}, max_results=800)
         >>> hits["koi"][0].page_url  # doctest: +SKIP
         'relaion2B-en-research-safe/part-00017.parquet#row=48213'
@@ -71,6 +86,8 @@ class CaptionSearch(SearchBackend):
         nsfw_keep: labels kept for a label column.
         synonyms: also match the ``synonyms`` of a manifest entry and, for an entry with a ``wnid``, its WordNet
             lemmas.
+        shards_per_batch: shards read by one query; each batch's best rows are merged into those kept so far, so
+            memory holds one batch's matches plus ``max_results`` per name (every shard is still read once).
         threads: DuckDB threads (default: all cores).
         memory_limit: DuckDB memory limit (e.g. ``"3GB"``); larger intermediate results spill to a temp folder.
     """
@@ -93,6 +110,7 @@ class CaptionSearch(SearchBackend):
         max_nsfw: float = 0.5,
         nsfw_keep: list[str] | tuple[str, ...] = ("UNLIKELY",),
         synonyms: bool = True,
+        shards_per_batch: int = 8,
         threads: int | None = None,
         memory_limit: str | None = None,
     ):
@@ -106,7 +124,7 @@ class CaptionSearch(SearchBackend):
             width_column, height_column, int(min_width), int(min_height),
         )  # fmt: skip
         self.nsfw_column, self.max_nsfw, self.nsfw_keep = nsfw_column, float(max_nsfw), [str(v) for v in nsfw_keep]
-        self.synonyms = synonyms
+        self.synonyms, self.shards_per_batch = synonyms, max(1, int(shards_per_batch))
         self.db = duckdb.connect()
         if threads:
             self.db.execute(f"SET threads = {int(threads)}")
@@ -188,7 +206,19 @@ class CaptionSearch(SearchBackend):
         start = time.monotonic()
         self.db.execute("CREATE OR REPLACE TEMP TABLE terms (query VARCHAR, term VARCHAR, first VARCHAR)")
         self.db.executemany("INSERT INTO terms VALUES (?, ?, ?)", [(q, t, t.split(" ", 1)[0]) for q, t in pairs])
-        rows = self.db.execute(self._sql(int(max_results)), [self.files]).fetchall()
+        # the shards in batches: each batch's best rows join those kept so far, and the cut is made again, so memory
+        # holds one batch's hits plus max_results per name, however many shards there are
+        self.db.execute(
+            "CREATE OR REPLACE TEMP TABLE kept (query VARCHAR, term VARCHAR, url VARCHAR, caption VARCHAR, "
+            "shard VARCHAR, row BIGINT, score DOUBLE)"
+        )
+        batches = [self.files[i : i + self.shards_per_batch] for i in range(0, len(self.files), self.shards_per_batch)]
+        for batch in batches:
+            self.db.execute(f"INSERT INTO kept {self._sql(int(max_results))}", [batch])
+            if len(batches) > 1:
+                merged = _BEST.format(source="kept", k=int(max_results))
+                self.db.execute(f"CREATE OR REPLACE TEMP TABLE kept AS WITH {merged}")
+        rows = self.db.execute("SELECT * FROM kept ORDER BY query, score DESC NULLS LAST, shard, row").fetchall()
         dropped = 0
         for query, term, url, caption, shard, row, _ in rows:
             if not name_in_text(term, caption):  # the caption filter's rule is the last word (exotic Unicode)
@@ -208,7 +238,7 @@ class CaptionSearch(SearchBackend):
         url, caption = _quote(self.url_column), _quote(self.caption_column)
         score = f"CAST({_quote(self.score_column)} AS DOUBLE)" if self.score_column else "NULL::DOUBLE"
         # words -> hash join against the terms' first words (5,000 names probe one small table) -> phrase check;
-        # then the best row per (query, url) (an image URL listed twice counts once), then the best max_results per query
+        # then _BEST: one row per (query, url), the best max_results per query
         return f"""
         WITH src AS (
             SELECT filename AS shard, file_row_number AS row, {url} AS url, {caption} AS caption, {score} AS score,
@@ -222,16 +252,7 @@ class CaptionSearch(SearchBackend):
             FROM words w JOIN terms t ON w.word = t.first
             WHERE t.first = t.term OR contains(w.norm, ' ' || t.term || ' ')
         ),
-        best AS (
-            SELECT query, url,
-                   min_by(struct_pack(term, caption, shard, row, score),
-                          struct_pack(s := -coalesce(score, -1e308), f := shard, r := row)) AS hit
-            FROM hits GROUP BY query, url
-        )
-        SELECT query, hit.term, url, hit.caption, hit.shard, hit.row, hit.score FROM best
-        QUALIFY row_number() OVER (PARTITION BY query ORDER BY hit.score DESC NULLS LAST, hit.shard, hit.row)
-            <= {max_results}
-        ORDER BY query, hit.score DESC NULLS LAST, hit.shard, hit.row
+        {_BEST.format(source="hits", k=max_results)}
         """
 
     def search(
