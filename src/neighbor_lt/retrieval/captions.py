@@ -5,10 +5,10 @@ its alt-text caption, often width, height, a CLIP image-text similarity and an N
 shards are read with DuckDB (embedded, no server; local files or remote globs such as ``hf://`` or ``s3://``), and
 **every auxiliary name is matched in one pass over the shards**, not one pass per name: each caption is normalised
 as :func:`~neighbor_lt.retrieval.search.normalize_text` does (the caption filter's rule), split into words, and its
-words are joined against the first words of all the names and synonyms; a hit is then confirmed as a whole-word
-phrase (``"cat"`` matches ``"a cat on a mat"``, not ``"catalog"``). The best rows of each name (highest score column
-first, else shard and row order) become its candidates, which the downloader fetches like any search result, or
-which ``retrieve/urls.parquet`` hands to img2dataset for millions of images.
+words and word pairs are joined against the first two words of all the names and synonyms; a longer name is then
+confirmed as a whole-word phrase (``"cat"`` matches ``"a cat on a mat"``, not ``"catalog"``). The best rows of each
+name (highest score column first, else shard and row order) become its candidates, which the downloader fetches like
+any search result, or which ``retrieve/urls.parquet`` hands to img2dataset for millions of images.
 
 Each candidate's ``page_url`` records where its URL came from: ``<shard file>#row=<row number in that shard>``.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import tempfile
 from typing import Any
 
 from .search import Candidate, SearchBackend, name_in_text, normalize_text
@@ -131,6 +132,8 @@ class CaptionSearch(SearchBackend):
         if memory_limit:
             self.db.execute("SET memory_limit = ?", [str(memory_limit)])
         self.db.execute("SET preserve_insertion_order = false")  # lets the scan stream instead of buffering
+        # spills go to the system temp folder, not to a .tmp folder in the working directory (DuckDB's default)
+        self.db.execute("SET temp_directory = ?", [os.path.join(tempfile.gettempdir(), "neighbor_lt_duckdb")])
         self.types = self._check_columns()
         self._hits: dict[str, list[Candidate]] = {}
         self.stats: dict[str, Any] = {}
@@ -204,8 +207,12 @@ class CaptionSearch(SearchBackend):
         if not pairs:
             return found
         start = time.monotonic()
-        self.db.execute("CREATE OR REPLACE TEMP TABLE terms (query VARCHAR, term VARCHAR, first VARCHAR)")
-        self.db.executemany("INSERT INTO terms VALUES (?, ?, ?)", [(q, t, t.split(" ", 1)[0]) for q, t in pairs])
+        # a term is looked up by its first two words (its only word): a first word alone (``black``, ``genus``) would
+        # fan every caption that has it out to all the terms it starts
+        self.db.execute("CREATE OR REPLACE TEMP TABLE terms (query VARCHAR, term VARCHAR, key VARCHAR)")
+        self.db.executemany(
+            "INSERT INTO terms VALUES (?, ?, ?)", [(q, t, " ".join(t.split(" ")[:2])) for q, t in pairs]
+        )
         # the shards in batches: each batch's best rows join those kept so far, and the cut is made again, so memory
         # holds one batch's hits plus max_results per name, however many shards there are
         self.db.execute(
@@ -237,8 +244,8 @@ class CaptionSearch(SearchBackend):
     def _sql(self, max_results: int) -> str:
         url, caption = _quote(self.url_column), _quote(self.caption_column)
         score = f"CAST({_quote(self.score_column)} AS DOUBLE)" if self.score_column else "NULL::DOUBLE"
-        # words -> hash join against the terms' first words (5,000 names probe one small table) -> phrase check;
-        # then _BEST: one row per (query, url), the best max_results per query
+        # words and word pairs -> hash join against the terms' keys (5,000 names are one small table) -> phrase check
+        # for terms of three words or more; then _BEST: one row per (query, url), the best max_results per query
         return f"""
         WITH src AS (
             SELECT filename AS shard, file_row_number AS row, {url} AS url, {caption} AS caption, {score} AS score,
@@ -246,11 +253,16 @@ class CaptionSearch(SearchBackend):
             FROM read_parquet(?, filename = true, file_row_number = true)
             WHERE {self._filters()}
         ),
-        words AS (SELECT shard, row, url, caption, score, norm, unnest(string_split(norm, ' ')) AS word FROM src),
+        words AS (SELECT *, string_split(trim(norm), ' ') AS w FROM src),
+        grams AS (
+            SELECT shard, row, url, caption, score, norm,
+                   unnest(list_concat(w, list_transform(range(1, len(w)), lambda i: w[i] || ' ' || w[i + 1]))) AS gram
+            FROM words
+        ),
         hits AS (
-            SELECT t.query, t.term, w.url, w.caption, w.shard, w.row, w.score
-            FROM words w JOIN terms t ON w.word = t.first
-            WHERE t.first = t.term OR contains(w.norm, ' ' || t.term || ' ')
+            SELECT t.query, t.term, g.url, g.caption, g.shard, g.row, g.score
+            FROM grams g JOIN terms t ON g.gram = t.key
+            WHERE t.key = t.term OR contains(g.norm, ' ' || t.term || ' ')
         ),
         {_BEST.format(source="hits", k=max_results)}
         """
