@@ -12,6 +12,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from neighbor_lt.configs import ConfigError, from_dict
 from neighbor_lt.curate import CurateContext, load_config
+from neighbor_lt.curate import main as curate_main
 from neighbor_lt.neighbors import NEIGHBOR_BACKENDS, get_neighbor_backend
 from neighbor_lt.neighbors.base import Candidate, NeighborBackend, Proposal, TargetQuery
 from neighbor_lt.neighbors.guard import Entry, LeakGuard, load_vocabulary, normalize
@@ -228,7 +229,10 @@ def test_a_yaml_for_the_llm_runs_with_wordnet_from_the_command_line(tmp_path, mo
     )
     assert args.backend_kwargs == {}
     monkeypatch.chdir(REPO)  # the YAML's paths are relative to the repository root
-    manifest = run(args, loaded.context())
+    argv = ["--config", str(path), "--neighbors.backend", "wordnet", "--stages", "neighbors", "--output_dir",
+            str(tmp_path / "out")]  # fmt: skip
+    assert curate_main(argv) == 0  # recipes/curate.py and neighbor-lt curate
+    manifest = load_manifest(str(tmp_path / "out" / "neighbors"))
     assert manifest["backend"] == "wordnet" and manifest["summary"]["with_neighbors"] >= 15
 
     caplog.clear()
