@@ -164,6 +164,10 @@ def test_pool_filter_build_chain(tmp_path, tiny_imagenet_dir, valid_rows, tiny_d
         f"[{median}, n/a]" in readme and "embedding similarity >= 0.99999 or perceptual-hash distance <= 4" in readme
     )
     assert run_build({"max_images_per_class": 20, "hub_dataset_id": "me/tiny-aux"}, context) == summary  # up to date
+    # one setting sizes a run: without build.max_images_per_class, the cap is retrieve.images_per_class
+    sized = CurateContext(str(tmp_path), target=target, sections={"retrieve": {**retrieve, "images_per_class": 7}})
+    assert max(run_build({"hub_dataset_id": "me/tiny-aux"}, sized)["per_class"].values()) == 7
+    assert run_build({"max_images_per_class": 20, "hub_dataset_id": "me/tiny-aux"}, context) == summary
 
     # a filter that keeps nothing fails loudly, and the build that follows leaves the good dataset as it was
     before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "aux_dataset").rglob("*") if p.is_file()}

@@ -134,12 +134,6 @@ def test_the_dry_run_prices_each_provider():
     assert estimate_search_cost("urls", 5000, 800)["requests"] == 0
 
 
-def test_build_cap_defaults_to_images_per_class():
-    from neighbor_lt.retrieval.stages import BuildArguments
-
-    assert BuildArguments().max_images_per_class is None  # run_build takes retrieve.images_per_class
-
-
 # ---- retired and closing APIs -------------------------------------------------------------------------------------
 def test_bing_is_refused_before_any_request_with_exit_status_2(server, tmp_path, monkeypatch, caplog):
     from neighbor_lt.curate import main

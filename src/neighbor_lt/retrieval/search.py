@@ -82,7 +82,17 @@ class Price:
 class SearchBackend:
     """What a search backend declares, so that the stages ask it instead of testing its name.
 
-    Subclass it, set the capabilities and implement ``search(query, max_results, **hints) -> list[Candidate]``.
+    Subclass it, set the capabilities and implement ``search(query, max_results, **hints) -> list[Candidate]``; then
+    add it to ``SEARCH_BACKENDS``.
+
+    Example:
+        >>> class Mirror(SearchBackend):
+        ...     pages, page_size = True, 50
+        ...     price = Price(1.0, "USD", "flat", "https://example.org/pricing", "2026-12-03")
+        ...     def search(self, query, max_results=100, **hints):
+        ...         return [Candidate(query, f"https://example.org/{query}/{i}.jpg", rank=i) for i in range(max_results)]
+        >>> Mirror.requests_per_query(120, {}), len(Mirror().search("koi", 3))
+        (3, 3)
     """
 
     #: reads a local collection and returns the image bytes: nothing to download, and it takes ``exclude_names`` (the
@@ -437,7 +447,9 @@ class PoolSearch(SearchBackend):
     id, label or caption names a target class are never returned (``exclude_names``).
 
     Example:
-        >>> pool = get_search_backend("pool", data_files=["train-*.parquet"], caption_column="words", id_column="wnid")
+        >>> pool = get_search_backend(  # doctest: +SKIP
+        ...     "pool", data_files=["train-*.parquet"], caption_column="words", id_column="wnid"
+        ... )
         >>> hits = pool.search("goldfish", max_results=50, wnid="n01443537")  # doctest: +SKIP
 
     Args:
@@ -533,7 +545,7 @@ class UrlListSearch(SearchBackend):
     Without a name column, rows whose caption contains the query (whole words) are returned.
 
     Example:
-        >>> urls = get_search_backend("urls", path="my_urls.csv")  # columns: name, url, caption, page_url
+        >>> urls = get_search_backend("urls", path="my_urls.csv")  # doctest: +SKIP
         >>> hits = urls.search("goldfish")  # doctest: +SKIP
 
     Args:
@@ -602,6 +614,10 @@ def _alternatives() -> str:
 
 def search_backend_class(name: str) -> type[SearchBackend]:
     """The class registered as ``name`` in ``SEARCH_BACKENDS`` (for its capabilities and options).
+
+    Example:
+        >>> search_backend_class("pool").local, search_backend_class("serpapi").page_size
+        (True, 100)
 
     Raises:
         ValueError: a retired name (why, and what to use instead) or an unknown one (the valid ones).

@@ -4,7 +4,8 @@ Files under ``output_dir``:
 
 - ``retrieve/searches.jsonl``: one line per searched auxiliary class (web and URL backends), so reruns never query
   an API twice; ``retrieve/urls.parquet``: every candidate URL (the hand-off to img2dataset);
-  ``retrieve/downloads.jsonl``: one line per candidate with its outcome; ``retrieve/images/``: stored images.
+  ``retrieve/downloads.jsonl``: one line per candidate with its outcome; ``retrieve/images/``: stored images;
+  ``retrieve/dry_run.json``: with ``dry_run``, the requests and list price the searches would take (nothing sent).
 - ``filter/scores-<scorer>.jsonl``: per-image scores; ``filter/decisions.parquet``: scores plus keep and reason;
   ``filter/prototypes-*.npz`` and ``filter/eval-*.npz``: cached prototypes and evaluation embeddings / hashes.
 - ``aux_dataset/``: the published dataset (``data/train-*.parquet`` + README.md); ``build/summary.json``.
