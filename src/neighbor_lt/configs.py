@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from .extras import missing_tracker_message
 from .losses import LOSSES
 from .secrets import REDACTED, is_secret_name
 
@@ -421,7 +422,8 @@ def parse_args(dataclass_types, args: list[str] | None = None, defaults: dict | 
         defaults: values under the YAML file's (e.g. the data keys of a run's own ``args.yaml``), checked as its.
 
     Raises:
-        ConfigError: on an unknown key in the YAML file or on the command line.
+        ConfigError: on an unknown key in the YAML file or on the command line, or a ``report_to`` tracker that is
+            not installed.
     """
     args = list(sys.argv[1:] if args is None else args)
     parser = HfArgumentParser(dataclass_types)
@@ -456,6 +458,8 @@ def parse_args(dataclass_types, args: list[str] | None = None, defaults: dict | 
     for dc in dataclass_types:
         keys = {f.name for f in dataclasses.fields(dc) if f.init}
         outputs.append(dc(**{k: v for k, v in vars(namespaces).items() if k in keys}))
+        if missing := missing_tracker_message(getattr(outputs[-1], "report_to", None)):
+            raise ConfigError(missing)  # now, not when the Trainer starts after the data has loaded
     return tuple(outputs)
 
 

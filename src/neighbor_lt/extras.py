@@ -6,6 +6,7 @@ The core install (``pip install neighbor-lt``) trains and evaluates; curation, p
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 # import name -> the extra that installs it (see [project.optional-dependencies] in pyproject.toml)
@@ -16,6 +17,8 @@ EXTRA_OF = {
     "sklearn": "plots",
     "scipy": "ablate",
     "gradio": "space",
+    "tensorboard": "tracking",
+    "trackio": "tracking",
 }
 PIP_NAME = {"sklearn": "scikit-learn"}  # where the distribution's name is not the import name
 
@@ -53,3 +56,42 @@ def require(module: str, purpose: str) -> ModuleType:
         raise ModuleNotFoundError(
             f"{purpose} needs {top}: {install_hint(module) or 'pip install ' + top}", name=top
         ) from err
+
+
+# report_to name -> (modules, any one of which the Trainer's callback can use; what to install when none is there).
+# Trackers outside the `tracking` extra are named by their own package; names not listed are left to transformers.
+TRACKERS = {
+    "tensorboard": (("tensorboard", "tensorboardX"), 'pip install "neighbor-lt[tracking]"'),
+    "trackio": (("trackio",), 'pip install "neighbor-lt[tracking]"'),
+    "wandb": (("wandb",), "pip install wandb"),
+    "mlflow": (("mlflow",), "pip install mlflow"),
+    "comet_ml": (("comet_ml",), "pip install comet-ml"),
+    "swanlab": (("swanlab",), "pip install swanlab"),
+}
+
+
+def missing_tracker_message(report_to: str | list[str] | None) -> str | None:
+    """One line naming the first ``report_to`` tracker whose package is not installed and how to install it; None
+    when every named tracker can start. Checked with the arguments, so a run stops before its data loads, not when
+    the Trainer builds its callbacks.
+
+    Example:
+        >>> missing_tracker_message(["tensorboard"])  # doctest: +SKIP
+        'report_to tensorboard: tensorboard is not installed: pip install "neighbor-lt[tracking]"'
+
+    Args:
+        report_to: ``TrainingArguments.report_to``: a name, a list of names, ``"none"``/``"all"`` or None.
+    """
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        modules, hint = TRACKERS.get(name, ((), ""))
+        if modules and not any(_installed(m) for m in modules):
+            return f"report_to {name}: {modules[0]} is not installed: {hint} (or set report_to none)"
+    return None
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module without a spec in sys.modules
+        return False
