@@ -26,4 +26,5 @@ if __name__ == "__main__":
     try:
         main()
     except ConfigError as err:
-        sys.exit(f"configuration error: {err}")
+        print(f"configuration error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -30,10 +30,10 @@ def test_the_recipes_are_wrappers_of_the_cli():
 
 def test_train_without_a_config_outside_the_checkout_says_what_to_pass(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["train", "--max_steps", "1"]) == 1
+    assert cli.main(["train", "--max_steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "configuration error: no --config given" in err and "recipes/demo/train.yaml" in err
-    assert cli.main(["train", "--config", "nope.yaml"]) == 1
+    assert cli.main(["train", "--config", "nope.yaml"]) == 2
     assert "config file not found: nope.yaml" in capsys.readouterr().err
 
 
@@ -57,7 +57,7 @@ def test_a_missing_extra_is_named(monkeypatch, capsys):
         raise ModuleNotFoundError("No module named 'httpx'", name="httpx")
 
     monkeypatch.setitem(cli.COMMANDS, "curate", (filter_stage, "curate"))
-    assert cli.main(["curate", "--config", "x.yaml"]) == 1
+    assert cli.main(["curate", "--config", "x.yaml"]) == 2
     assert capsys.readouterr().err.strip() == (
         'neighbor-lt curate: httpx is not installed: pip install "neighbor-lt[retrieval]"'
     )
@@ -94,5 +94,5 @@ def test_analyze_without_the_plots_extra_names_it():
         "sys.exit(main(['analyze', 'outputs/some-run']))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == 'neighbor-lt analyze: matplotlib is not installed: pip install "neighbor-lt[plots]"'

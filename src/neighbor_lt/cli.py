@@ -227,13 +227,13 @@ def main(argv=None) -> int:
         status = COMMANDS[name][0](rest)
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
-        return 1
+        return 2  # as argparse exits on a usage error: fix the command or the config, then rerun
     except ImportError as err:  # an optional module of an extra that is not installed
         message = missing_extra_message(err)
         if message is None:
             raise
         print(f"neighbor-lt {name}: {message}", file=sys.stderr)
-        return 1
+        return 2
     return status if isinstance(status, int) else 0
 
 
