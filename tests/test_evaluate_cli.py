@@ -86,16 +86,16 @@ def test_update_card_makes_them_the_runs_results(run_dir, monkeypatch, tmp_path)
 
 def test_bad_inputs_are_one_line_errors(run_dir, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(REPO)
-    assert _evaluate("--split", "validation") == 1
+    assert _evaluate("--split", "validation") == 2
     assert "--model is required" in capsys.readouterr().err
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "args.yaml"):
         (bare / name).write_bytes((run_dir / name).read_bytes())
-    assert _evaluate("--model", bare) == 1
+    assert _evaluate("--model", bare) == 2
     assert "has no neighbor_lt.json" in capsys.readouterr().err
     aux = REPO / "recipes/demo/data/aux/data/train-00000-of-00001.parquet"
-    assert _evaluate("--model", run_dir, "--dataset_name", "parquet", "--train_files", aux, "--eval_files", aux) == 1
+    assert _evaluate("--model", run_dir, "--dataset_name", "parquet", "--train_files", aux, "--eval_files", aux) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("configuration error")]
     assert len(errors) == 1 and "are not classes of the model" in errors[0]  # one line (progress bars aside)
     # a folder without args.yaml: the data comes from the command line, or it is a clear error
@@ -111,5 +111,5 @@ def test_bad_inputs_are_one_line_errors(run_dir, monkeypatch, tmp_path, capsys):
     assert RunFolder(copied).read_eval_results("validation")["num_images"] == 50
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset_nam: parquet\n")
-    assert _evaluate("--model", run_dir, "--config", bad) == 1
+    assert _evaluate("--model", run_dir, "--config", bad) == 2
     assert "unknown key(s)" in capsys.readouterr().err and not RunFolder(run_dir).has("eval_bad.json")
