@@ -49,7 +49,7 @@ def test_curate_and_ablate_reach_their_recipes(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["curate", "--help"])
     assert info.value.code == 0 and "--stages" in capsys.readouterr().out
-    assert cli.main(["ablate"]) == 1 and "--config needs the ablation YAML" in capsys.readouterr().err
+    assert cli.main(["ablate"]) == 2 and "--config needs the ablation YAML" in capsys.readouterr().err
 
 
 def test_a_missing_extra_is_named(monkeypatch, capsys):
