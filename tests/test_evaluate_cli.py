@@ -103,7 +103,7 @@ def test_bad_inputs_are_one_line_errors(run_dir, monkeypatch, tmp_path, capsys):
     copied.mkdir()
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "neighbor_lt.json"):
         (copied / name).write_bytes((run_dir / name).read_bytes())
-    assert _evaluate("--model", copied) == 1
+    assert _evaluate("--model", copied) == 2
     assert "has no args.yaml to take the data settings from" in capsys.readouterr().err
     target = REPO / "recipes/demo/data/target"
     assert _evaluate("--model", copied, "--dataset_name", "parquet", "--train_files", target / "train.parquet",
