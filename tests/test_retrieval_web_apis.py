@@ -13,7 +13,8 @@ from test_retrieval_search import LOOPBACK, leaks, run_curate, write_manifest
 from neighbor_lt.curate import CurateContext
 from neighbor_lt.retrieval import search
 from neighbor_lt.retrieval.download import read_jsonl
-from neighbor_lt.retrieval.search import SearchError, estimate_search_cost, get_search_backend
+from neighbor_lt.retrieval.pricing import describe_estimate, estimate_search_cost
+from neighbor_lt.retrieval.search import SearchError, get_search_backend
 from neighbor_lt.retrieval.stages import StageError, run_retrieve
 
 MANY = [(f"/many/{i}.jpg", f"/page/{i}", f"Goldfish photo {i}") for i in range(250)]
@@ -132,6 +133,12 @@ def test_the_dry_run_prices_each_provider():
     mine = estimate_search_cost("serpapi", 5000, 800, {"price_per_1000": 10.0, "max_pages": 5})
     assert (mine["requests"], mine["cost"]) == (25000, 250.0)
     assert estimate_search_cost("urls", 5000, 800)["requests"] == 0
+    assert describe_estimate(brave) == (
+        "5000 class(es) to search x 1 request(s) = 5000 request(s), about USD 25.00 at the list price of USD 5.00 per "
+        "1,000 (Search; read 2026-12-03 from https://api-dashboard.search.brave.com/app/plans); then up to 1000000 "
+        "image download(s) (200 per class)"
+    )
+    assert "no request to a priced API" in describe_estimate(estimate_search_cost("urls", 5, 800))
 
 
 # ---- retired and closing APIs -------------------------------------------------------------------------------------

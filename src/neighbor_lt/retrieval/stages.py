@@ -46,7 +46,8 @@ from .download import (
     read_jsonl,
 )
 from .filters import build_references, score_batch, write_decisions
-from .search import Candidate, SearchError, estimate_search_cost, get_search_backend, search_backend_class
+from .pricing import describe_estimate, estimate_search_cost
+from .search import Candidate, SearchError, get_search_backend, search_backend_class
 
 logger = logging.getLogger(__name__)
 
@@ -341,15 +342,8 @@ def _dry_run(args: RetrieveArguments, aux: list[dict], out: str) -> dict:
     estimate = estimate_search_cost(args.backend, len(todo), args.results_per_query, args.backend_kwargs)
     estimate["cached"] = len(aux) - len(todo)
     _save_json(os.path.join(out, "dry_run.json"), estimate)
-    cost = f"{estimate['currency']} {estimate['cost']:,.2f}" if estimate["requests"] else "nothing"
-    logger.info(
-        "dry run (%s): %d class(es) to search (%d in the cache) x %d request(s) = %d request(s), about %s at the "
-        "list price of %s %.2f per 1,000 (%s, read %s from %s); then up to %d image download(s) (%d per class). "
-        "Nothing was sent: set retrieve.dry_run false to search",
-        args.backend, len(todo), estimate["cached"], estimate["requests_per_query"], estimate["requests"], cost,
-        estimate["currency"], estimate["price_per_1000"], estimate["plan"], estimate["price_read"],
-        estimate["price_source"], estimate["candidates"], estimate["candidates_per_query"],
-    )  # fmt: skip
+    logger.info("dry run (%s): %s. Nothing was sent: set retrieve.dry_run false to search", args.backend,
+                describe_estimate(estimate))  # fmt: skip
     if estimate["candidates_per_query"] < args.results_per_query:
         logger.warning(
             "dry run (%s): the API returns at most %d image(s) per query, fewer than the %d asked per class",
