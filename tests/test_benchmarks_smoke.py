@@ -44,3 +44,9 @@ def test_throughput_benchmark_runs():
     )
     for row in ("real input pipeline vs pre-made tensors", "vs plain PyTorch loop", "ImageEmbedder vs raw forward"):
         assert row in stdout
+
+
+@pytest.mark.slow
+def test_captions_benchmark_runs():
+    stdout = run_benchmark("captions.py", "--rows", "20000", "--names", "200", "--max_results", "50")
+    assert "| 20,000 |" in stdout and "Extrapolation to 2B rows" in stdout

@@ -197,6 +197,8 @@ def test_captions_retrieve_filter_build_load(server, tmp_path, monkeypatch):
     names = aux.features["label"].names
     assert names == ["koi", "teddy bear"] and summary["images"] == len(aux) == 6
     assert sorted(names[label] for label in aux["label"]) == ["koi"] * 3 + ["teddy bear"] * 3
+    readme = (tmp_path / "aux_dataset" / "README.md").read_text()
+    assert "search backend `captions` (" + str(shards / "*.parquet") + ")" in readme  # the card names the metadata
     tables = {first: pq.read_table(first).to_pylist(), second: pq.read_table(second).to_pylist()}
     for row in aux:
         shard, number = row["page_url"].rsplit("#row=", 1)

@@ -101,10 +101,11 @@ def _search_source(retrieve_cfg: dict) -> tuple[str | None, bool]:
 
     backend_kwargs = retrieve_cfg.get("backend_kwargs") or {}
     source = backend_kwargs.get("endpoint") or backend_kwargs.get("dataset") or backend_kwargs.get("path")
+    source = source or backend_kwargs.get("data_files")  # a pool's or caption metadata's files
     local = getattr(SEARCH_BACKENDS.get(retrieve_cfg.get("backend")), "local", False)
     if local:
         source = backend_kwargs.get("dataset") or backend_kwargs.get("data_files")
-        source = ", ".join(source) if isinstance(source, list) else source
+    source = ", ".join(source) if isinstance(source, list) else source
     return source, local and not retrieve_cfg.get("img2dataset_dir")
 
 
