@@ -68,7 +68,7 @@ class CaptionSearch(SearchBackend):
         ...     "captions", data_files="relaion2B-en-research-safe/*.parquet", score_column="similarity",
         ...     nsfw_column="punsafe", max_nsfw=0.1, width_column="original_width", height_column="original_height",
         ...     min_width=256, min_height=256)
-        >>> hits = backend.search_many({"koi": ["koi", "nishikigoi"], "goldfish": ["goldfish"]}, max_results=800)
+        >>> hits = backend.search_many({"koi": ["koi", "nishikigoi"], "goldfish": ["goldfish"]}, 800)  # doctest: +SKIP
         >>> hits["koi"][0].page_url  # doctest: +SKIP
         'relaion2B-en-research-safe/part-00017.parquet#row=48213'
 
