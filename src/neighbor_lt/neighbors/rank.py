@@ -248,6 +248,70 @@ def _round(value) -> float | None:
     return None if value is None else round(float(value), 4)
 
 
+def _rank_entry(i: int, entry: dict, args, visual: dict, present: dict, problem, probe_counts, probe_problems):
+    """One target's candidates as ranking rows, its status, and the order they are kept in: (order, wanted, rows)."""
+    n = entry.pop("num_neighbors", entry["num_requested"])
+    rows = []
+    for rank, s in enumerate(entry["scores"], 1):
+        row = {
+            "name": s["name"], "wnid": s.get("wnid"), "backend": entry.get("backend"), "name_rank": rank,
+            "distance": s.get("distance"), "name_similarity": s.get("similarity"),
+            "probe_images": probe_counts.get(s["name"], 0), "prototype": None, "confusion": None, "score": None,
+            "visual_rank": None, "kept": False, "reason": None,
+        }  # fmt: skip
+        scores = visual.get(s["name"])
+        if problem is None and scores is not None and present.get(entry["name"]):
+            row["prototype"] = _round(scores["prototype"][i])
+            row["confusion"] = _round(scores["confusion"][i])
+            row["score"] = row[args.score]
+        rows.append(row)
+    status, reason = "ranked", None
+    if problem is not None:
+        status, reason = "name_ranked", problem
+    elif rows and not present.get(entry["name"]):
+        status, reason = "name_ranked", "the target has no training image (no prototype)"
+    elif rows and all(r["score"] is None for r in rows):
+        first = probe_problems.get(rows[0]["name"], "no usable probe image")
+        status, reason = (
+            "name_ranked",
+            f"no candidate has a usable probe image (e.g. {rows[0]['name']!r}: {first})",
+        )
+    if status == "ranked":
+        order = []
+        for r in rows:
+            if r["score"] is None:
+                r["reason"] = f"no probe images: {probe_problems.get(r['name'], 'none usable')}"
+            elif args.min_score is not None and r["score"] < args.min_score:
+                r["reason"] = f"{args.score} score {r['score']} below min_score {args.min_score}"
+            else:
+                order.append(r)
+        order.sort(key=lambda r: (-r["score"], -(r["prototype"] or 0.0), r["name_rank"]))
+        for position, r in enumerate(order, 1):
+            r["visual_rank"] = position
+    else:
+        order = list(rows)
+    entry["num_requested"] = n
+    entry["ranking"] = {"status": status, "reason": reason, "score": args.score, "candidates": rows}
+    return order, n, rows
+
+
+def _kept_auxiliary(auxiliary: list[dict], pairs: set, rows_of: list[list[dict]], index: dict) -> list[dict]:
+    """The auxiliary records of the kept (target, auxiliary) pairs, with their visual scores."""
+    aux = []
+    for a in auxiliary:
+        keep = [j for j, t in enumerate(a["neighbor_of"]) if (t, a["name"]) in pairs]
+        if not keep:
+            continue
+        row = {t: r for t in a["neighbor_of"] for r in rows_of[index[t]] if r["name"] == a["name"]}
+        a = {
+            **a, **{key: [a[key][j] for j in keep] for key in ("neighbor_of", "similarity", "distance")},
+        }  # fmt: skip
+        a["prototype"] = [row[t]["prototype"] for t in a["neighbor_of"]]
+        a["confusion"] = [row[t]["confusion"] for t in a["neighbor_of"]]
+        aux.append(a)
+    return aux
+
+
 def choose(candidates: dict, args: RankArguments, visual: dict, present: dict[str, bool], problem: str | None,
            probe_counts: dict[str, int], probe_problems: dict[str, str], header: dict) -> dict:  # fmt: skip
     """The final manifest: per target the top ``num_neighbors`` candidates by visual score (or by name rank when the
@@ -266,48 +330,7 @@ def choose(candidates: dict, args: RankArguments, visual: dict, present: dict[st
     index = {e["name"]: i for i, e in enumerate(entries)}
     orders, wanted, rows_of = [], [], []
     for i, entry in enumerate(entries):
-        n = entry.pop("num_neighbors", entry["num_requested"])
-        rows = []
-        for rank, s in enumerate(entry["scores"], 1):
-            row = {
-                "name": s["name"], "wnid": s.get("wnid"), "backend": entry.get("backend"), "name_rank": rank,
-                "distance": s.get("distance"), "name_similarity": s.get("similarity"),
-                "probe_images": probe_counts.get(s["name"], 0), "prototype": None, "confusion": None, "score": None,
-                "visual_rank": None, "kept": False, "reason": None,
-            }  # fmt: skip
-            scores = visual.get(s["name"])
-            if problem is None and scores is not None and present.get(entry["name"]):
-                row["prototype"] = _round(scores["prototype"][i])
-                row["confusion"] = _round(scores["confusion"][i])
-                row["score"] = row[args.score]
-            rows.append(row)
-        status, reason = "ranked", None
-        if problem is not None:
-            status, reason = "name_ranked", problem
-        elif rows and not present.get(entry["name"]):
-            status, reason = "name_ranked", "the target has no training image (no prototype)"
-        elif rows and all(r["score"] is None for r in rows):
-            first = probe_problems.get(rows[0]["name"], "no usable probe image")
-            status, reason = (
-                "name_ranked",
-                f"no candidate has a usable probe image (e.g. {rows[0]['name']!r}: {first})",
-            )
-        if status == "ranked":
-            order = []
-            for r in rows:
-                if r["score"] is None:
-                    r["reason"] = f"no probe images: {probe_problems.get(r['name'], 'none usable')}"
-                elif args.min_score is not None and r["score"] < args.min_score:
-                    r["reason"] = f"{args.score} score {r['score']} below min_score {args.min_score}"
-                else:
-                    order.append(r)
-            order.sort(key=lambda r: (-r["score"], -(r["prototype"] or 0.0), r["name_rank"]))
-            for position, r in enumerate(order, 1):
-                r["visual_rank"] = position
-        else:
-            order = list(rows)
-        entry["num_requested"] = n
-        entry["ranking"] = {"status": status, "reason": reason, "score": args.score, "candidates": rows}
+        order, n, rows = _rank_entry(i, entry, args, visual, present, problem, probe_counts, probe_problems)
         orders.append(order)
         wanted.append(n)
         rows_of.append(rows)
@@ -333,18 +356,7 @@ def choose(candidates: dict, args: RankArguments, visual: dict, present: dict[st
         ]  # fmt: skip
         entry["got"] = len(entry["kept"])
 
-    aux = []
-    for a in manifest["auxiliary"]:
-        keep = [j for j, t in enumerate(a["neighbor_of"]) if (t, a["name"]) in pairs]
-        if not keep:
-            continue
-        row = {t: r for t in a["neighbor_of"] for r in rows_of[index[t]] if r["name"] == a["name"]}
-        a = {
-            **a, **{key: [a[key][j] for j in keep] for key in ("neighbor_of", "similarity", "distance")},
-        }  # fmt: skip
-        a["prototype"] = [row[t]["prototype"] for t in a["neighbor_of"]]
-        a["confusion"] = [row[t]["confusion"] for t in a["neighbor_of"]]
-        aux.append(a)
+    aux = _kept_auxiliary(manifest["auxiliary"], pairs, rows_of, index)
     manifest["auxiliary"] = aux
     manifest["summary"] = summarize(entries, aux)
     statuses = Counter(e["ranking"]["status"] for e in entries if e["ranking"]["candidates"])
