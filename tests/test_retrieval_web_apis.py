@@ -93,6 +93,14 @@ def test_zero_results_and_malformed_answers(server, name):
     assert not e.value.fatal  # one bad answer: the other queries are still asked
 
 
+def test_a_query_brave_refuses_is_not_fatal(server):
+    with pytest.raises(
+        SearchError, match=r"HTTP 422: Unable to validate request parameter\(s\) \(422, VALIDATION\)"
+    ) as e:
+        backend(server, "brave", extra_params={"count": 500}).search("goldfish")  # max 200
+    assert not e.value.fatal  # a 422 under a valid key is this query's fault, not the key's
+
+
 def test_a_fatal_error_stops_the_stage_at_the_first_query(server, tmp_path, caplog):
     write_manifest(tmp_path, [{"name": n, "neighbor_of": ["tench"]} for n in ("goldfish", "axolotl", "koi")])
     server.api_mode = "quota"

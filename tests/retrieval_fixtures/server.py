@@ -245,7 +245,7 @@ class ImageServer:
                         {"component": "authentication"},
                     )  # fmt: skip
                 count = int(query.get("count", ["50"])[0])
-                if not 1 <= count <= 200 or "offset" in query:
+                if not 1 <= count <= 200:
                     return self.brave_error(
                         422, "VALIDATION", "Unable to validate request parameter(s)", {"errors": ["count"]}
                     )

@@ -129,8 +129,9 @@ class SearchError(Exception):
         self.status, self.fatal = status, fatal
 
 
-#: answers that no later query can escape: no valid key (401, 403; Brave says 422), no credit left (402), gone (410)
-FATAL_STATUS = (401, 402, 403, 410, 422)
+#: answers that no later query can escape: no valid key (401, 403), no credit left (402), gone (410); a 422 is fatal
+#: only where the provider says the key is wrong (Brave), since it also means one bad query
+FATAL_STATUS = (401, 402, 403, 410)
 RATE_LIMIT_WAIT = 5.0  # longest Retry-After honoured once per request; a longer one is a quota, not a burst
 
 
@@ -339,7 +340,11 @@ class BraveImageSearch(SearchBackend):
         headers = {"Accept": "application/json", "X-Subscription-Token": self.api_key}
         params = {"q": query, "count": max(1, min(self.page_size, max_results)), **self.extra_params}
         with _client(self.endpoint, self.timeout, headers) as client:
-            data = _get_json(client, self.endpoint, "brave", params=params)
+            try:
+                data = _get_json(client, self.endpoint, "brave", params=params)
+            except SearchError as e:  # Brave answers a wrong or missing key with 422 SUBSCRIPTION_TOKEN_*
+                e.fatal = e.fatal or (e.status == 422 and "SUBSCRIPTION_TOKEN" in str(e))
+                raise
         results = data.get("results")
         if not isinstance(results, list):
             raise SearchError(f"brave: the answer has no 'results' list (keys: {sorted(data)[:5]})")
