@@ -1,5 +1,7 @@
 """The Gradio Space, tested in a real browser: app.py on 127.0.0.1 with a tiny model, driven by headless Chromium."""
 
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -15,6 +17,8 @@ import torch
 from huggingface_hub import SpaceCard
 from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+from neighbor_lt.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "space"
@@ -56,25 +60,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url(tiny_model, tmp_path_factory):
-    """space/app.py serving the tiny model on 127.0.0.1."""
+@contextlib.contextmanager
+def serve_app(model: Path, log: Path, python=sys.executable, env: dict | None = None, args=("--host", "127.0.0.1")):
+    """space/app.py serving ``model`` on 127.0.0.1 (a free port) with ``python``; yields the URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("space_log") / "app.log"
     env = {
-        **os.environ,
+        **(os.environ if env is None else env),
         "GRADIO_ANALYTICS_ENABLED": "False",
         "HF_HUB_OFFLINE": "1",
         "NEIGHBOR_LT_MAX_MEGAPIXELS": "40",
     }
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(SPACE / "app.py"), "--model", str(tiny_model), "--host", "127.0.0.1", "--port",
-             str(port)], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            [str(python), str(SPACE / "app.py"), "--model", str(model), *args, "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 180
         while True:
             try:
                 urllib.request.urlopen(url, timeout=2)
@@ -90,6 +93,13 @@ def app_url(tiny_model, tmp_path_factory):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model, tmp_path_factory):
+    """space/app.py serving the tiny model on 127.0.0.1."""
+    with serve_app(tiny_model, tmp_path_factory.mktemp("space_log") / "app.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -184,23 +194,104 @@ def test_a_58_mb_file_gets_the_inline_message(page, tmp_path):
     assert page.locator(".toast-body").count() == 0  # no disappearing pop-up
 
 
-def test_the_space_reads_the_run_folder(tiny_model):
+@pytest.fixture(scope="module")
+def app():
     sys.path.insert(0, str(SPACE))
     try:
         import app
     finally:
         sys.path.remove(str(SPACE))
+    return app
+
+
+def test_the_space_reads_the_run_folder(app, tiny_model):
     _, _, info = app.load_model(str(tiny_model))
     assert info.group_of("lemon") == "few" and info.neighbors_of("lemon") == ["orange"]
     assert "(Many group)" in app.neighbor_text("goldfish", info)
     assert "no neighbor information" in app.neighbor_text("goldfish", None)
 
 
+def test_the_spaces_copy_of_the_reader_agrees_with_run_folder(app, tiny_model, tmp_path):
+    values = json.loads((tiny_model / "neighbor_lt.json").read_text())
+    values.update(many_threshold=30, few_threshold=6, written_by_a_newer_version=True)
+    (tmp_path / "neighbor_lt.json").write_text(json.dumps(values))
+    for folder in (tiny_model, tmp_path):
+        ours, theirs = app.RunInfo.read(str(folder)), RunFolder(folder).read_info()
+        for name in [*NAMES, "orange", "not a class"]:
+            assert ours.count_of(name) == theirs.count_of(name), name
+            assert ours.group_of(name) == theirs.group_of(name), name
+            assert ours.neighbors_of(name) == theirs.neighbors_of(name), name
+        assert (ours.auxiliary_classes, ours.loss) == (theirs.auxiliary_classes, theirs.loss)
+    assert app.RunInfo.read(str(SPACE)) is None
+
+
+def test_help_describes_every_option_with_its_default(app, capsys, monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    with pytest.raises(SystemExit) as done:
+        app.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert done.value.code == 0
+    for option, default in (("--model", app.DEFAULT_MODEL), ("--host", "127.0.0.1"), ("--port", "7860")):
+        described = text.split(f"{option} {option[2:].upper()} ", 1)[1]
+        assert described[:1].isalpha() and f"(default: {default})" in described.replace("- ", "-"), option
+
+
+def test_the_app_listens_outside_only_when_asked_or_on_spaces(app, monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    assert app.parse_args([]).host == "127.0.0.1"
+    assert app.parse_args(["--host", "0.0.0.0"]).host == "0.0.0.0"
+    monkeypatch.setenv("SPACE_ID", "neighbor-lt/demo")
+    assert app.parse_args([]).host == "0.0.0.0"
+
+
+def test_the_header_says_how_the_model_was_trained(app, tiny_model):
+    model, _, info = app.load_model(str(tiny_model))
+    assert "with the neighbor-silencing loss" in app.header("m", model, info)
+    baseline = dataclasses.replace(info, loss="balanced_softmax", auxiliary_classes=[], neighbor_of={})
+    text = app.header("m", model, baseline)
+    assert "neighbor-silencing" not in text and "learned from neighbors" not in text
+    assert "a baseline" in text and "without neighbor classes with the `balanced_softmax` loss" in text
+    assert "how it was trained is not known" in app.header("m", model, None)
+
+
+def test_a_missing_model_or_gradio_is_one_line(app, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for model, expected in (
+        (tmp_path / "nope", f"--model: model folder not found: {tmp_path / 'nope'}"),
+        ("outputs/not-trained-yet", "--model: outputs/not-trained-yet: no such folder, and not a Hub model"),
+        (tmp_path, f"--model: {tmp_path} has no config.json: pass the output_dir of recipes/train.py"),
+    ):
+        assert app.main(["--model", str(model)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(expected) and err.count("\n") == 1, err
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    assert app.main(["--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('gradio is not installed: pip install "neighbor-lt[space]"') and err.count("\n") == 1
+
+
+def test_the_api_has_one_endpoint_named_classify(app_url):
+    from gradio_client import Client, handle_file
+
+    client = Client(app_url, verbose=False)
+    assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/classify"]
+    labels, text, preview = client.predict(handle_file(str(SPACE / "examples" / "lemon.jpg")), api_name="/classify")
+    assert labels["label"] == "lemon" and "Top class: lemon" in text and Path(preview).is_file()
+
+
 def test_space_readme_front_matter():
     card = SpaceCard.load(SPACE / "README.md")
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
     assert card.data.models and card.data.datasets is not None
+    assert f'pip install "gradio=={card.data.sdk_version}"' in card.text  # the local run installs what Spaces do
     requirements = (SPACE / "requirements.txt").read_text()
-    for package in ("transformers", "torch", "huggingface_hub", "pillow", "neighbor-lt"):
+    for package in ("transformers", "torch", "huggingface_hub", "pillow"):
         assert package in requirements.lower()
+    # installs from this folder alone: no neighbor-lt (app.py reads neighbor_lt.json itself), the CPU torch wheel
+    lines = [line.split("#")[0].strip() for line in requirements.splitlines()]
+    assert not any(line.startswith("neighbor-lt") or "git+" in line for line in lines)
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+    assert any(re.fullmatch(r"torch==2\.\d+\.\d+", line) for line in lines)
     assert len(list((SPACE / "examples").glob("*.jpg"))) >= 3
