@@ -1,6 +1,9 @@
 """The paper's train configs start as written (their own report_to), on tiny checkpoints of each backbone family and
 the demo data; without the tracker's package they stop before any data loads, with one line naming the extra."""
 
+import json
+import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +125,20 @@ def test_trackio_is_checked_too(monkeypatch):
         parse_args(types, ["--output_dir", "x", "--report_to", "trackio"])
     _, _, args = parse_args(types, ["--output_dir", "x"])
     assert args.report_to == []  # the default reports nowhere and needs nothing
+
+
+def test_report_to_trackio_logs_the_steps_locally(tmp_path):
+    """The tracking extra's other tracker: a run logs each step into trackio's local database (no Space, offline)."""
+    tiny = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,patch_size=16"
+    argv = ["train", "--config", "recipes/demo/train.yaml", "--config_overrides", tiny, "--image_size", "32",
+            "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--per_device_train_batch_size", "8",
+            "--max_eval_samples", "32", "--dataloader_num_workers", "0", "--logging_steps", "1",
+            "--report_to", "trackio"]  # fmt: skip
+    code = f"import sys; from neighbor_lt.cli import main; sys.exit(main({argv!r}))"
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio")}  # read when trackio is imported
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (database,) = (tmp_path / "trackio").glob("*.db")
+    with sqlite3.connect(database) as db:
+        steps = [json.loads(row[0]).get("train/global_step") for row in db.execute("select metrics from metrics")]
+    assert {1, 2} <= set(steps)
