@@ -16,15 +16,11 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from ...secrets import redact, register_secret, registered_secrets
 from ..search import Candidate
 from .client import AddressGuard
 from .config import DownloadConfig
-
-if TYPE_CHECKING:
-    from .downloader import Downloader
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +55,10 @@ def _share(config: DownloadConfig, processes: int) -> DownloadConfig:
     )
 
 
-def run_processes(downloader: Downloader, todo: list[Candidate], bar, processes: int) -> None:
+def run_processes(downloader, todo: list[Candidate], bar, processes: int) -> None:
     """Fetch and validate ``todo`` in ``processes`` worker processes (threads in each, the per-host limits shared
-    out); deduplicate and write in ``downloader``'s process.
+    out); deduplicate and write in ``downloader``'s process (a :class:`~.downloader.Downloader`; each worker builds
+    one of the same class, so this module needs no import of it).
 
     One fetch per URL: a candidate whose URL is already in flight waits for that record and is settled here.
     Ctrl-C: the workers stop, records arriving within ``stop_grace`` are kept, then the workers are ended.
@@ -90,6 +87,7 @@ def run_processes(downloader: Downloader, todo: list[Candidate], bar, processes:
         context.Process(
             target=_download_process,
             args=(
+                type(downloader),
                 downloader.output_dir,
                 share,
                 resolver,
@@ -101,7 +99,7 @@ def run_processes(downloader: Downloader, todo: list[Candidate], bar, processes:
             ),
             name=f"download-{i}",
             daemon=True,
-        )  # fmt: skip
+        )
         for i in range(processes)
     ]
     with _no_main_rerun():
@@ -145,7 +143,7 @@ def run_processes(downloader: Downloader, todo: list[Candidate], bar, processes:
                 worker.join(timeout=1)
 
 
-def _collect(downloader: Downloader, workers: list, results, settle) -> int:
+def _collect(downloader, workers: list, results, settle) -> int:
     """Settle the records the workers send until every one has exited (or died); returns the records settled."""
     exited = settled = 0
     while exited < len(workers):
@@ -189,15 +187,13 @@ def _no_main_rerun():
             setattr(main, name, value)
 
 
-def _download_process(output_dir, config, resolver, reuse_dir, jobs, results, stop, secrets) -> None:
+def _download_process(factory, output_dir, config, resolver, reuse_dir, jobs, results, stop, secrets) -> None:
     """A download process of :func:`run_processes`: fetch and validate the queued candidates on
     ``config.num_workers`` threads and send each ``(record, bytes)`` back; the parent deduplicates and writes.
 
     Sends ``("record", prepared)`` per candidate, ``("exit", {host: seconds throttled})`` at the end and
     ``("error", text)`` if it fails as a whole. Ctrl-C is the parent's to handle; if the parent dies, so does this.
     """
-    from .downloader import Downloader
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for secret in secrets:  # the parent's registered secrets are redacted here too
         register_secret(secret)
@@ -209,7 +205,7 @@ def _download_process(output_dir, config, resolver, reuse_dir, jobs, results, st
 
     threading.Thread(target=exit_with_parent, daemon=True).start()
     try:
-        downloader = Downloader(output_dir, config, resolver=resolver, reuse_dir=reuse_dir, stop=stop)
+        downloader = factory(output_dir, config, resolver=resolver, reuse_dir=reuse_dir, stop=stop)
 
         def work() -> None:
             while not stop.is_set():
