@@ -20,7 +20,7 @@ EXTRA_OF = {
     "tensorboard": "tracking",
     "trackio": "tracking",
 }
-PIP_NAME = {"sklearn": "scikit-learn"}  # where the distribution's name is not the import name
+PIP_NAME = {"sklearn": "scikit-learn", "comet_ml": "comet-ml"}  # where the distribution's name is not the import name
 
 
 def install_hint(module: str) -> str | None:
@@ -58,15 +58,15 @@ def require(module: str, purpose: str) -> ModuleType:
         ) from err
 
 
-# report_to name -> (modules, any one of which the Trainer's callback can use; what to install when none is there).
-# Trackers outside the `tracking` extra are named by their own package; names not listed are left to transformers.
+# report_to name -> the modules its Trainer callback can use (any one of them). Trackers outside the `tracking` extra
+# are installed by their own package name; report_to names not listed here are left to transformers.
 TRACKERS = {
-    "tensorboard": (("tensorboard", "tensorboardX"), 'pip install "neighbor-lt[tracking]"'),
-    "trackio": (("trackio",), 'pip install "neighbor-lt[tracking]"'),
-    "wandb": (("wandb",), "pip install wandb"),
-    "mlflow": (("mlflow",), "pip install mlflow"),
-    "comet_ml": (("comet_ml",), "pip install comet-ml"),
-    "swanlab": (("swanlab",), "pip install swanlab"),
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "trackio": ("trackio",),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+    "comet_ml": ("comet_ml",),
+    "swanlab": ("swanlab",),
 }
 
 
@@ -84,8 +84,9 @@ def missing_tracker_message(report_to: str | list[str] | None) -> str | None:
     """
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     for name in names:
-        modules, hint = TRACKERS.get(name, ((), ""))
+        modules = TRACKERS.get(name, ())
         if modules and not any(_installed(m) for m in modules):
+            hint = install_hint(modules[0]) or f"pip install {PIP_NAME.get(modules[0], modules[0])}"
             return f"report_to {name}: {modules[0]} is not installed: {hint} (or set report_to none)"
     return None
 
