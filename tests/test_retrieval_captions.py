@@ -30,9 +30,9 @@ def write_shard(path, captions, urls=None, **columns):
 def shard(tmp_path):
     captions = [
         "A cat on a mat",  # 0
-        "Vintage catalog of lamps",  # 1: 'cat' inside a word
+        "Vintage catalog of lamps",  # 1: "cat" inside a word; "lamps" a plural
         "CAT-FOOD, 2kg bag",  # 2: 'cat' as a word after normalisation
-        "Two cats playing",  # 3: a plural is another word
+        "Two cats playing",  # 3: a plural, folded by the leak guard's normalizer
         "concatenate",  # 4
         "A Great-White Shark off Cape Town!",  # 5: both 'great white shark' and 'white shark'
         "white sharks in the bay",  # 6
@@ -49,16 +49,23 @@ def test_whole_words_every_name_in_one_pass(shard):
         {"cat": ["cat"], "great white shark": ["great white shark"], "white shark": ["white shark"], "lamp": ["lamp"]}
     )
     rows = {q: [int(h.page_url.rsplit("#row=", 1)[1]) for h in found] for q, found in hits.items()}
-    assert rows == {"cat": [0, 2, 7], "great white shark": [5], "white shark": [5], "lamp": []}
-    assert backend.stats["pairs"] == 4  # four terms, matched in one query over the shard
-    for query, found in hits.items():
-        assert all(name_in_text(query, h.caption) for h in found)  # what the caption filter will check
+    assert rows == {"cat": [0, 2, 3, 7], "great white shark": [5], "white shark": [5, 6], "lamp": [1]}
+    assert backend.stats["pairs"] == 8  # four terms and their plurals, matched in one query over the shard
+    assert [h.query for h in hits["cat"]] == ["cat", "cat", "cats", "cat"]  # the term each caption matched
+    for found in hits.values():
+        assert all(name_in_text(h.query, h.caption) for h in found)  # what the caption filter will check
         assert [h.rank for h in found] == list(range(len(found)))
     first = hits["cat"][0]
     assert (first.image_url, first.caption, first.page_url) == (
         "http://img.test/part-0.parquet/0.jpg", "A cat on a mat", f"{shard}#row=0",
     )  # fmt: skip
     assert backend.search("cat") == hits["cat"]  # answered from the pass, no new one
+    singular = get_search_backend("captions", data_files=shard, plurals=False)
+    assert [h.caption for h in singular.search("cat")] == [
+        "A cat on a mat",
+        "CAT-FOOD, 2kg bag",
+        "Café au lait with a CAT",
+    ]
     assert [h.caption for h in backend.search("concatenate")] == ["concatenate"]  # a query not in the pass: its own
 
 
@@ -181,8 +188,8 @@ def test_captions_retrieve_filter_build_load(server, tmp_path, monkeypatch):
     monkeypatch.setattr(CaptionSearch, "_sql", lambda self, k: passes.append(k) or real_sql(self, k))
     summary = run_retrieve(section, context)
     assert passes == [20]  # one pass over the shards for all three names
-    assert summary["total"] == 7 and summary["ok"] == 6 and summary["http_error"] == 1
-    assert run_retrieve(section, context)["total"] == 7 and passes == [20]  # resumed from searches.jsonl
+    assert summary["total"] == 8 and summary["ok"] == 7 and summary["http_error"] == 1
+    assert run_retrieve(section, context)["total"] == 8 and passes == [20]  # resumed from searches.jsonl
     records = read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")
     urls = pd.read_parquet(tmp_path / "retrieve" / "urls.parquet")  # the img2dataset hand-off keeps the provenance
     assert set(urls["page_url"]) == {r["page_url"] for r in records}
@@ -191,12 +198,12 @@ def test_captions_retrieve_filter_build_load(server, tmp_path, monkeypatch):
     assert by_url[server.url("/img/1.jpg")]["page_url"] == f"{first}#row=1"  # listed twice: the better row kept
     assert [r["rank"] for r in sorted(by_url.values(), key=lambda r: r["rank"])] == [0, 1, 2]
 
-    assert run_filter({"model_name_or_path": None, "leak_check": False}, context)["kept"] == 6  # synonyms pass too
+    assert run_filter({"model_name_or_path": None, "leak_check": False}, context)["kept"] == 7  # synonyms pass too
     summary = run_build({"max_images_per_class": 10, "selection": "rank"}, context)
     aux = load_dataset(str(tmp_path / "aux_dataset"), split="train")
     names = aux.features["label"].names
-    assert names == ["koi", "teddy bear"] and summary["images"] == len(aux) == 6
-    assert sorted(names[label] for label in aux["label"]) == ["koi"] * 3 + ["teddy bear"] * 3
+    assert names == ["koi", "teddy bear"] and summary["images"] == len(aux) == 7
+    assert sorted(names[label] for label in aux["label"]) == ["koi"] * 3 + ["teddy bear"] * 4  # 'teddy bears' too
     readme = (tmp_path / "aux_dataset" / "README.md").read_text()
     assert "search backend `captions` (" + str(shards / "*.parquet") + ")" in readme  # the card names the metadata
     tables = {first: pq.read_table(first).to_pylist(), second: pq.read_table(second).to_pylist()}

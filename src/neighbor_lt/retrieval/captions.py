@@ -6,9 +6,10 @@ shards are read with DuckDB (embedded, no server; local files or remote globs su
 **every auxiliary name is matched in one pass over the shards**, not one pass per name: each caption is normalised
 as :func:`~neighbor_lt.retrieval.search.normalize_text` does (the caption filter's rule), split into words, and its
 words and word pairs are joined against the first two words of all the names and synonyms; a longer name is then
-confirmed as a whole-word phrase (``"cat"`` matches ``"a cat on a mat"``, not ``"catalog"``). The best rows of each
-name (highest score column first, else shard and row order) become its candidates, which the downloader fetches like
-any search result, or which ``retrieve/urls.parquet`` hands to img2dataset for millions of images.
+confirmed as a whole-word phrase (``"cat"`` matches ``"a cat on a mat"``, not ``"catalog"``; plurals the leak guard's
+name normalizer folds back to a name are its terms too: ``"cats"``). The best rows of each name (highest score
+column first, else shard and row order) become its candidates, which the downloader fetches like any search result,
+or which ``retrieve/urls.parquet`` hands to img2dataset for millions of images.
 
 Each candidate's ``page_url`` records where its URL came from: ``<shard file>#row=<row number in that shard>``.
 
@@ -87,6 +88,8 @@ class CaptionSearch(SearchBackend):
         nsfw_keep: labels kept for a label column.
         synonyms: also match the ``synonyms`` of a manifest entry and, for an entry with a ``wnid``, its WordNet
             lemmas.
+        plurals: also match the plurals of each term's last word (``teddy bears``, ``foxes``, ``butterflies``), those
+            that the leak guard's name normalizer (:func:`neighbor_lt.neighbors.names.normalize`) folds back to it.
         shards_per_batch: shards read by one query; each batch's best rows are merged into those kept so far, so
             memory holds one batch's matches plus ``max_results`` per name (every shard is still read once).
         threads: DuckDB threads (default: all cores).
@@ -111,6 +114,7 @@ class CaptionSearch(SearchBackend):
         max_nsfw: float = 0.5,
         nsfw_keep: list[str] | tuple[str, ...] = ("UNLIKELY",),
         synonyms: bool = True,
+        plurals: bool = True,
         shards_per_batch: int = 8,
         threads: int | None = None,
         memory_limit: str | None = None,
@@ -125,7 +129,7 @@ class CaptionSearch(SearchBackend):
             width_column, height_column, int(min_width), int(min_height),
         )  # fmt: skip
         self.nsfw_column, self.max_nsfw, self.nsfw_keep = nsfw_column, float(max_nsfw), [str(v) for v in nsfw_keep]
-        self.synonyms, self.shards_per_batch = synonyms, max(1, int(shards_per_batch))
+        self.synonyms, self.plurals, self.shards_per_batch = synonyms, plurals, max(1, int(shards_per_batch))
         self.db = duckdb.connect()
         if threads:
             self.db.execute(f"SET threads = {int(threads)}")
@@ -200,9 +204,10 @@ class CaptionSearch(SearchBackend):
         """
         import time
 
-        pairs = sorted(
-            {(query, normalize_text(t)) for query, names in terms.items() for t in names if normalize_text(t)}
-        )
+        pairs = {(query, normalize_text(t)) for query, names in terms.items() for t in names if normalize_text(t)}
+        if self.plurals:
+            pairs |= {(query, plural) for query, term in pairs for plural in _plurals(term)}
+        pairs = sorted(pairs)
         found: dict[str, list[Candidate]] = {q: [] for q in terms}
         if not pairs:
             return found
@@ -297,6 +302,18 @@ def _expand(data_files: str | list[str]) -> list[str]:
     if not files:
         raise ValueError("captions: data_files is empty; give the metadata shards (a Parquet file or glob)")
     return files
+
+
+def _plurals(term: str) -> list[str]:
+    """Plurals of a normalised term's last word that the leak guard's normalizer takes for the same name."""
+    from ..neighbors.names import normalize
+
+    head, _, last = term.rpartition(" ")
+    if len(last) < 3 or not last.isalpha():
+        return []
+    forms = [last + "s", last + "es"] + ([last[:-1] + "ies"] if last.endswith("y") else [])
+    key = normalize(term)
+    return [f"{head} {form}".strip() for form in forms if normalize(f"{head} {form}") == key]
 
 
 def _wordnet_names(wnid: str) -> list[str]:
