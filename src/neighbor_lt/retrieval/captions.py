@@ -214,9 +214,11 @@ class CaptionSearch(SearchBackend):
         start = time.monotonic()
         # a term is looked up by its first two words (its only word): a first word alone (``black``, ``genus``) would
         # fan every caption that has it out to all the terms it starts
-        self.db.execute("CREATE OR REPLACE TEMP TABLE terms (query VARCHAR, term VARCHAR, key VARCHAR)")
-        self.db.executemany(
-            "INSERT INTO terms VALUES (?, ?, ?)", [(q, t, " ".join(t.split(" ")[:2])) for q, t in pairs]
+        columns = [[q for q, _ in pairs], [t for _, t in pairs], [" ".join(t.split(" ")[:2]) for _, t in pairs]]
+        self.db.execute(  # one statement (executemany costs seconds for 10,000 rows)
+            "CREATE OR REPLACE TEMP TABLE terms AS SELECT unnest(?::VARCHAR[]) AS query, unnest(?::VARCHAR[]) AS term, "
+            "unnest(?::VARCHAR[]) AS key",
+            columns,
         )
         # the shards in batches: each batch's best rows join those kept so far, and the cut is made again, so memory
         # holds one batch's hits plus max_results per name, however many shards there are
