@@ -24,8 +24,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from neighbor_lt.results_md import append_results, results_section
 from neighbor_lt.losses import balanced_softmax_loss, neighbor_csr, neighbor_silencing_loss
+from neighbor_lt.results_md import append_results, results_section
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 

@@ -1,6 +1,6 @@
 """Fine-tuning from the MAE encoder vs from random init, same fine-tuning budget, on Tiny-ImageNet-LT (CPU-sized).
 
-Stage 1 pre-trains an MAE on the long-tailed training images (neighbor_lt.mae.pretrain, as recipes/pretrain_mae.py);
+Stage 1 pre-trains an MAE on the long-tailed training images (neighbor_lt.pretrain.pretrain, as recipes/pretrain_mae.py);
 stage 2 fine-tunes twice with neighbor_lt.train.run (as recipes/train.py) and identical settings (loss, epochs,
 batch, lr, LLRD, augmentation, seed): once from the MAE encoder, once from a randomly initialised ViT of the same
 shape. Prints Overall / Many / Medium / Few and appends a
@@ -21,8 +21,8 @@ import sys
 import time
 
 from neighbor_lt import train
-from neighbor_lt.mae import pretrain
 from neighbor_lt.metrics import ACCURACY_KEYS as GROUPS
+from neighbor_lt.pretrain import pretrain
 from neighbor_lt.results_md import append_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

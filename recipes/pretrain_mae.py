@@ -17,7 +17,7 @@ The output folder holds the MAE (`config.json` with `model_type: vit_mae`), its 
 import sys
 
 from neighbor_lt.configs import ConfigError
-from neighbor_lt.mae import pretrain
+from neighbor_lt.pretrain import pretrain
 
 
 def main(argv=None):
