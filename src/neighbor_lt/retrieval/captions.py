@@ -32,7 +32,7 @@ import os
 import tempfile
 from typing import Any
 
-from .search import Candidate, SearchBackend, name_in_text, normalize_text
+from .base import Candidate, SearchBackend, name_in_text, normalize_text
 
 logger = logging.getLogger(__name__)
 
