@@ -331,6 +331,28 @@ def _centroid_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(ca @ cb / (np.linalg.norm(ca) * np.linalg.norm(cb) + 1e-12))
 
 
+def _head_and_tail(info, names, counts, neighbors, head, tail, model, target_images, transform) -> tuple[str, str]:
+    """The feature map's classes when not given: the head, the target class with the most training images among
+    the Many classes with neighbors; the tail, the Few class (with neighbors) closest to the head in feature space."""
+    with_neighbors = [n for n in names if neighbors.get(n)]
+    if head is None:
+        many = [n for n in with_neighbors if counts[names.index(n)] > info.many_threshold]
+        head = max(many or with_neighbors or names, key=lambda n: counts[names.index(n)])
+        if counts[names.index(head)] <= info.many_threshold:
+            logger.warning("no Many class has neighbors: the feature map's 'head' %r is not a Many class", head)
+    if tail is None:
+        few_threshold = info.few_threshold
+        candidates = [n for n in with_neighbors if counts[names.index(n)] < few_threshold and n != head]
+        candidates = candidates or [n for n in names if counts[names.index(n)] < few_threshold and n != head]
+        candidates = candidates or [min((n for n in names if n != head), key=lambda n: counts[names.index(n)])]
+        head_features = extract_features(model, target_images(head, 20), transform)
+        tail = max(
+            candidates[:10],
+            key=lambda n: _centroid_cosine(head_features, extract_features(model, target_images(n, 20), transform)),
+        )
+    return head, tail
+
+
 def feature_map_for_run(
     run: Run,
     path: str,
@@ -377,7 +399,6 @@ def feature_map_for_run(
     split = target["validation"] if "validation" in target else target["train"]
     names = list(run.info.target_classes or split.features["label"].names)
     counts = list(run.info.target_train_counts or [0] * len(names))
-    few_threshold = run.info.few_threshold
     neighbors: dict[str, list[str]] = {name: [] for name in names}
     for aux_name, parents in run.info.neighbor_of.items():
         for parent in parents:
@@ -401,21 +422,7 @@ def feature_map_for_run(
         rows = np.flatnonzero(labels == names.index(name))[:n]
         return list(split.select(rows)["image"])
 
-    with_neighbors = [n for n in names if neighbors.get(n)]
-    if head is None:
-        many = [n for n in with_neighbors if counts[names.index(n)] > run.info.many_threshold]
-        head = max(many or with_neighbors or names, key=lambda n: counts[names.index(n)])
-        if counts[names.index(head)] <= run.info.many_threshold:
-            logger.warning("no Many class has neighbors: the feature map's 'head' %r is not a Many class", head)
-    if tail is None:
-        candidates = [n for n in with_neighbors if counts[names.index(n)] < few_threshold and n != head]
-        candidates = candidates or [n for n in names if counts[names.index(n)] < few_threshold and n != head]
-        candidates = candidates or [min((n for n in names if n != head), key=lambda n: counts[names.index(n)])]
-        head_features = extract_features(after, target_images(head, 20), transform)
-        tail = max(
-            candidates[:10],
-            key=lambda n: _centroid_cosine(head_features, extract_features(after, target_images(n, 20), transform)),
-        )
+    head, tail = _head_and_tail(run.info, names, counts, neighbors, head, tail, after, target_images, transform)
     logger.info("feature map: head %r, tail %r", head, tail)
 
     images, rows_names = [], []
