@@ -281,6 +281,46 @@ def _training_settings(args: dict, train_results: dict | None) -> list[tuple[str
     return rows
 
 
+def _model_index_results(results: dict | None, dataset_type, dataset_name, split) -> list[EvalResult]:
+    """The model-index entries: Overall and each group's top-1 accuracy (an empty group is left out)."""
+    eval_results = []
+    for key in ("overall", *GROUPS) if results else ():
+        value = results.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            logger.warning("no %s accuracy (empty group): left out of the model-index", key)
+            continue
+        eval_results.append(
+            EvalResult(
+                task_type="image-classification",
+                task_name="Long-tail image classification",
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
+                dataset_split=split,
+                metric_type="accuracy",
+                metric_name=f"{'Overall' if key == 'overall' else key.capitalize()} top-1 accuracy",
+                metric_config=key,
+                metric_value=round(float(value), 4),
+            )
+        )
+    return eval_results
+
+
+def _class_rows(info) -> list[dict]:
+    """One row of the card's class table per target class: name, training images, group, neighbors."""
+    rows = []
+    for name in info.target_classes:
+        count, group = info.count_of(name), info.group_of(name)
+        rows.append(
+            {
+                "name": name,
+                "count": count if count is not None else "n/a",
+                "group": group.capitalize() if group else "n/a",
+                "neighbors": info.neighbors_of(name),
+            }
+        )
+    return rows
+
+
 def render_model_card(
     output_dir: str,
     model_args=None,
@@ -317,26 +357,7 @@ def render_model_card(
                 "the terms of the training data before pushing"
             )
 
-    eval_results = []
-    if results:
-        for key in ("overall", *GROUPS):
-            value = results.get(key)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                logger.warning("no %s accuracy (empty group): left out of the model-index", key)
-                continue
-            eval_results.append(
-                EvalResult(
-                    task_type="image-classification",
-                    task_name="Long-tail image classification",
-                    dataset_type=dataset_type,
-                    dataset_name=dataset_name,
-                    dataset_split=split,
-                    metric_type="accuracy",
-                    metric_name=f"{'Overall' if key == 'overall' else key.capitalize()} top-1 accuracy",
-                    metric_config=key,
-                    metric_value=round(float(value), 4),
-                )
-            )
+    eval_results = _model_index_results(results, dataset_type, dataset_name, split)
     card_data = ModelCardData(
         model_name=repo_id.split("/")[-1],
         base_model=base_model,
@@ -351,17 +372,7 @@ def render_model_card(
         eval_results=eval_results or None,
     )
 
-    rows = []
-    for name in info.target_classes:
-        count, group = info.count_of(name), info.group_of(name)
-        rows.append(
-            {
-                "name": name,
-                "count": count if count is not None else "n/a",
-                "group": group.capitalize() if group else "n/a",
-                "neighbors": info.neighbors_of(name),
-            }
-        )
+    rows = _class_rows(info)
     max_rows = 100
     loss = args.get("loss") or info.loss
     loss_name = LOSSES[loss].title if loss in LOSSES else f"`{loss}` loss"
