@@ -83,3 +83,31 @@ def test_no_ticket_numbers_in_code_or_cards():
                     if pattern.search(line):
                         found.append(f"{path.relative_to(ROOT).as_posix()}:{number}")
     assert not found, f"ticket numbers in what users read: {found}"
+
+
+def test_entry_points_are_thin_and_the_library_is_in_rooms_a_reader_can_follow():
+    """Recipes only parse and call the library (under 60 lines); nothing loads our Python files by path or runs a
+    recipe as a subprocess; no module in src/ is over 700 lines, no function over 100."""
+    long_recipes = [p.name for p in (ROOT / "recipes").glob("*.py") if len(p.read_text().splitlines()) >= 60]
+    assert not long_recipes, f"move the logic of {long_recipes} into src/neighbor_lt"
+    by_path = []
+    for relative, tree in _python_files():
+        for node in ast.walk(tree):
+            name = getattr(node, "attr", None) or getattr(node, "id", None)
+            if name in ("spec_from_file_location", "runpy") or (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value.startswith("recipes/")
+                and node.value.endswith(".py")
+            ):
+                by_path.append(f"{relative}:{node.lineno}")
+    assert not by_path, f"call the library in this process instead: {by_path}"
+    big = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > 700:
+            big.append(f"{path.name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 100:
+                big.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno} {node.name}")
+    assert not big, f"split these: {big}"
