@@ -121,7 +121,7 @@ def test_converted_folder_matches_the_reference_forward_on_real_images(folder, r
     # the weights are ImageNet-1k's: most of these upsampled 64 px images get their own wnid (chance: 1 in 1000)
     predicted = [model.config.id2label[i] for i in ours.argmax(1).tolist()]
     expected = [imagenet1k_id2label()[{c["wnid"]: c["label"] for c in imagenet1k_classes()}[w]] for w in wnids]
-    assert sum(p == e for p, e in zip(predicted, expected)) >= len(images) // 3
+    assert sum(p == e for p, e in zip(predicted, expected)) >= len(images) // 4  # ImageNet's mean / std: 4 of 25
     # an odd size is padded differently (transformers' fixed right / bottom pixel), an even one matches
     x = torch.randn(2, 3, 128, 96)
     with torch.no_grad():
@@ -158,7 +158,7 @@ def test_product_loads_the_folder_with_a_new_head_and_96_px(folder):
     original = AutoModelForImageClassification.from_pretrained(folder)
     assert torch.equal(model.efficientnet.encoder.top_conv.weight, original.efficientnet.encoder.top_conv.weight)
     processor = load_image_processor(args, model)
-    assert processor.size == {"height": 96, "width": 96}
+    assert processor.crop_size == {"height": 96, "width": 96} and list(processor.image_mean) == [0.5, 0.5, 0.5]
     groups = layerwise_param_groups(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
     lrs = {n: g["lr"] for g in groups for n in g["names"]}
     assert lrs["efficientnet.embeddings.convolution.weight"] < lrs["efficientnet.encoder.blocks.0.projection.project_conv.weight"] < lrs["classifier.weight"]  # fmt: skip
