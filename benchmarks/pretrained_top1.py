@@ -29,8 +29,8 @@ import torch  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
-from neighbor_lt.ablation import append_results, results_section  # noqa: E402
 from neighbor_lt.efficientnet_lite import convert_efficientnet_lite0, imagenet1k_classes  # noqa: E402
+from neighbor_lt.results_md import append_results, results_section  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -41,7 +41,8 @@ def test_random_control_keeps_the_bipartite_shape_and_avoids_targets():
     chosen = [a["wnid"] for a in control["auxiliary"]]
     assert len(set(chosen)) == 3 and "n2" not in chosen
     assert not set(chosen) & {"x1", "x2", "x3"}  # enough fresh classes: none of the real neighbors
-    assert stats == {"aux_classes": 3, "real_neighbor_classes": 0, "same_assignment": 0, "seed": 1}
+    assert stats == {"aux_classes": 3, "real_neighbor_classes": 0, "same_assignment": 0, "fresh_candidates": 8,
+                     "fresh_only": False, "seed": 1}  # fmt: skip
     again, _ = ablation.random_control_manifest(_manifest(), vocabulary, seed=1)
     assert again == control
     other, _ = ablation.random_control_manifest(_manifest(), vocabulary, seed=2)
@@ -52,6 +53,55 @@ def test_random_control_keeps_the_bipartite_shape_and_avoids_targets():
     assert stats["real_neighbor_classes"] == 3
     with pytest.raises(ConfigError, match="needs 3 candidate classes"):
         ablation.random_control_manifest(_manifest(), small[:2], seed=0)
+
+
+def test_fresh_only_control_never_uses_a_neighbor_class_or_refuses():
+    real = {"x1", "x2", "x3"}
+    vocabulary = [{"name": f"class {i}", "wnid": f"x{i}"} for i in range(1, 7)]  # x4..x6: nobody's neighbor
+    for seed in range(5):
+        control, stats = ablation.random_control_manifest(_manifest(), vocabulary, seed=seed, fresh_only=True)
+        assert {a["wnid"] for a in control["auxiliary"]} == {"x4", "x5", "x6"}
+        assert [a["neighbor_of"] for a in control["auxiliary"]] == [a["neighbor_of"] for a in _manifest()["auxiliary"]]
+        assert stats["real_neighbor_classes"] == 0 and stats["fresh_only"] and stats["fresh_candidates"] == 3
+    # one class short: the default re-uses a neighbor class, fresh_only says what to change
+    _, stats = ablation.random_control_manifest(_manifest(), vocabulary[:5], seed=0)
+    assert stats["real_neighbor_classes"] == 1
+    with pytest.raises(
+        ConfigError, match=r"uses 3 of the vocabulary's 5 .* only 2 are nobody's neighbor.*neighbors\.k"
+    ):
+        ablation.random_control_manifest(_manifest(), vocabulary[:5], seed=0, fresh_only=True)
+    assert not real & {"x4", "x5", "x6"}
+
+
+def test_fair_control_on_tiny_imagenet_one_neighbor_per_target_leaves_half_the_pool(tmp_path, tiny_imagenet_dir):
+    """The recipe's setting (one WordNet neighbor per target) on the real class list: at most half the pool is used,
+    so the fresh-only control exists; the default five per target uses nearly all of it and cannot have one."""
+    import yaml
+
+    from neighbor_lt import curate
+
+    recipe = yaml.safe_load((REPO / "recipes/tiny_imagenet_lt/efficientnet_lite0/ablate.yaml").read_text())
+    assert recipe["control_fresh_only"] is True
+    base = yaml.safe_load((REPO / "recipes/tiny_imagenet_lt/curate.yaml").read_text())
+    vocab_path = str(tiny_imagenet_dir / "classes.tsv")
+    used = {}
+    for name, overrides in (("k1", recipe["curate"]["neighbors"]), ("k5", {})):
+        cfg = {**base, "output_dir": str(tmp_path / name)}
+        cfg["target"] = {**base["target"], "train_files": [str(tiny_imagenet_dir / "train-*.parquet")],
+                         "eval_files": [str(tiny_imagenet_dir / "valid-*.parquet")]}  # fmt: skip
+        cfg["neighbors"] = {**base["neighbors"], **overrides, "vocabulary": vocab_path}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        curate.run(curate.load_config(str(path), stages=["neighbors"]))
+        manifest = json.loads((tmp_path / name / "neighbors" / "neighbors.json").read_text())
+        used[name] = manifest
+    vocabulary = ablation.read_vocabulary(vocab_path)
+    assert len(used["k1"]["auxiliary"]) <= 50
+    control, stats = ablation.random_control_manifest(used["k1"], vocabulary, seed=0, fresh_only=True)
+    assert stats["real_neighbor_classes"] == 0 and stats["aux_classes"] == len(used["k1"]["auxiliary"])
+    assert len(used["k5"]["auxiliary"]) > 50
+    with pytest.raises(ConfigError, match="nobody's neighbor"):
+        ablation.random_control_manifest(used["k5"], vocabulary, seed=0, fresh_only=True)
 
 
 def test_read_vocabulary_tsv_and_text(tmp_path, tiny_imagenet_dir):

@@ -187,3 +187,24 @@ def test_imagenet_classes_are_the_1000_sorted_wnids_and_cover_tiny_imagenet(tiny
     tiny = {line.split("\t")[1] for line in (tiny_imagenet_dir / "classes.tsv").read_text().splitlines()[1:]}
     assert len(tiny) == 200 and tiny <= set(wnids)
     assert np.all(np.diff([c["label"] for c in classes]) == 1)
+
+
+def test_freeze_blocks_trains_only_the_later_blocks_and_the_head(folder):
+    args = ModelArguments(model_name_or_path=folder, freeze_blocks=12)
+    model = load_model(args, {0: "goldfish", 1: "tabby"})
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "classifier.weight" in trainable and "efficientnet.encoder.top_conv.weight" in trainable
+    assert "efficientnet.encoder.blocks.12.expansion.expand_conv.weight" in trainable
+    assert not any(n.startswith("efficientnet.embeddings.") for n in trainable)
+    assert not any(n.startswith(f"efficientnet.encoder.blocks.{i}.") for i in range(12) for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    groups = layerwise_param_groups(model, lr=1e-2, weight_decay=0.05, layer_decay=0.85)
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups])
+    model.train()
+    F.cross_entropy(model(pixel_values=torch.randn(4, 3, 64, 64)).logits, torch.tensor([0, 1, 0, 1])).backward()
+    opt.step()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    for bad in (17, -1):
+        with pytest.raises(ConfigError, match="freeze_blocks must be in 1..16"):
+            load_model(ModelArguments(model_name_or_path=folder, freeze_blocks=bad), {0: "a", 1: "b"})

@@ -74,6 +74,13 @@ class ModelArguments:
             "MAE 'global_pool') instead of the [CLS] token."
         },
     )
+    freeze_blocks: int = field(
+        default=0,
+        metadata={
+            "help": "Train only from block N on: the embeddings / stem and blocks 0..N-1 (numbered as layer_decay "
+            "numbers them) get no gradient, which also skips their backward pass (fine-tuning on a CPU). 0: train all."
+        },
+    )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow code from a checkpoint's repository to run. Off unless you trust it."}
     )

@@ -74,9 +74,7 @@ def imagenet1k_id2label() -> dict[int, str]:
     """Label names: each class's first lemma; a lemma two classes share (``crane``, ``maillot``) gets its wnid."""
     classes = imagenet1k_classes()
     first = [c["words"].split(",")[0].strip() for c in classes]
-    return {
-        c["label"]: name if first.count(name) == 1 else f"{name} ({c['wnid']})" for c, name in zip(classes, first)
-    }
+    return {c["label"]: name if first.count(name) == 1 else f"{name} ({c['wnid']})" for c, name in zip(classes, first)}
 
 
 def lite0_config(id2label: dict[int, str] | None = None, image_size: int = 224):
@@ -188,7 +186,9 @@ def load_lite0(checkpoint: str | None = None):
     missing, unexpected = model.load_state_dict(converted, strict=False)
     left = sorted(set(missing) - se_keys)
     if left or unexpected:
-        raise ConfigError(f"{path}: weights do not fit EfficientNet-Lite0: missing {left[:5]}, unexpected {unexpected[:5]}")
+        raise ConfigError(
+            f"{path}: weights do not fit EfficientNet-Lite0: missing {left[:5]}, unexpected {unexpected[:5]}"
+        )
     se_identity_(model)
     return model.eval()
 
@@ -233,7 +233,9 @@ def main(argv: list[str] | None = None) -> str:
         "package as a transformers image classifier folder (model_name_or_path takes it).",
     )
     parser.add_argument("output_dir", help="the folder to write")
-    parser.add_argument("--checkpoint", default=None, help="an efficientnet_pytorch Lite0 .pth (default: the package's)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="an efficientnet_pytorch Lite0 .pth (default: the package's)"
+    )
     parser.add_argument("--image_size", type=int, default=224, help="the image processor's input size (even)")
     args = parser.parse_args(argv)
     if args.image_size < 32 or args.image_size % 2:

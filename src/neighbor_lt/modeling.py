@@ -90,7 +90,39 @@ def load_model(
         _apply_overrides(config, args.config_overrides)
         _apply_regularisation(args, config)
         model = AutoModelForImageClassification.from_config(config)
+    if args.freeze_blocks:
+        freeze_leading_blocks(model, args.freeze_blocks)
     return model
+
+
+def freeze_leading_blocks(model: nn.Module, num_blocks: int) -> list[str]:
+    """Turn off the gradient of the embeddings and of blocks ``0..num_blocks-1`` (layer ids ``<= num_blocks`` in
+    :func:`layer_id_of`'s numbering); the later blocks, final norm and head keep training.
+
+    Example:
+        >>> frozen = freeze_leading_blocks(model, 12)  # an EfficientNet trains blocks 12..15 and its head
+
+    Returns:
+        the names of the frozen parameters.
+
+    Raises:
+        ConfigError: ``num_blocks`` outside ``1..number of blocks`` (a model whose parameter names show no blocks).
+    """
+    total = num_layers_of(model)
+    if not 0 < num_blocks <= total:
+        raise ConfigError(
+            f"freeze_blocks must be in 1..{total} (the blocks of {type(model).__name__}), got {num_blocks}"
+            if total
+            else f"freeze_blocks: no numbered blocks in {type(model).__name__}'s parameter names; set it to 0"
+        )
+    frozen = []
+    for name, param in model.named_parameters():
+        if layer_id_of(name, total) <= num_blocks:
+            param.requires_grad_(False)
+            frozen.append(name)
+    logger.info("freeze_blocks %d: %d parameter tensors frozen (embeddings and blocks 0..%d)", num_blocks,
+                len(frozen), num_blocks - 1)  # fmt: skip
+    return frozen
 
 
 def _apply_regularisation(args: ModelArguments, config) -> None:

@@ -28,6 +28,9 @@ DEFAULTS = {
     "seeds": [0, 1, 2],
     "control_seed": 0,  # seed of the random-class control
     "control_vocabulary": None,  # candidate classes of the control; default: the neighbors section's vocabulary
+    # the control only from classes that are nobody's neighbor (an error when the neighbor set leaves too few): then
+    # (c) - (d) compares neighbors with other classes, not the same images re-paired
+    "control_fresh_only": False,
     "development": False,  # evaluate on a development split (heldout_per_class images per class), not eval_files
     "heldout_per_class": 50,
     "figure": None,  # default <output_dir>/ablation[-dev].png

@@ -7,6 +7,7 @@ import copy
 import logging
 import os
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -64,6 +65,14 @@ def manifest_stats(manifest: dict) -> dict:
     return out
 
 
+def images_per_class(aux_dir: str) -> dict:
+    """``{"classes", "min", "max"}`` images per class of a built auxiliary set (its label column only)."""
+    from ..data import load_aux_dataset
+
+    counts = list(Counter(load_aux_dataset(aux_dir, "train")["label"]).values()) or [0]
+    return {"classes": len(counts) if counts != [0] else 0, "min": int(min(counts)), "max": int(max(counts))}
+
+
 def given_sets(config: dict) -> dict:
     """The auxiliary sets of ``aux_datasets`` (curated elsewhere) in the shape :func:`curate_sets` returns; the
     statistics come from a ``neighbors.json`` found beside each set, when there is one."""
@@ -92,7 +101,9 @@ def curate_sets(config: dict, train: dict, out: str) -> dict:
         vocabulary = read_vocabulary(vocab_path)
     else:  # no vocabulary: re-pair the real auxiliary classes with random targets
         vocabulary = [{"name": a["name"], "wnid": a.get("wnid")} for a in manifest["auxiliary"]]
-    control, stats = random_control_manifest(manifest, vocabulary, seed=config["control_seed"])
+    control, stats = random_control_manifest(
+        manifest, vocabulary, seed=config["control_seed"], fresh_only=bool(config.get("control_fresh_only"))
+    )
     stats["vocabulary"] = vocab_path or "the real auxiliary classes (re-paired)"
     control_path = default_manifest_path(control_dir)
     if not os.path.exists(control_path):
@@ -107,6 +118,9 @@ def curate_sets(config: dict, train: dict, out: str) -> dict:
         "control": stats,
         "manifest": manifest_stats(manifest),
     }
+    stats["images_per_class"] = {k: images_per_class(sets[k]) for k in ("neighbors", "random")}
+    if stats["images_per_class"]["neighbors"] != stats["images_per_class"]["random"]:
+        logger.warning("the control's images per class differ from the neighbor set's: %s", stats["images_per_class"])
     if any(VARIANTS[v].aux == "visual" for v in config["variants"]):
         sets.update(curate_visual_set(config, train, out))
     logger.info("curation done in %.0f s; control: %s", time.time() - t0, stats)

@@ -82,7 +82,9 @@ def read_vocabulary(path: str) -> list[dict]:
     return [{"name": line.strip(), "wnid": None} for line in lines]
 
 
-def random_control_manifest(manifest: dict, vocabulary: list[dict], seed: int = 0) -> tuple[dict, dict]:
+def random_control_manifest(
+    manifest: dict, vocabulary: list[dict], seed: int = 0, fresh_only: bool = False
+) -> tuple[dict, dict]:
     """The control neighbor manifest: the real one's bipartite graph, each auxiliary class swapped for a random class.
 
     Every target keeps its number of auxiliary classes and every auxiliary class its number of targets (its
@@ -90,12 +92,21 @@ def random_control_manifest(manifest: dict, vocabulary: list[dict], seed: int = 
     (by WordNet id and by name); classes that are not among the real neighbors are drawn first, then the rest (on a
     small pool the control then mostly re-pairs the real auxiliary classes with other targets).
 
+    With ``fresh_only`` the control is drawn only from classes that are nobody's neighbor, so (c) against (d) compares
+    neighbors with other classes, not the same images re-paired; that needs a neighbor set no larger than the pool
+    minus itself (e.g. one neighbor per target).
+
+    Example:
+        >>> control, stats = random_control_manifest(manifest, read_vocabulary("classes.tsv"), fresh_only=True)
+        >>> stats["real_neighbor_classes"]
+        0
+
     Returns:
         (control manifest, stats: auxiliary classes, how many are real neighbor classes, how many keep their real
-        assignment).
+        assignment, how many candidates were nobody's neighbor).
 
     Raises:
-        ConfigError: fewer candidates than auxiliary classes.
+        ConfigError: fewer candidates than auxiliary classes (with ``fresh_only``: fewer that are nobody's neighbor).
     """
     targets = manifest.get("targets") or []
     target_keys = set()
@@ -121,6 +132,12 @@ def random_control_manifest(manifest: dict, vocabulary: list[dict], seed: int = 
     rng = np.random.default_rng(seed)
     fresh = [c for c in candidates if (c.get("wnid") or c["name"]).casefold() not in real]
     used = [c for c in candidates if (c.get("wnid") or c["name"]).casefold() in real]
+    if fresh_only and len(fresh) < len(aux):
+        raise ConfigError(
+            f"control_fresh_only: the neighbor set uses {len(aux)} of the vocabulary's {len(candidates)} non-target "
+            f"classes, so only {len(fresh)} are nobody's neighbor; use fewer neighbors per target (curate "
+            "neighbors.k, ratios) or a larger control_vocabulary"
+        )
     order = [fresh[i] for i in rng.permutation(len(fresh))] + [used[i] for i in rng.permutation(len(used))]
     chosen = order[: len(aux)]
     chosen = [chosen[i] for i in rng.permutation(len(chosen))]
@@ -137,6 +154,8 @@ def random_control_manifest(manifest: dict, vocabulary: list[dict], seed: int = 
         "aux_classes": len(entries),
         "real_neighbor_classes": sum(key(e) in real for e in entries),
         "same_assignment": sum(key(e) == key(a) for e, a in zip(entries, aux)),
+        "fresh_candidates": len(fresh),
+        "fresh_only": bool(fresh_only),
         "seed": seed,
     }
     return control, stats
