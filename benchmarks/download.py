@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import resource
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -43,7 +42,7 @@ import tempfile
 import time
 import urllib.request
 
-from neighbor_lt.results_md import append_results, results_section
+from neighbor_lt.results_md import append_benchmark
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which would check PyPI
 
@@ -355,10 +354,10 @@ def main():
     report = "\n".join(lines)
     print(report)
     if not args.no_append:
-        command = "python benchmarks/download.py " + shlex.join(a for a in sys.argv[1:] if a != "--no_append")
-        note = f"; {args.machine_note}" if args.machine_note else ""
-        machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU, load average {load:.1f} at the end{note}"
-        append_results(RESULTS, results_section("Download throughput", command, machine, report))
+        machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU, load average {load:.1f} at the end"
+        append_benchmark(
+            RESULTS, "Download throughput", "benchmarks/download.py", sys.argv[1:], machine, report, args.machine_note
+        )
         print(f"appended to {RESULTS}")
 
 

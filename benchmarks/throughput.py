@@ -33,7 +33,6 @@ import contextlib
 import copy
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,7 @@ import transformers  # noqa: E402
 from transformers import TrainerCallback, set_seed  # noqa: E402
 
 from neighbor_lt import train  # noqa: E402
-from neighbor_lt.results_md import append_results, results_section  # noqa: E402
+from neighbor_lt.results_md import append_benchmark  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
@@ -320,11 +319,10 @@ def main():
     report = "\n".join(lines)
     print(report)
     if not args.no_append:
-        command = "python benchmarks/throughput.py " + shlex.join(a for a in sys.argv[1:] if a != "--no_append")
-        note = f"; {args.machine_note}" if args.machine_note else ""
         machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
         machine += f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ", no GPU"
-        append_results(RESULTS, results_section("Training and filtering throughput", command, machine + note, report))
+        title = "Training and filtering throughput"
+        append_benchmark(RESULTS, title, "benchmarks/throughput.py", sys.argv[1:], machine, report, args.machine_note)
         print(f"appended to {RESULTS}")
 
 

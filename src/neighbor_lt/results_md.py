@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shlex
 
 
 def results_section(title: str, command: str, machine: str, body: str) -> str:
@@ -35,3 +36,22 @@ def append_results(path: str, section: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as f:
         f.write("\n" + section.rstrip() + "\n")
+
+
+def append_benchmark(path: str, title: str, script: str, argv: list[str], machine: str, report: str, note: str = ""):
+    """Append one benchmark run: its section with the command that reproduces it (``--no_append`` left out).
+
+    Example:
+        >>> append_benchmark("benchmarks/RESULTS.md", "Download throughput", "benchmarks/download.py",
+        ...                  sys.argv[1:], "x86_64, 2 CPU cores", report)  # doctest: +SKIP
+
+    Args:
+        path: the results file.
+        title: what was measured.
+        script: the benchmark's path from the repository root.
+        argv: its arguments as given.
+        machine: the machine line; ``note`` (the user's ``--machine_note``) is appended to it.
+        report: the figures (Markdown).
+    """
+    command = f"python {script} " + shlex.join(a for a in argv if a != "--no_append")
+    append_results(path, results_section(title, command, machine + (f"; {note}" if note else ""), report))
