@@ -172,11 +172,11 @@ def main():
     report = _report(results, args)
     print(report)
     if not args.no_append:
-        from neighbor_lt.results_md import append_results, results_section
+        from neighbor_lt.results_md import append_benchmark
 
-        command = "python benchmarks/captions.py " + " ".join(sys.argv[1:])
-        append_results(
-            RESULTS, results_section("Captions backend: one pass for every name", command, _machine(args), report)
+        title = "Captions backend: one pass for every name"
+        append_benchmark(
+            RESULTS, title, "benchmarks/captions.py", sys.argv[1:], _machine(args), report, args.machine_note
         )
 
 
@@ -187,8 +187,7 @@ def _machine(args) -> str:
     )  # fmt: skip
     import duckdb
 
-    note = f"; {args.machine_note}" if args.machine_note else ""
-    return f"{model}, {os.cpu_count()} cores ({args.threads} DuckDB threads), DuckDB {duckdb.__version__}{note}"
+    return f"{model}, {os.cpu_count()} cores ({args.threads} DuckDB threads), DuckDB {duckdb.__version__}"
 
 
 def _report(results: list[dict], args) -> str:
