@@ -287,3 +287,64 @@ def test_ablation_end_to_end_on_tiny_inputs(tmp_path, monkeypatch, capsys):
     recipe.main(argv)  # resumable: every run is reused
     printed = capsys.readouterr().out
     assert printed.count("(done before)") == 5 and "training ->" not in printed
+
+
+def test_sweep_parsing_and_errors():
+    from neighbor_lt.ablation.sweep import parse_sweep
+
+    assert parse_sweep("lambda_s=0.01,0.1,0.3,1") == ("lambda_s", [0.01, 0.1, 0.3, 1])
+    assert parse_sweep("train.learning_rate=1e-4, 3e-4") == ("learning_rate", [1e-4, 3e-4])
+    assert parse_sweep({"max_aux_per_class": [10, 50]}) == ("max_aux_per_class", [10, 50])
+    for bad, match in (("lambda_s", "KEY=V1,V2"), ("lambda_s=0.1", "two distinct"), ("lambda_s=1,1", "two distinct"),
+                       ("curate.neighbors.k=1,3", "one ablation per value")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            parse_sweep(bad)
+
+
+def test_sweep_trains_each_value_on_the_development_split_and_plots(tmp_path, monkeypatch, capsys):
+    """--sweep: every value x seed of the chosen variants, the value on each run's command line, the development
+    split in the runs' config, a summary with mean and sd per value and a figure; finished runs are reused."""
+    import yaml
+
+    monkeypatch.chdir(REPO)
+    recipe = _load_recipe()
+    calls = []
+
+    def fake_train(args):
+        opts = dict(zip(args[::2], args[1::2]))
+        calls.append(opts)
+        train_cfg = yaml.safe_load(Path(opts["--config"]).read_text())
+        assert train_cfg["heldout_eval_per_class"] == 2  # the development split
+        lam, seed = float(opts["--lambda_s"]), int(opts["--seed"])
+        acc = 0.3 + 0.1 * lam + 0.01 * seed  # a known curve with seed noise
+        out = Path(opts["--output_dir"])
+        out.mkdir(parents=True)
+        groups = {k: acc for k in ablation.GROUPS}
+        (out / "eval_results.json").write_text(
+            json.dumps({**groups, **{f"train_{k}": v for k, v in groups.items()}, "train_steps": 2, "train_images": 8})
+        )
+        (out / "per_class_accuracy.csv").write_text(
+            f"label,name,train_count,group,accuracy\n0,x,9,many,{acc}\n1,y,1,few,{acc}\n"
+        )
+
+    monkeypatch.setattr(ablation.runner, "run_training", fake_train)
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'o'}\ntrain_config: recipes/tiny_imagenet_lt/resnet/train.yaml\n")
+    argv = ["--config", str(cfg), "--seeds", "0", "1", "--variants", "c", "--sweep", "lambda_s=0.01,0.3,1",
+            "--aux_datasets.neighbors", "recipes/demo/data/aux", "--train.num_classes", "10",
+            "--heldout_per_class", "2"]  # fmt: skip
+    summary = recipe.main(argv)
+    assert sorted((c["--lambda_s"], c["--seed"]) for c in calls) == sorted(
+        (v, s) for v in ("0.01", "0.3", "1") for s in ("0", "1")
+    )
+    assert all("runs-dev/sweep-lambda_s/lambda_s=" in c["--output_dir"] for c in calls)
+    rows = {r["value"]: r for r in summary["rows"]}
+    assert set(rows) == {0.01, 0.3, 1} and rows[1]["seeds"] == [0, 1]
+    assert rows[1]["overall"][0] == pytest.approx(100 * (0.4 + 0.005)) and rows[1]["overall"][1] > 0
+    assert rows[0.01]["few"][0] < rows[0.3]["few"][0] < rows[1]["few"][0]
+    assert Path(summary["figure"]).stat().st_size > 0
+    saved = json.loads((tmp_path / "o" / "runs-dev" / "sweep-lambda_s" / "sweep-lambda_s.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(summary["rows"])) and saved["split"] == "development"
+    calls.clear()
+    recipe.main(argv)  # resumable: nothing is trained twice
+    assert calls == []

@@ -36,6 +36,9 @@ DEFAULTS = {
     "figure": None,  # default <output_dir>/ablation[-dev].png
     "results_md": None,  # append the report to this Markdown file (e.g. benchmarks/RESULTS.md)
     "title": "ablation",
+    # train one swept training key instead of the plain ablation: "lambda_s=0.01,0.1,0.3,1" (or {lambda_s: [...]}),
+    # each value x variant x seed on the development split, plotted with error bars (neighbor_lt.ablation.sweep)
+    "sweep": None,
     "report_only": False,  # report the finished runs, train nothing (e.g. while other processes run other seeds)
 }
 # DataArguments keys that define the target set: shared by the train runs and the curation's `target` section.

@@ -12,7 +12,7 @@ from ..configs import write_yaml
 from ..files import write_json_atomic
 from ..metrics import ACCURACY_KEYS as GROUPS
 from ..run_folder import RunFolder
-from . import curation
+from . import curation, sweep
 from .config import resolved_train_config
 from .report import report
 from .variants import VARIANTS, optimizer_steps
@@ -81,10 +81,17 @@ def _line(i, total, r) -> str:
     )
 
 
-def train_runs(config: dict, train_yaml: str, sets: dict, steps_c: int | None) -> tuple[list[dict], list[str]]:
+def train_runs(
+    config: dict, train_yaml: str, sets: dict, steps_c: int | None, runs_dir: str | None = None, extra_args=()
+) -> tuple[list[dict], list[str]]:
     """Every variant x seed, seeds outermost (a run cut short still has whole seeds); a finished run is reused.
-    Returns the run records and the failures (one failed run does not lose the others)."""
-    runs_dir = os.path.join(config["output_dir"], "runs-dev" if config["development"] else "runs")
+    Returns the run records and the failures (one failed run does not lose the others).
+
+    Args:
+        runs_dir: where the runs go (default ``<output_dir>/runs`` or ``runs-dev``).
+        extra_args: training arguments added to every run (a sweep's ``--KEY VALUE``).
+    """
+    runs_dir = runs_dir or os.path.join(config["output_dir"], "runs-dev" if config["development"] else "runs")
     plan = [(s, v) for s in config["seeds"] for v in config["variants"]]
     runs, failed = [], []
     for i, (seed, name) in enumerate(plan, 1):
@@ -104,6 +111,7 @@ def train_runs(config: dict, train_yaml: str, sets: dict, steps_c: int | None) -
         ]  # fmt: skip
         if variant.equal_steps:
             args += ["--max_steps", str(steps_c)]
+        args += list(extra_args)
         print(f"[{i}/{len(plan)}] {variant.label}, seed {seed}: training -> {run_dir}", flush=True)
         t0 = time.time()
         try:
@@ -137,6 +145,9 @@ def run(config: dict) -> dict:
     out = config["output_dir"]
     os.makedirs(out, exist_ok=True)
     wall = time.time()
+    if config.get("sweep"):
+        sweep.parse_sweep(config["sweep"])  # checked before any work
+        config = {**config, "development": True}  # settings are chosen on the development split
 
     # configs, checked before any work
     train = resolved_train_config(config)
@@ -152,6 +163,13 @@ def run(config: dict) -> dict:
         flush=True,
     )
 
+    if config.get("sweep"):
+        summary = sweep.run_sweep(config, train_yaml, sets, steps_c, train_runs)
+        if summary["failed"]:
+            raise AblationRunsFailed(
+                f"{len(summary['failed'])} sweep runs failed ({'; '.join(summary['failed'])}); rerun to retry them"
+            )
+        return summary
     runs, failed = train_runs(config, train_yaml, sets, steps_c)
     summary = report(config, runs, sets, steps_c, time.time() - wall)
     if failed:
