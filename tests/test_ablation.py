@@ -125,6 +125,16 @@ def test_paired_test_and_targets():
     lines = ablation.check_targets({"c": row(40.0), "a_steps": row(35.0), "d": row(41.0), "b": row(39.0)})
     assert any("Few: +5.00" in line and "met" in line for line in lines)
     assert any(line.startswith("(c) - (d) Few: -1.00") and "NOT met" in line for line in lines)
+    # the paper's fine-tuning hypotheses: a naive merge does not help the tail, silencing adds >= 2 Few points
+    assert "(c) - (b) Few: +1.00 (paper, fine-tuning: >= +2) -> NOT met" in lines
+    assert "(b) - (a=) Few: +4.00 (paper, fine-tuning: <= 0) -> NOT met" in lines
+    lines = ablation.check_targets({"c": row(40.0), "a_steps": row(39.0), "b": row(37.5)})
+    assert "(c) - (b) Few: +2.50 (paper, fine-tuning: >= +2) -> met" in lines
+    assert "(b) - (a=) Few: -1.50 (paper, fine-tuning: <= 0) -> met" in lines
+    per_class["b"] = {0: base - 0.05, 1: base - 0.05}
+    b_vs_a = ablation.paired_tests(per_class, groups=groups)["b_vs_a_steps"]
+    assert b_vs_a["few"]["worse"] == 10 and b_vs_a["all"]["mean_diff"] == pytest.approx(-5.0)
+    del per_class["b"]
     # (c+v), visually chosen neighbors: against (c), (d) and (a=), with its own bars
     per_class["c_v"] = {0: base + 0.1, 1: base + 0.1}
     paired = ablation.paired_tests(per_class, groups=groups)
