@@ -30,6 +30,9 @@ from .secrets import REDACTED, is_secret_name
 
 logger = logging.getLogger(__name__)
 
+#: Arguments that belong to one invocation, written as null in ``args.yaml`` (a rerun from it starts afresh).
+NOT_CARRIED = ("resume_from_checkpoint",)
+
 #: Section of ``args.yaml`` with facts of the run that are not arguments (see :func:`save_args`).
 RUN_KEY = "run"
 
@@ -235,6 +238,13 @@ class NeighborLTTrainingArguments(TrainingArguments):
         metadata={
             "help": "Also evaluate the masked model on the target training images (no augmentation) and record "
             "train_overall ... in eval_results.json: train far above validation means data, not steps, is the limit."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace a finished run in output_dir (its model, card and results are removed when training "
+            "starts). Without it, a finished run's folder is refused unless resume_from_checkpoint continues it."
         },
     )
     save_unmasked: bool = field(
@@ -470,6 +480,33 @@ def parse_args(dataclass_types, args: list[str] | None = None, defaults: dict | 
     return tuple(outputs)
 
 
+def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
+    """``resume_from_checkpoint`` as a path: ``"last"`` / ``"true"`` mean the newest ``checkpoint-*`` in output_dir
+    (the Trainer's own convention), for the training and the MAE pre-training recipes alike.
+
+    A missing checkpoint with ``"last"`` starts from scratch (so one command line serves a first run and every
+    restart of a preempted job); a missing explicit path is an error.
+
+    Example:
+        >>> resolve_resume("last", "outputs/empty-or-missing") is None
+        True
+    """
+    if value in (None, False, "", "false", "False"):
+        return None
+    if value is True or str(value).lower() in ("last", "true"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        logger.info("resuming from %s", last or "nothing (no checkpoint yet)")
+        return last
+    if not os.path.isdir(value):
+        raise ConfigError(
+            f"resume_from_checkpoint: no checkpoint folder at {value} (pass a checkpoint-N folder, or 'last' for the "
+            "newest one in output_dir)"
+        )
+    return str(value)
+
+
 def setup_logging(training_args) -> None:
     """The recipes' logging: INFO on the main process (``training_args.should_log``), warnings from HF libraries."""
     import datasets
@@ -511,6 +548,7 @@ def save_args(path: str, *arg_objects, extra: dict | None = None) -> None:
 
     Secrets (keys named like ``hub_token``, by :func:`neighbor_lt.secrets.is_secret_name`) are written as
     ``<redacted>``; everything else is written as resolved, so ``--config args.yaml`` reruns the same configuration.
+    ``resume_from_checkpoint`` is written as null (:data:`NOT_CARRIED`): a rerun is a new run.
     ``extra`` holds facts of the run that are not arguments (number of processes, global batch size); they are
     written under ``run:`` and ignored when the file is read back as a config.
     """
@@ -520,6 +558,8 @@ def save_args(path: str, *arg_objects, extra: dict | None = None) -> None:
             if not f.init:
                 continue
             value = _plain(getattr(obj, f.name))
+            if f.name in NOT_CARRIED:
+                value = None  # a rerun from args.yaml is a fresh run, not a resume of this run's checkpoint
             if value not in (None, "") and is_secret_name(f.name):
                 value = REDACTED  # never write a credential next to the outputs; parse_args reads it back as unset
             resolved[f.name] = value

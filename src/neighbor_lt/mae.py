@@ -40,11 +40,10 @@ from transformers import (
     ViTMAEForPreTraining,
     ViTMAEModel,
 )
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
 from .augment import ImageTransform
-from .configs import ConfigError, ModelArguments
+from .configs import ConfigError, ModelArguments, resolve_resume  # noqa: F401  (resolve_resume: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -136,23 +135,6 @@ def apply_base_learning_rate(args: MAETrainingArguments) -> float:
             args.learning_rate, args.base_learning_rate, effective_batch_size(args),
         )  # fmt: skip
     return args.learning_rate
-
-
-def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
-    """``resume_from_checkpoint`` as a path: ``"last"`` / ``"true"`` mean the newest ``checkpoint-*`` in output_dir.
-
-    A missing checkpoint with ``"last"`` starts from scratch (so one command line serves a first run and every
-    restart of a preempted job); a missing explicit path is an error.
-    """
-    if value in (None, False, "", "false", "False"):
-        return None
-    if value is True or str(value).lower() in ("last", "true"):
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        logger.info("resuming from %s", last or "nothing (no checkpoint yet)")
-        return last
-    if not os.path.isdir(value):
-        raise ConfigError(f"resume_from_checkpoint: no checkpoint folder at {value}")
-    return str(value)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ A run folder holds the masked model (``config.json``, ``*.safetensors``, ``prepr
 - ``args.yaml``: the resolved arguments, secrets redacted (:func:`neighbor_lt.configs.save_args`); a rerun is
   ``--config args.yaml``.
 - ``train_results.json``: the Trainer's training metrics.
+- ``RUN_INCOMPLETE``: present while a run is writing the folder (or after it was killed): the other files may be
+  missing or belong to no single run. A finished run has no such file.
 - ``eval_<split>.json`` and ``per_class_accuracy_<split>.csv``: a later evaluation of the saved model
   (``neighbor-lt evaluate``), in the same formats; the files above and the card stay those of the training run.
 
@@ -38,6 +40,12 @@ EVAL_FILE = "eval_results.json"
 TRAIN_FILE = "train_results.json"
 PER_CLASS_FILE = "per_class_accuracy.csv"
 ARGS_FILE = "args.yaml"
+#: Written first and removed last by a training run: its presence says the folder is not one finished run.
+INCOMPLETE_FILE = "RUN_INCOMPLETE"
+#: What a finished run leaves at the top of its folder (besides ``*.safetensors`` and plots): removed when a new run
+#: takes the folder over, so a kill never leaves the old card or results beside new weights.
+FINAL_FILES = (INFO_FILE, EVAL_FILE, TRAIN_FILE, PER_CLASS_FILE, "README.md", "config.json",
+               "preprocessor_config.json", "all_results.json", "eval_results_masked.json")  # fmt: skip
 
 
 def _split_suffix(split: str | None) -> str:
@@ -130,6 +138,32 @@ class RunFolder:
 
     def has(self, name: str) -> bool:
         return os.path.isfile(self.file(name))
+
+    # -- run state ----------------------------------------------------------------------------------------------------
+
+    def is_finished(self) -> bool:
+        """A finished training run: its label space is written and no run is writing the folder."""
+        return self.has(INFO_FILE) and not self.has(INCOMPLETE_FILE)
+
+    def is_incomplete(self) -> bool:
+        """A run is writing the folder, or was killed before it finished."""
+        return self.has(INCOMPLETE_FILE)
+
+    def start_run(self, note: str) -> None:
+        """Mark the folder incomplete, then remove a previous run's model, card and results (its checkpoints stay,
+        for a resume): a kill from here on leaves the marker, never an old card beside new weights."""
+        os.makedirs(self.path, exist_ok=True)
+        held_a_run = self.has(INFO_FILE) or self.has(INCOMPLETE_FILE) or self.has(ARGS_FILE)
+        with open(self.file(INCOMPLETE_FILE), "w", encoding="utf-8") as f:
+            f.write(note + "\n")
+        for name in os.listdir(self.path) if held_a_run else ():  # never another folder's README.md
+            if name in FINAL_FILES or name.endswith((".safetensors", ".safetensors.index.json", ".png")):
+                os.remove(self.file(name))
+
+    def finish_run(self) -> None:
+        """The run wrote everything: the folder is one finished run."""
+        if self.has(INCOMPLETE_FILE):
+            os.remove(self.file(INCOMPLETE_FILE))
 
     # -- neighbor_lt.json ---------------------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from .configs import (
     NeighborLTTrainingArguments,
     no_pin_memory_on_cpu,
     parse_args,
+    resolve_resume,
     setup_logging,
 )
 from .metrics import ACCURACY_KEYS, format_table
@@ -41,12 +42,15 @@ class TrainConfig:
         model, data, training: the three argument dataclasses of the train recipe YAML.
         push_to_hub: push the masked model at the end (taken off ``training.push_to_hub``: the Trainer itself would
             push unmasked checkpoints).
+        resume_from: the checkpoint folder the run resumes (``resume_from_checkpoint``, with ``true`` / ``last``
+            resolved to the newest ``checkpoint-*`` of ``output_dir``); None for a fresh run.
     """
 
     model: ModelArguments
     data: DataArguments
     training: NeighborLTTrainingArguments
     push_to_hub: bool = False
+    resume_from: str | None = None
 
 
 def load_config(argv: list[str]) -> TrainConfig:
@@ -69,7 +73,8 @@ def load_config(argv: list[str]) -> TrainConfig:
     no_pin_memory_on_cpu(training_args)
     if data_args.input_pipeline not in INPUT_PIPELINES:
         raise ConfigError(f"input_pipeline must be one of {INPUT_PIPELINES}, got {data_args.input_pipeline!r}")
-    return TrainConfig(model_args, data_args, training_args, push_to_hub)
+    resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    return TrainConfig(model_args, data_args, training_args, push_to_hub, resume_from)
 
 
 @dataclass
@@ -145,9 +150,25 @@ def prepare(config: TrainConfig) -> None:
 
     set_seed(config.training.seed)
     setup_logging(config.training)
+    check_output_dir(config)
     logger.info("model %s | data %s | loss %s", config.model, config.data, config.training.loss)
     if config.push_to_hub:
         check_hub_access(config.training.hub_model_id, config.training.hub_token)  # fail now, not after training
+
+
+def check_output_dir(config: TrainConfig) -> None:
+    """Refuse to mix two runs in one folder: a finished run's folder is reused only with ``overwrite_output_dir``
+    or when this run resumes one of its checkpoints."""
+    args = config.training
+    folder = RunFolder(args.output_dir)
+    if folder.is_finished() and not args.overwrite_output_dir and config.resume_from is None:
+        raise ConfigError(
+            f"output_dir {args.output_dir} holds a finished run: choose another --output_dir, pass "
+            "--overwrite_output_dir true to replace it, or --resume_from_checkpoint last to continue it"
+        )
+    if folder.is_incomplete() and config.resume_from is None:
+        logger.warning("%s holds an unfinished run; starting afresh (--resume_from_checkpoint last continues it)",
+                       args.output_dir)  # fmt: skip
 
 
 def build_data(config: TrainConfig) -> TrainData:
@@ -217,12 +238,15 @@ def train(config: TrainConfig, trainer) -> dict:
     args = config.training
     world = args.world_size  # recorded: `accelerate launch --cpu --num_processes 2` runs one process
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+    extra = {"num_processes": world, "global_train_batch_size": batch}
+    if config.resume_from:
+        extra["resumed_from"] = config.resume_from
     if trainer.is_world_process_zero():
-        RunFolder(args.output_dir).write_args(
-            config.model, config.data, args, extra={"num_processes": world, "global_train_batch_size": batch}
-        )
+        folder = RunFolder(args.output_dir)
+        folder.start_run(f"a training run started writing this folder (resuming {config.resume_from or 'nothing'})")
+        folder.write_args(config.model, config.data, args, extra=extra)
     logger.info("%d process(es), %d training images a step", world, batch)
-    train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=config.resume_from)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     return train_result.metrics
@@ -338,4 +362,6 @@ def run(config: TrainConfig) -> RunResult:
     info = mask_and_save(config, data, parts, trainer)
     results = evaluate(config, data, parts, trainer, info)
     publish(config, trainer, results)
+    if trainer.is_world_process_zero():
+        RunFolder(config.training.output_dir).finish_run()
     return RunResult(config.training.output_dir, results, train_metrics, trainer.state.global_step)

@@ -108,6 +108,7 @@ def train_runs(
         args = [
             "--config", train_yaml, "--output_dir", run_dir, "--seed", str(seed), "--loss", variant.loss,
             "--aux_dataset", sets[variant.aux] if variant.aux else "", "--report_train_accuracy", "true",
+            "--overwrite_output_dir", "true",  # not in read_run's records: an earlier try of it is redone
         ]  # fmt: skip
         if variant.equal_steps:
             args += ["--max_steps", str(steps_c)]
