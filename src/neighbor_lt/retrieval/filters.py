@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .download.dedup import perceptual_hash
+from .hamming import HammingTable, min_hamming
 from .search import name_in_text
 
 logger = logging.getLogger(__name__)
@@ -169,19 +170,12 @@ def phash_to_int(hashes: Iterable[str]) -> np.ndarray:
     return np.array([int(h, 16) for h in hashes], dtype=np.uint64)
 
 
-def min_hamming(queries: np.ndarray, references: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """For each 64-bit query hash, the smallest Hamming distance to any reference hash (64 when none)."""
-    out = np.full(len(queries), 64, dtype=np.int64)
-    if len(references) == 0:
-        return out
-    for start in range(0, len(queries), chunk):
-        xor = queries[start : start + chunk, None] ^ references[None, :]
-        out[start : start + chunk] = np.bitwise_count(xor).min(axis=1)
-    return out
-
-
 def max_similarity(queries: np.ndarray, references: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """For each query row, the largest cosine similarity to a reference row and that row's index."""
+    """For each query row, the largest cosine similarity to a reference row and that row's index.
+
+    An exact search in blocks of ``chunk`` references (memory: queries x chunk, never queries x references); ties
+    go to the first reference, as with one product and ``argmax``.
+    """
     best = np.full(len(queries), -1.0, np.float32)
     index = np.full(len(queries), -1, np.int64)
     if len(references) == 0 or len(queries) == 0:
@@ -291,10 +285,6 @@ def score_batch(batch: list[dict], refs: References, retrieve_dir: str, desc: st
         }
         for r in batch
     ]
-    if len(refs.eval_hashes):
-        distances = min_hamming(phash_to_int(r["phash"] for r in batch), refs.eval_hashes)
-        for result, distance in zip(results, distances):
-            result["leak_phash_distance"] = int(distance)
     if refs.embedder is not None:
         images = (Image.open(os.path.join(retrieve_dir, r["path"])) for r in batch)
         emb = refs.embedder.embed(images, len(batch), desc=desc)
@@ -318,13 +308,36 @@ DECISION_COLUMNS = (
 ).split()
 
 
-def write_decisions(items: list[dict], scores: dict[str, dict], args, out: str) -> Counter:
-    """Decide keep or drop from the scores with the current thresholds; write ``decisions.parquet``; count reasons."""
+def leak_phash_distances(items: list[dict], eval_hashes: np.ndarray, radius: int) -> list[int | None]:
+    """Per item, the smallest perceptual-hash distance to an evaluation image when it is at most ``radius``.
+
+    Through a multi-index over the evaluation hashes (:class:`~neighbor_lt.retrieval.hamming.HammingTable`), so it
+    is cheap enough to redo with the current threshold on every run instead of being cached with the scores.
+    """
+    if radius < 0 or not len(eval_hashes) or not items:
+        return [None] * len(items)
+    queries = phash_to_int(r["phash"] for r in items)
+    if radius >= 64:
+        distances = min_hamming(queries, eval_hashes)
+    else:
+        distances = HammingTable(eval_hashes, radius).min_distance(queries)
+    return [int(d) if 0 <= d <= radius else None for d in distances]
+
+
+def write_decisions(items: list[dict], scores: dict[str, dict], args, out: str, eval_hashes=None) -> Counter:
+    """Decide keep or drop from the scores with the current thresholds; write ``decisions.parquet``; count reasons.
+
+    The perceptual-hash leak distance is recomputed here from ``eval_hashes`` (None: the scores' own, as cached by
+    earlier versions) and recorded only when it is within ``args.leak_phash_distance``.
+    """
     import pandas as pd
 
     rows, reasons = [], Counter()
-    for record in items:
+    near = None if eval_hashes is None else leak_phash_distances(items, eval_hashes, args.leak_phash_distance)
+    for n, record in enumerate(items):
         score = scores[record["key"]]
+        if near is not None:
+            score = {**score, "leak_phash_distance": near[n]}
         keep, reason = decide(
             score, args.gamma_low, args.gamma_high, args.leak_similarity,
             args.leak_phash_distance, args.caption_filter,

@@ -511,7 +511,7 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
     finally:
         writer.close()
 
-    reasons = write_decisions(items, scores, args, out)
+    reasons = write_decisions(items, scores, args, out, refs.eval_hashes)
     summary = {"images": len(items), **dict(reasons)}
     _save_json(os.path.join(out, "summary.json"), summary)
     dropped = ", ".join(f"{v} {k}" for k, v in reasons.most_common() if k != "kept") or "none"

@@ -7,6 +7,8 @@ import threading
 import numpy as np
 from PIL import Image
 
+from ..hamming import HammingIndex
+
 
 def hamming(a: str, b: str) -> int:
     """Hamming distance between two hex-encoded perceptual hashes."""
@@ -36,6 +38,10 @@ class DedupIndex:
     """What a run has seen, shared by its threads: image SHA-256 and perceptual hash -> the first record's key, and
     URL -> its first record (a URL found by several queries is fetched once).
 
+    Near perceptual hashes are looked up through a multi-index (:class:`~neighbor_lt.retrieval.hamming.HammingIndex`),
+    not a scan of every kept hash; the answer is the scan's: an equal hash first, else the earliest kept hash within
+    the distance.
+
     Args:
         phash_distance: perceptual-hash Hamming distance counted as the same picture; 0: equal hashes only; -1: off.
     """
@@ -45,27 +51,41 @@ class DedupIndex:
         self.lock = threading.Lock()
         self._sha: dict[str, str] = {}  # sha256 -> key of the first record
         self._phash: dict[str, str] = {}
+        self._near = HammingIndex(min(phash_distance, 63)) if phash_distance > 0 else None
+        self._near_keys: list[str] = []  # HammingIndex id -> the key of that hash's first record
         self._urls: dict[str, dict] = {}  # redacted URL -> its first record
 
     def add_stored(self, record: dict) -> None:
         """Index an ``ok`` record of an earlier run (its image is the first of its hashes unless one came before)."""
         self._sha.setdefault(record["sha256"], record["key"])
-        self._phash.setdefault(record["phash"], record["key"])
+        self._keep_phash(record["phash"], record["key"])
 
     def claim(self, key: str, sha256: str, phash: str) -> str | None:
         """The key of an earlier image with these hashes, or None after recording ``key`` as their first image."""
         with self.lock:
             first = self._sha.get(sha256) or self._find_phash(phash)
             if first is None:
-                self._sha[sha256] = self._phash[phash] = key
+                self._sha[sha256] = key
+                self._keep_phash(phash, key)
             return first
+
+    def _keep_phash(self, phash: str, key: str) -> None:
+        if phash in self._phash:
+            return
+        self._phash[phash] = key
+        if self._near is not None:
+            self._near.add(int(phash, 16))
+            self._near_keys.append(key)
 
     def _find_phash(self, phash: str) -> str | None:
         if self.phash_distance < 0:
             return None
-        if phash in self._phash or self.phash_distance == 0:
+        if phash in self._phash or self._near is None:
             return self._phash.get(phash)
-        return next((k for h, k in self._phash.items() if hamming(h, phash) <= self.phash_distance), None)
+        if self.phash_distance >= 64:  # every hash is within 64 bits
+            return self._near_keys[0] if self._near_keys else None
+        first = self._near.first_within(int(phash, 16))
+        return None if first is None else self._near_keys[first]
 
     def remember_url(self, record: dict) -> None:
         """Keep ``record`` as its URL's result unless the URL has one (a local pool's rows are not URLs)."""
