@@ -9,9 +9,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import signal  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+# A shell starts a background job (`nohup pytest ... &`) with SIGINT ignored, and children inherit an ignored signal:
+# the Ctrl-C tests' subprocesses would then never see their SIGINT. A handler is reset to the default at exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "tiny-imagenet-200"
