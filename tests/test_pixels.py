@@ -1,6 +1,7 @@
 """The tensor input pipeline: uint8 cache, batched rows, batch augmentation, and the development split."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -119,3 +120,40 @@ def test_development_split_is_disjoint_from_the_long_tail(tiny_imagenet_dir):
     assert np.bincount(train["label"], minlength=5).tolist() == [500, 281, 158, 88, 50]
     with pytest.raises(ConfigError, match="needs imbalance_factor"):
         load_target_dataset(DataArguments(**{**vars(args), "imbalance_factor": None}))
+
+
+def test_parallel_decoding_writes_the_serial_bytes(real_rows, tmp_path):
+    serial = pixel_cache(real_rows, 48, str(tmp_path / "serial"), num_workers=1, chunk=5)
+    parallel = pixel_cache(real_rows, 48, str(tmp_path / "parallel"), num_workers=3, chunk=5)
+    assert (tmp_path / "serial").iterdir() and np.asarray(serial).any()
+    np.testing.assert_array_equal(np.asarray(parallel), np.asarray(serial))
+    broken = Dataset.from_dict({"image": [{"bytes": b"not an image", "path": None}] * 12}).cast_column(
+        "image", Image()
+    )
+    with pytest.raises(ValueError, match="row 0 cannot be decoded"):
+        pixel_cache(broken, 16, str(tmp_path / "broken"), num_workers=3, chunk=4)
+    assert not list((tmp_path / "broken").iterdir())  # no half-written cache left
+
+
+def test_two_torchrun_processes_build_the_cache_once(tiny_imagenet_dir, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    script = Path(__file__).with_name("pixel_cache_rank.py")
+    parquet = tiny_imagenet_dir / "valid-00000-of-00001.parquet"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29541", str(script), str(parquet),
+         str(tmp_path / "cache"), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert sorted(r["decoded"] for r in ranks) == [0, 40]  # one process decoded, the other read its file
+    assert ranks[0]["sum"] == ranks[1]["sum"] > 0
+    assert len(list((tmp_path / "cache" / "pixels").glob("*.npy"))) == 1

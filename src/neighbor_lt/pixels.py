@@ -25,6 +25,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -61,12 +62,47 @@ def _decode_square(item: dict, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def pixel_cache(dataset: Dataset, size: int, cache_dir: str | None = None, where: str = "dataset") -> np.ndarray:
+def _decode_rows(raw: Dataset, array: np.ndarray, start: int, stop: int, size: int, where: str) -> None:
+    """Decode rows ``start..stop-1`` into their rows of ``array`` (chunks write disjoint rows: no lock needed)."""
+    for offset, item in enumerate(raw[start:stop]["image"]):
+        try:
+            array[start + offset] = _decode_square(item, size)
+        except (OSError, ValueError, SyntaxError) as err:
+            raise ValueError(
+                f"{where} image at row {start + offset} cannot be decoded ({err}); remove or fix that row"
+            ) from err
+
+
+def _decode_workers(num_workers: int | None) -> int:
+    if num_workers is not None:
+        return max(1, int(num_workers))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, cpus)
+
+
+def pixel_cache(
+    dataset: Dataset,
+    size: int,
+    cache_dir: str | None = None,
+    where: str = "dataset",
+    num_workers: int | None = None,
+    chunk: int = 256,
+) -> np.ndarray:
     """A ``[len(dataset), 3, size, size]`` uint8 array of the dataset's ``image`` column, decoded once and reused.
 
     The array lives in ``cache_dir`` (:func:`default_cache_dir` when None) as ``<fingerprint>-<size>.npy`` and is
     returned memory-mapped; it is written to a temporary file and renamed when complete, so an interrupted run never
-    leaves a half-written cache behind.
+    leaves a half-written cache behind. Chunks of ``chunk`` rows are decoded by a pool of ``num_workers`` threads
+    (PIL's decoding and resizing release the GIL), each writing its own rows, so the bytes are the serial ones.
+    Under ``torchrun`` build it in the main process first (:func:`make_train_dataset` does), and the others read it.
+
+    Args:
+        dataset: rows with an ``image`` column.
+        size: the side of the stored square.
+        cache_dir: the folder of the cache files.
+        where: names the dataset in messages.
+        num_workers: decoding threads; None: the usable CPUs, at most 8; 1: serial.
+        chunk: rows per task.
 
     Example:
         >>> pixels = pixel_cache(target["train"], 64)  # first call decodes, later calls open the file
@@ -87,14 +123,16 @@ def pixel_cache(dataset: Dataset, size: int, cache_dir: str | None = None, where
     tmp = f"{path}.{os.getpid()}.tmp"
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(dataset), 3, size, size))
     try:
-        for start in range(0, len(raw), 1000):
-            for offset, item in enumerate(raw[start : start + 1000]["image"]):
-                try:
-                    array[start + offset] = _decode_square(item, size)
-                except (OSError, ValueError, SyntaxError) as err:
-                    raise ValueError(
-                        f"{where} image at row {start + offset} cannot be decoded ({err}); remove or fix that row"
-                    ) from err
+        starts = range(0, len(raw), chunk)
+        workers = min(_decode_workers(num_workers), max(1, len(starts)))
+        if workers == 1:
+            for start in starts:
+                _decode_rows(raw, array, start, start + chunk, size, where)
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="pixel-cache") as pool:
+                # results in chunk order: the first bad chunk's error is raised, as in the serial loop
+                for _ in pool.map(lambda s, out=array: _decode_rows(raw, out, s, s + chunk, size, where), starts):
+                    pass
         array.flush()
         del array
         if fingerprint:
@@ -255,7 +293,9 @@ def make_train_dataset(data_args, training_args, target, aux, num_targets: int, 
     """
     crop_scale, erasing = (data_args.crop_min_scale, 1), training_args.random_erasing
     if data_args.input_pipeline == "tensor":
-        dataset = CachedImageDataset(target, aux, num_targets, size, data_args.pixel_cache_dir)
+        # under torchrun the local main process decodes the cache while the others wait, then they open its file
+        with training_args.main_process_first(desc="pixel cache"):
+            dataset = CachedImageDataset(target, aux, num_targets, size, data_args.pixel_cache_dir)
         augment = BatchAugment(
             size, mean, std, crop_scale=crop_scale, rand_augment=training_args.rand_augment, random_erasing=erasing
         )
