@@ -14,6 +14,9 @@ Usage (from the folder training ran in, so the data paths of args.yaml resolve):
 The same code runs as `neighbor-lt analyze` from a pip install (neighbor_lt/cli.py).
 """
 
+import sys
+
+from neighbor_lt import cli
 from neighbor_lt.cli import analyze
 
 
@@ -22,4 +25,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_command("analyze", sys.argv[1:]))

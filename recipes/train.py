@@ -12,8 +12,8 @@ The same code runs as `neighbor-lt train` from a pip install (neighbor_lt/cli.py
 import os
 import sys
 
+from neighbor_lt import cli
 from neighbor_lt.cli import train
-from neighbor_lt.configs import ConfigError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo", "train.yaml")
 
@@ -23,8 +23,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as err:
-        print(f"configuration error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli.run_command("train", sys.argv[1:], default_config=DEFAULT_CONFIG))  # a config error: one line, exit 2

@@ -16,12 +16,17 @@ paths are relative to the checkout's root): from a pip install, pass your own ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
+import textwrap
+import traceback
 
-from neighbor_lt.configs import ConfigError
+from neighbor_lt.configs import DATA_SOURCES, ConfigError, pop_debug
 from neighbor_lt.extras import missing_extra_message
+
+logger = logging.getLogger(__name__)
 
 DEMO_CONFIG = os.path.join("recipes", "demo", "train.yaml")
 
@@ -43,16 +48,64 @@ def train(argv=None, default_config: str | None = None):
     from neighbor_lt import train as training
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help", "--help_all"} & set(argv):
+        print(train_help(full="--help_all" in argv))
+        raise SystemExit(0)  # as argparse's --help
     if "--config" not in argv:
         default_config = default_config or (DEMO_CONFIG if os.path.isfile(DEMO_CONFIG) else None)
-        if default_config:
-            argv = ["--config", default_config, *argv]
-        elif not {"-h", "--help"} & set(argv):
+        if not default_config:
             raise ConfigError(
                 f"no --config given and no {DEMO_CONFIG} here: pass your training YAML with --config "
                 "(the built-in demo ships with the repository; run it from the checkout's root)"
             )
+        argv = ["--config", default_config, *argv, *_without_demo_aux(argv)]
     return training.run(training.load_config(argv)).results
+
+
+def _without_demo_aux(argv: list[str]) -> list[str]:
+    """Your own data on the demo's defaults: the demo's auxiliary set names the demo's classes, so it is dropped
+    (as the demo's data files are) unless the command line names an auxiliary set too."""
+    keys = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    if not keys & set(DATA_SOURCES) or keys & {"aux_dataset", "neighbor_manifest"}:
+        return []
+    logger.warning("no --config: your data on the demo's defaults, without the demo's aux_dataset (pass --aux_dataset "
+                   "for yours, or your own --config)")  # fmt: skip
+    return ["--aux_dataset", "", "--neighbor_manifest", ""]
+
+
+def train_help(full: bool = False) -> str:
+    """``neighbor-lt train --help``: the recipe's own keys with their defaults; ``full``: argparse's list of every
+    key, the ~100 ``transformers.TrainingArguments`` ones included."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from neighbor_lt.configs import DataArguments, ModelArguments, NeighborLTTrainingArguments
+
+    classes = (ModelArguments, DataArguments, NeighborLTTrainingArguments)
+    if full:
+        return HfArgumentParser(classes, prog="neighbor-lt train").format_help()
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    lines = [
+        "usage: neighbor-lt train --config YAML [--KEY VALUE ...] [--debug]",
+        "       (from the checkout: accelerate launch recipes/train.py ...; without --config: the built-in demo)",
+        "",
+        "Train on target + neighbor classes, save the masked target-only model, evaluate it (README: Training your",
+        "own). Every key of the YAML can be overridden as --KEY VALUE; unknown keys are errors.",
+        "",
+        "  --config YAML         the training YAML (e.g. recipes/demo/train.yaml, a run's args.yaml)",
+        "  --debug               show the traceback behind a configuration error (or NEIGHBOR_LT_DEBUG=1)",
+        "  --help_all            every key, with the ~100 transformers TrainingArguments ones (output_dir, ",
+        "                        learning_rate, num_train_epochs, resume_from_checkpoint, ...)",
+    ]
+    for cls in classes:
+        lines += ["", f"{cls.__name__}:"]
+        for f in dataclasses.fields(cls):
+            if not f.init or (cls is NeighborLTTrainingArguments and f.name in inherited):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else None
+            text = f"{f.metadata.get('help', '')} (default: {default})"
+            lines.append(f"  --{f.name}")
+            lines += textwrap.wrap(text, width=116, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -105,6 +158,10 @@ def analyze(argv=None) -> list[str]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     from neighbor_lt.hub import write_model_card
     from neighbor_lt.plots import feature_map_for_run, load_run, plot_group_accuracy, plot_per_class_accuracy
+
+    for folder in args.runs:  # after the import: a missing plots extra is named first
+        if not os.path.isdir(folder):
+            raise ConfigError(f"analyze: no run folder {folder!r} here ({os.getcwd()}); pass a training output_dir")
 
     ################
     # Runs
@@ -223,9 +280,23 @@ def main(argv=None) -> int:
     if name not in COMMANDS:
         print(f"neighbor-lt: unknown command {name!r}\n{usage()}", file=sys.stderr)
         return 2
+    return run_command(name, rest)
+
+
+def run_command(name: str, argv: list[str], **kwargs) -> int:
+    """Run the command ``name`` of :data:`COMMANDS`; a configuration error is one line on stderr and exit status 2
+    (with its traceback under ``--debug`` or ``NEIGHBOR_LT_DEBUG=1``). The recipes' ``__main__`` blocks use it too.
+
+    Example:
+        >>> sys.exit(run_command("train", sys.argv[1:], default_config="recipes/demo/train.yaml"))  # doctest: +SKIP
+    """
+    argv = list(argv)
+    debug = pop_debug(argv)
     try:
-        status = COMMANDS[name][0](rest)
+        status = COMMANDS[name][0](argv, **kwargs)
     except ConfigError as err:
+        if debug:
+            traceback.print_exc()
         print(f"configuration error: {err}", file=sys.stderr)
         return 2  # as argparse exits on a usage error: fix the command or the config, then rerun
     except ImportError as err:  # an optional module of an extra that is not installed

@@ -144,7 +144,7 @@ class DataArguments:
         default=None,
         metadata={
             "help": "Make a balanced training set long-tailed with an exponential profile (CIFAR-LT protocol): "
-            "n_max per class down to n_max / imbalance_factor."
+            "n_max per class down to n_max / imbalance_factor; at least 1 (0 or empty: the set as it is)."
         },
     )
     lt_max_per_class: int | None = field(
@@ -199,13 +199,18 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the target training set."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
 
+    def __post_init__(self):
+        check_data_values(self)
+
 
 @dataclass
 class NeighborLTTrainingArguments(TrainingArguments):
     """`transformers.TrainingArguments` plus the long-tail loss and augmentation settings."""
 
     loss: str = field(default="neighbor_silencing", metadata={"help": f"Loss, one of {', '.join(LOSSES)}."})
-    lambda_s: float = field(default=0.1, metadata={"help": "Silencing factor between a target and its neighbors."})
+    lambda_s: float = field(
+        default=0.1, metadata={"help": "Silencing factor between a target and its neighbors, in (0, 1] (1: none)."}
+    )
     layer_decay: float | None = field(
         default=None, metadata={"help": "Layer-wise learning-rate decay (0.75 in the paper); empty to disable."}
     )
@@ -264,9 +269,62 @@ class NeighborLTTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "With model_license 'other': a URL of the terms the model is under."}
     )
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_training_values(self)
+
 
 class ConfigError(ValueError):
     """A configuration problem found before training starts."""
+
+
+def _check_range(owner, name: str, low: float, high: float | None = None, low_open: bool = False) -> None:
+    value = getattr(owner, name)
+    if value is None:
+        return
+    too_low = value <= low if low_open else value < low
+    if too_low or (high is not None and value > high):
+        bound = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        if high is None and low_open:
+            bound = f"> {low:g}"
+        raise ConfigError(f"{name} must be {'in ' if high is not None else ''}{bound}, got {value!r}")
+
+
+def check_data_values(args: DataArguments) -> None:
+    """The value rules of the data arguments, for the train recipe and curation's ``target`` section alike: checked
+    when the arguments are built, before any data loads.
+
+    Raises:
+        ConfigError: one line naming the key, the rule and the value.
+    """
+    if args.imbalance_factor not in (None, 0) and args.imbalance_factor < 1:
+        raise ConfigError(
+            f"imbalance_factor must be at least 1 (the ratio of the largest to the smallest class; 0 or empty keeps "
+            f"the set as it is), got {args.imbalance_factor!r}"
+        )
+    for name in ("many_threshold", "few_threshold", "max_aux_per_class"):
+        _check_range(args, name, 0)
+    if args.few_threshold > args.many_threshold + 1:
+        raise ConfigError(
+            f"few_threshold ({args.few_threshold}) must not exceed many_threshold ({args.many_threshold}) + 1: Few "
+            "is fewer than few_threshold images, Many more than many_threshold"
+        )
+    for name in ("num_classes", "heldout_eval_per_class", "max_train_samples", "max_eval_samples", "lt_max_per_class"):
+        _check_range(args, name, 1)
+    _check_range(args, "crop_min_scale", 0, 1, low_open=True)
+    _check_range(args, "crop_pct", 0, 1, low_open=True)
+
+
+def check_training_values(args) -> None:
+    """The value rules of the long-tail training arguments (loss, ``lambda_s``, augmentation probabilities),
+    checked when the arguments are built, before any data or model loads."""
+    if args.loss not in LOSSES:
+        raise ConfigError(f"unknown loss {args.loss!r}; choose from {', '.join(LOSSES)}")
+    _check_range(args, "lambda_s", 0, 1, low_open=True)
+    for name in ("mixup_prob", "mixup_switch_prob", "label_smoothing", "random_erasing"):
+        _check_range(args, name, 0, 1)
+    for name in ("mixup_alpha", "cutmix_alpha"):
+        _check_range(args, name, 0)
 
 
 def _known_fields(dataclass_types) -> set[str]:
@@ -307,6 +365,23 @@ def _drop_replaced_source(values: dict, cli_keys: set[str], config_path: str) ->
             " / --".join(chosen), config_path, ", ".join(dropped),
         )  # fmt: skip
     return {k: v for k, v in values.items() if k not in dropped}
+
+
+#: Set (to anything but 0 / empty) to show the traceback behind a configuration error, like ``--debug``.
+DEBUG_ENV = "NEIGHBOR_LT_DEBUG"
+
+
+def pop_debug(args: list[str]) -> bool:
+    """Remove ``--debug`` from ``args`` (in place); True when it was there or ``NEIGHBOR_LT_DEBUG`` is set."""
+    flag = "--debug" in args
+    while "--debug" in args:
+        args.remove("--debug")
+    return debug_requested(flag)
+
+
+def debug_requested(flag: bool = False) -> bool:
+    """``--debug`` given (``flag``) or ``NEIGHBOR_LT_DEBUG`` set."""
+    return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def pop_config_path(args: list[str], required: str | None = None) -> str | None:
@@ -426,6 +501,10 @@ def _several_processes_without_gpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def _one_line_error(message: str):
+    raise ConfigError(message)
+
+
 def parse_args(dataclass_types, args: list[str] | None = None, defaults: dict | None = None):
     """Parse dataclasses from an optional ``--config`` YAML file, overridden by command-line flags.
 
@@ -443,7 +522,8 @@ def parse_args(dataclass_types, args: list[str] | None = None, defaults: dict | 
             not installed.
     """
     args = list(sys.argv[1:] if args is None else args)
-    parser = HfArgumentParser(dataclass_types)
+    parser = HfArgumentParser(dataclass_types, allow_abbrev=False)  # a prefix of a key is an unknown key
+    parser.error = _one_line_error  # a bad value is one line, not the whole usage
     config_path = pop_config_path(args)
     if config_path is not None or defaults:
         values = {**(defaults or {}), **(read_yaml_mapping(config_path) if config_path is not None else {})}

@@ -40,16 +40,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from .configs import (
+    DEBUG_ENV,
     ConfigError,
     DataArguments,
     _annotation_kinds,
     _plain,
+    debug_requested,
     parse_value,
     read_yaml_mapping,
     split_overrides,
     write_yaml,
 )
 from .secrets import REDACTED, install_log_redaction, redact, redact_mapping
+from .sources import check_data_paths
 
 logger = logging.getLogger(__name__)
 
@@ -455,6 +458,7 @@ def run(config: CurateConfig) -> CurateContext:
         StageError, ConfigError, KeyboardInterrupt: as :func:`run_stage`, with the failing stage's name in ``.stage``.
     """
     cli_logger.info("resolved configuration: %s", config.save())
+    check_data_paths(config.target)  # a wrong folder is one line before any stage starts (load_config reads no file)
     context = config.context()
     for name in config.stages:
         cli_logger.info("stage %s", name)
@@ -511,7 +515,11 @@ def main(argv=None):
         "guard refused (checked again under the current retrieve.download.allowed_networks). neighbors: failed "
         "classes are asked again on every rerun.",
     )
+    parser.add_argument(
+        "--debug", action="store_true", help=f"Show the traceback behind a configuration error (or {DEBUG_ENV}=1)."
+    )
     args, overrides = parser.parse_known_args(argv)
+    debug = debug_requested(args.debug)
 
     ################
     # Logging
@@ -525,7 +533,7 @@ def main(argv=None):
     try:
         config = load_config(args.config, overrides, args.output_dir, args.stages, args.retry_failed)
     except ConfigError as e:
-        cli_logger.error("configuration error: %s", _one_line(e))
+        cli_logger.error("configuration error: %s", _one_line(e), exc_info=debug)
         return 2
 
     ################
@@ -537,7 +545,7 @@ def main(argv=None):
         cli_logger.error("stage %s failed: %s", getattr(e, "stage", None), _one_line(e))
         return 1
     except ConfigError as e:
-        cli_logger.error("stage %s: configuration error: %s", getattr(e, "stage", None), _one_line(e))
+        cli_logger.error("stage %s: configuration error: %s", getattr(e, "stage", None), _one_line(e), exc_info=debug)
         return 2
     except KeyboardInterrupt as e:
         cli_logger.error(

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
 from .configs import ConfigError, DataArguments
+from .sources import load_source
 
 logger = logging.getLogger(__name__)
 
@@ -304,6 +305,20 @@ def _ensure_class_label(ds: DatasetDict) -> DatasetDict:
     return DatasetDict({k: v.cast_column("label", ClassLabel(names=names)) for k, v in ds.items()})
 
 
+def _check_label_range(ds: DatasetDict, label_column: str) -> None:
+    """Every label a class of the ClassLabel: a label past the names would fail at the first batch (an index or
+    shape error), a negative one in numpy."""
+    for split, part in ds.items():
+        names = part.features["label"].names
+        labels = np.asarray(part.data.column("label").to_numpy(zero_copy_only=False))
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
+            bad = labels[(labels < 0) | (labels >= len(names))]
+            raise ConfigError(
+                f"split {split!r}: column {label_column!r} holds label(s) {sorted(set(bad.tolist()))[:5]} outside "
+                f"0..{len(names) - 1} (its {len(names)} class names); fix the labels or the class names"
+            )
+
+
 def load_target_dataset(args: DataArguments, require_names: str | None = None) -> DatasetDict:
     """Load the long-tailed target set as a DatasetDict with ``train`` (and ``validation`` when configured).
 
@@ -339,7 +354,8 @@ def load_target_dataset(args: DataArguments, require_names: str | None = None) -
             if args.eval_files:
                 data_files["validation"] = _expand(args.eval_files)
         builder = args.dataset_name or _builder_for(data_files["train"])
-        loaded = load_dataset(builder, args.dataset_config_name, data_files=data_files)
+        key = "dataset_name" if args.dataset_name else "train_files"
+        loaded = load_source(key, builder, args.dataset_config_name, data_files=data_files)
         train_split = "train" if data_files else args.train_split
         eval_split = "validation" if data_files else args.eval_split
         if train_split not in loaded:
@@ -355,6 +371,7 @@ def load_target_dataset(args: DataArguments, require_names: str | None = None) -
         {k: _standardize_columns(v, args.image_column, args.label_column, f"split {k!r}") for k, v in ds.items()}
     )
     ds = _ensure_class_label(ds)
+    _check_label_range(ds, args.label_column)
     if "validation" in ds and ds["validation"].features["label"] != ds["train"].features["label"]:
         raise ConfigError("train and evaluation splits have different label names")
     if args.num_classes:
@@ -422,12 +439,10 @@ def _builder_for(files: Sequence[str]) -> str:
 
 def load_aux_dataset(source: str, split: str = "train") -> Dataset:
     """Load an auxiliary set (folder written by the curation recipe, Parquet file(s) or Hub id) and check its columns."""
-    if os.path.isdir(source):
-        loaded = load_dataset(source)
-    elif source.endswith(".parquet") or any(ch in source for ch in "*?["):
-        loaded = load_dataset("parquet", data_files={split: _expand([source])})
+    if source.endswith(".parquet") or any(ch in source for ch in "*?["):
+        loaded = load_source("aux_dataset", "parquet", data_files={split: _expand([source])})
     else:
-        loaded = load_dataset(source)
+        loaded = load_source("aux_dataset", source)
     if split not in loaded:
         raise ConfigError(f"auxiliary dataset {source} has no split {split!r}; splits are {list(loaded)}")
     aux = loaded[split]
@@ -436,6 +451,9 @@ def load_aux_dataset(source: str, split: str = "train") -> Dataset:
         raise ConfigError(f"auxiliary dataset {source} lacks column(s) {missing}; columns are {aux.column_names}")
     if not isinstance(aux.features["label"], ClassLabel):
         raise ConfigError(f"auxiliary dataset {source}: 'label' must be a ClassLabel over auxiliary class names")
+    if len(aux) == 0:
+        raise ConfigError(f"aux_dataset {source}: its {split!r} split has no images (did the curation's build stage "
+                          "keep any? or pass --aux_dataset '' to train without one)")  # fmt: skip
     return aux
 
 
@@ -503,8 +521,25 @@ def merge_label_space(
         unknown = [t for t in targets if t not in known]
         if unknown:
             raise ConfigError(f"auxiliary class {name!r} is a neighbor of unknown target class(es) {unknown[:5]}")
+    _check_manifest_names(neighbor_map, space.aux_names)
     space.neighbor_of = {n: list(neighbor_map.get(n, [])) for n in space.aux_names}
     return space
+
+
+def _check_manifest_names(neighbor_map: dict[str, list[str]], aux_names: Sequence[str]) -> None:
+    """A neighbor manifest names auxiliary classes of this auxiliary set: none known is an error (it would train
+    plain balanced softmax without a word), some unknown a warning with the count."""
+    if not neighbor_map:
+        return
+    unknown = [n for n in neighbor_map if n not in set(aux_names)]
+    if len(unknown) == len(neighbor_map):
+        raise ConfigError(
+            f"neighbor_manifest names none of the auxiliary set's {len(aux_names)} classes (e.g. {unknown[0]!r}); "
+            "use the manifest the auxiliary set was built from"
+        )
+    if unknown:
+        logger.warning("neighbor_manifest: %d of its %d auxiliary classes are not in the auxiliary set, e.g. %r",
+                       len(unknown), len(neighbor_map), unknown[0])  # fmt: skip
 
 
 class MergedImageDataset(torch.utils.data.Dataset):

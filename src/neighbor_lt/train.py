@@ -30,6 +30,7 @@ from .configs import (
 )
 from .metrics import ACCURACY_KEYS, format_table
 from .run_folder import RunFolder, RunInfo
+from .sources import check_data_paths
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ def prepare(config: TrainConfig) -> None:
 
     set_seed(config.training.seed)
     setup_logging(config.training)
+    check_data_paths(config.data)  # a wrong folder is one line, before anything loads
     check_output_dir(config)
     logger.info("model %s | data %s | loss %s", config.model, config.data, config.training.loss)
     if config.push_to_hub:

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from ..metrics import ACCURACY_KEYS as GROUPS
@@ -39,6 +40,19 @@ from .variants import (
 )
 
 
+def help_text() -> str:
+    """``neighbor-lt ablate --help``: usage, what it does and every top-level key with its default."""
+    about = re.sub(r":\w+:`~?([^`]*)`", r"\1", __doc__.split("\n\nExample:")[0]).replace("``", "`")
+    keys = "\n".join(f"  --{key:<20} (default: {value!r})" for key, value in DEFAULTS.items())
+    return (
+        "usage: neighbor-lt ablate --config ABLATE_YAML [--KEY VALUE ...] [--train.KEY VALUE ...] "
+        "[--curate.SECTION.KEY VALUE ...]\n       (from the checkout: python recipes/ablate.py ...)\n\n"
+        f"{about}\n\nkeys of the YAML (README: Does it help on your data?):\n"
+        f"{keys}\n  --train.KEY          a train recipe key for every run (e.g. --train.num_train_epochs 10)\n"
+        "  --curate.SECTION.KEY a curate recipe key (e.g. --curate.neighbors.k 3)"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Parse the command line (``--config YAML`` and overrides), set up logging, run the ablation; the summary.
     ``recipes/ablate.py`` and ``neighbor-lt ablate`` run this.
@@ -46,7 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
     Args:
         argv: command-line arguments (``sys.argv[1:]`` when None).
     """
-    config = parse_config(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(help_text())
+        return {}
+    config = parse_config(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     return run(config)
 
@@ -63,6 +81,7 @@ __all__ = [
     "chart",
     "check_targets",
     "format_paired",
+    "help_text",
     "main",
     "markdown_table",
     "optimizer_steps",

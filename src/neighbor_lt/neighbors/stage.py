@@ -231,11 +231,14 @@ def _fixed_ratios(ratios) -> bool:
     )  # fmt: skip
 
 
-def group_ratios(ratios, counts: list[int], max_auto_ratio: float | None = None) -> dict[str, float]:
+def group_ratios(
+    ratios, counts: list[int], max_auto_ratio: float | None = None, thresholds: tuple[int, int] | None = None
+) -> dict[str, float]:
     """Neighbor multiplier per group: fixed ``[h, m, t]`` or ``auto`` from the training counts (paper, sec. 4.2).
 
     ``auto`` is ``1 : ceil(Nh/Nm) : ceil(Nh/Nt)`` with N the total training images of each group, each ratio at most
-    ``max_auto_ratio``; an empty group gets 1.
+    ``max_auto_ratio``; an empty group gets 1. ``thresholds`` are the target's ``(many_threshold, few_threshold)``
+    (default: the paper's 100 / 20).
 
     Example:
         >>> group_ratios("auto", [500, 400, 50, 10])
@@ -248,7 +251,7 @@ def group_ratios(ratios, counts: list[int], max_auto_ratio: float | None = None)
             raise ConfigError(f"neighbors.ratios must be [head, medium, tail] or 'auto', got {ratios!r}")
         totals = {g: 0 for g in GROUPS}
         for c in counts:
-            totals[group_of(int(c))] += int(c)
+            totals[group_of(int(c), *(thresholds or ()))] += int(c)
         head = totals["many"]
         out = {g: (1 if g == "many" or not totals[g] or not head else math.ceil(head / totals[g])) for g in GROUPS}
         if max_auto_ratio is not None:
@@ -295,7 +298,9 @@ def build_queries(target, args: NeighborsArguments, context, wordnet=None, label
     train = target["train"]
     names = list(train.features[label_column].names)
     counts = np.bincount(np.asarray(train[label_column], dtype=np.int64), minlength=len(names)).tolist()
-    ratios = group_ratios(args.ratios, counts, args.max_auto_ratio)
+    target_args = getattr(context, "target_args", None)  # the card groups by the same thresholds
+    thresholds = (target_args.many_threshold, target_args.few_threshold) if target_args is not None else None
+    ratios = group_ratios(args.ratios, counts, args.max_auto_ratio, thresholds)
     readable = _readable_names(names, train, args, context, label_column)
     wnids = _column_by_label(train, names, label_column, "wnid")  # e.g. the demo set: readable labels + a wnid column
     queries = []
@@ -307,7 +312,7 @@ def build_queries(target, args: NeighborsArguments, context, wordnet=None, label
             if synset is not None:
                 synonyms += [n for n in synset.names if n not in synonyms]
         query = synonyms[0] if is_wnid(name) and synonyms else name  # a wnid is asked about by its first lemma
-        group = group_of(count)
+        group = group_of(count, *(thresholds or ()))
         n = math.ceil(args.k * ratios[group] - 1e-9)
         if args.max_per_class is not None:
             n = min(n, args.max_per_class)
