@@ -1,11 +1,13 @@
 """Multi-index near-duplicate search gives the brute-force scan's answers: dedup, leak check, chunked similarity."""
 
+import math
+
 import numpy as np
 import pytest
 
 from neighbor_lt.retrieval.download import DedupIndex, hamming
 from neighbor_lt.retrieval.filters import leak_phash_distances, max_similarity
-from neighbor_lt.retrieval.hamming import HammingIndex, HammingTable, bands, min_hamming
+from neighbor_lt.retrieval.hamming import HammingIndex, HammingTable, band_count, bands, min_hamming
 
 
 def _hashes(rng, n):
@@ -34,18 +36,29 @@ def _planted(rng, n, radius):
 def test_bands_cover_the_64_bits_once():
     for radius in (0, 1, 4, 9, 63):
         covered = 0
-        for shift, mask in bands(radius):
+        for shift, mask, _ in bands(radius):
             assert covered & (mask << shift) == 0
             covered |= mask << shift
         assert covered == 2**64 - 1 and len(bands(radius)) == radius + 1
+        for count in range(2, radius + 2) if radius < 10 else ():
+            within = radius // count
+            assert len(bands(radius, count)) == count
+            assert all(len(flips) == sum(math.comb(mask.bit_count(), k) for k in range(within + 1))
+                       for _, mask, flips in bands(radius, count))  # fmt: skip
+    assert band_count(3, 100) == 4 and band_count(3, 10**6) == 2  # both kinds of search are exercised below
     with pytest.raises(ValueError, match="radius"):
         bands(64)
+    with pytest.raises(ValueError, match="bands"):
+        bands(4, 6)
+    with pytest.raises(ValueError, match="more bands"):
+        bands(63, 1)
 
 
-@pytest.mark.parametrize("radius", [1, 3, 6, 12])
-def test_first_within_is_the_scans_first_match(radius):
+# a small capacity: radius + 1 equal bands; a large one: a few wide bands, each searched within a few bits
+@pytest.mark.parametrize("radius, capacity", [(1, 100), (3, 100), (6, 100), (12, 100), (3, 10**6), (6, 10**6)])
+def test_first_within_is_the_scans_first_match(radius, capacity):
     rng = np.random.default_rng(radius)
-    index, stored, found_near = HammingIndex(radius), [], 0
+    index, stored, found_near = HammingIndex(radius, capacity), [], 0
     for value in _planted(rng, 1500, radius):
         expected = next((i for i, h in enumerate(stored) if (h ^ value).bit_count() <= radius), None)
         assert index.first_within(value) == expected
@@ -54,9 +67,10 @@ def test_first_within_is_the_scans_first_match(radius):
             stored.append(value)
             index.add(value)
     assert found_near > 100  # the planted near-duplicates were there to find
+    assert len(index._bands) == band_count(radius, capacity)
 
 
-@pytest.mark.parametrize("radius", [0, 2, 4, 10])
+@pytest.mark.parametrize("radius", [0, 2, 4, 10, 20])
 def test_table_min_distance_is_the_scans_within_the_radius(radius):
     rng = np.random.default_rng(100 + radius)
     refs = np.array(_planted(rng, 800, radius), dtype=np.uint64)
