@@ -107,7 +107,8 @@ class _StageArguments:
     class_names: str | None = field(
         default=None,
         metadata={
-            "help": "File mapping label names to readable names (.tsv/.csv with wnid + words, or .txt in label order)."
+            "help": "File mapping label names to readable names (.tsv/.csv with wnid or name + words, or .txt in label "
+            "order); a class's first word is what the backend is asked about (tabby_cat -> 'tabby cat')."
         },
     )
     max_targets_per_aux: int | None = field(
@@ -312,6 +313,8 @@ def build_queries(target, args: NeighborsArguments, context, wordnet=None, label
             if synset is not None:
                 synonyms += [n for n in synset.names if n not in synonyms]
         query = synonyms[0] if is_wnid(name) and synonyms else name  # a wnid is asked about by its first lemma
+        if args.class_names and readable.get(name):  # the user's words for a folder name such as tabby_cat
+            query = readable[name][0]
         group = group_of(count, *(thresholds or ()))
         n = math.ceil(args.k * ratios[group] - 1e-9)
         if args.max_per_class is not None:
