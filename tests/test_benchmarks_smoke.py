@@ -50,3 +50,11 @@ def test_throughput_benchmark_runs():
 def test_captions_benchmark_runs():
     stdout = run_benchmark("captions.py", "--rows", "20000", "--names", "200", "--max_results", "50")
     assert "| 20,000 |" in stdout and "Extrapolation to 2B rows" in stdout
+
+
+@pytest.mark.slow
+def test_dedup_scale_benchmark_runs():
+    stdout = run_benchmark(
+        "dedup_scale.py", "--sizes", "3000", "6000", "--brute_sizes", "3000", "--eval_size", "2000", "--probes", "200"
+    )
+    assert "| DedupIndex.claim | 3,000 |" in stdout and "| leak_phash_distances | 6,000 |" in stdout
