@@ -280,7 +280,7 @@ def test_ablation_end_to_end_on_tiny_inputs(tmp_path, monkeypatch, capsys):
     summary = recipe.main(argv)
     assert set(summary["variants"]) == set(ablation.VARIANTS) - set(ablation.OPT_IN)  # (c+v) is asked for by name
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["paired"].keys() == {"c_vs_a_steps", "c_vs_b", "c_vs_d", "c_vs_a"}
+    assert saved["paired"].keys() == {"c_vs_a_steps", "c_vs_b", "c_vs_d", "c_vs_a", "b_vs_a_steps"}
     for name, variant in saved["variants"].items():
         (run,) = variant["runs"]
         assert run["seed"] == 0 and run["train_steps"] == 2 and run["train_images"] == 32
