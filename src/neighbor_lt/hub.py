@@ -412,16 +412,8 @@ def render_model_card(
     return ModelCard.from_template(card_data, template_path=str(template_path or MODEL_CARD_TEMPLATE), **variables)
 
 
-def write_model_card(
-    output_dir: str,
-    model_args=None,
-    data_args=None,
-    training_args=None,
-    results: dict | None = None,
-    license: str = "other",
-    template_path: str | os.PathLike | None = None,
-) -> ModelCard:
-    """Render the model card of a training run and save it as ``output_dir/README.md``.
+def write_model_card(output_dir: str, *args, **kwargs) -> ModelCard:
+    """Render the model card of a training run (:func:`render_model_card`) and save it as ``output_dir/README.md``.
 
     Reads ``neighbor_lt.json``, ``eval_results.json``, ``train_results.json`` and ``args.yaml`` from the folder; the
     argument dataclasses, when given, override ``args.yaml``. Plots written by ``recipes/analyze.py`` into the folder
@@ -434,13 +426,13 @@ def write_model_card(
 
     Args:
         output_dir: the ``output_dir`` of ``recipes/train.py``.
-        model_args, data_args, training_args: the run's arguments (optional).
-        results: the output of :func:`neighbor_lt.metrics.long_tail_accuracy`; read from ``eval_results.json``
-            when None.
-        license: the card's license (the training data's terms usually decide it).
-        template_path: a Jinja Markdown template; ``hub_cards/model_card.md`` by default.
+        args, kwargs: the rest of :func:`render_model_card`'s arguments: ``model_args``, ``data_args``,
+            ``training_args`` (the run's arguments, optional), ``results`` (the output of
+            :func:`neighbor_lt.metrics.long_tail_accuracy`; read from ``eval_results.json`` when None), ``license``
+            (the training data's terms usually decide it) and ``template_path`` (``hub_cards/model_card.md`` by
+            default).
     """
-    card = render_model_card(output_dir, model_args, data_args, training_args, results, license, template_path)
+    card = render_model_card(output_dir, *args, **kwargs)
     card.save(os.path.join(output_dir, "README.md"))
     logger.info("model card written to %s", os.path.join(output_dir, "README.md"))
     return card
