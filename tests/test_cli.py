@@ -70,13 +70,14 @@ def test_a_missing_extra_is_named(monkeypatch, capsys):
         cli.main(["curate"])
 
 
+def _python_without(module: str, *lines: str) -> subprocess.CompletedProcess:
+    """Run ``lines`` in a fresh interpreter in which ``module`` cannot be imported."""
+    code = "\n".join([f"import sys; sys.modules[{module!r}] = None", *lines])
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
 def test_require_names_the_extra_in_a_fresh_interpreter():
-    code = (
-        "import sys; sys.modules['httpx'] = None\n"
-        "from neighbor_lt.extras import require\n"
-        "require('httpx', 'the leak check')"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = _python_without("httpx", "from neighbor_lt.extras import require", "require('httpx', 'the leak check')")
     assert done.returncode != 0
     assert 'ModuleNotFoundError: the leak check needs httpx: pip install "neighbor-lt[retrieval]"' in done.stderr
     assert extras.require("json", "tests").dumps([]) == "[]"
@@ -88,11 +89,8 @@ def test_every_extra_named_exists_in_pyproject():
 
 
 def test_analyze_without_the_plots_extra_names_it():
-    code = (
-        "import sys; sys.modules['matplotlib'] = None\n"
-        "from neighbor_lt.cli import main\n"
-        "sys.exit(main(['analyze', 'outputs/some-run']))"
+    done = _python_without(
+        "matplotlib", "from neighbor_lt.cli import main", "sys.exit(main(['analyze', 'outputs/some-run']))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == 'neighbor-lt analyze: matplotlib is not installed: pip install "neighbor-lt[plots]"'

@@ -9,12 +9,12 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
+from retrieval_fixtures.chat_server import send_json, start_server, stop_servers
 from retrieval_fixtures.server import ImageServer, load_jpegs
 
 from neighbor_lt.configs import ConfigError
@@ -169,12 +169,7 @@ class ChatHandler(http.server.BaseHTTPRequestHandler):
             else {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
                   "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": out}}]}
         )  # fmt: skip
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, payload)
 
     def log_message(self, *args):
         pass
@@ -182,14 +177,9 @@ class ChatHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def chat():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ChatHandler)
-    server.daemon_threads, server.lock, server.hits, server.auth = True, threading.Lock(), Counter(), set()
-    server.reply = lambda name, attempt: "[axolotl, koi]"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server = start_server(ChatHandler, hits=Counter(), auth=set(), reply=lambda name, attempt: "[axolotl, koi]")
     yield server
-    server.shutdown()
-    server.server_close()
+    stop_servers([server])
 
 
 def openai_section(url, **extra) -> dict:

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features
+from retrieval_fixtures.chat_server import send_json, start_server, stop_servers
 
 from neighbor_lt.configs import ConfigError
 from neighbor_lt.curate import CurateContext
@@ -64,30 +64,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": out}}],
             }  # fmt: skip
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        try:
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        send_json(self, status, payload, headers)
 
     def log_message(self, *args):
         pass
 
 
 def _serve(behave, delay=0.0):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.behave, server.delay = behave, delay
-    server.hits, server.arrivals, server.prompts, server.auth, server.lock = Counter(), [], [], set(), threading.Lock()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    return server
+    return start_server(Handler, behave=behave, delay=delay, hits=Counter(), arrivals=[], prompts=[], auth=set())
 
 
 @pytest.fixture
@@ -99,9 +83,7 @@ def serve():
         return servers[-1]
 
     yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    stop_servers(servers)
 
 
 @pytest.fixture(autouse=True)

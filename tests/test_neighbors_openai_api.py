@@ -8,13 +8,13 @@ import http.server
 import json
 import logging
 import re
-import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features
+from retrieval_fixtures.chat_server import send_json, start_server, stop_servers
 
 from neighbor_lt.curate import CurateContext, load_config
 from neighbor_lt.neighbors import get_neighbor_backend
@@ -67,12 +67,7 @@ class API(http.server.BaseHTTPRequestHandler):
         status, payload = self.answer(server, name, body)
         with server.lock:
             server.statuses[status] += 1
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, payload)
 
     @staticmethod
     def answer(server, name, body):
@@ -107,20 +102,15 @@ def api():
     servers = []
 
     def start(reasoning=False, no_schema=None, refuse=None, reply=None, finish=None, refusal=None):
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), API)
-        server.daemon_threads = True
-        server.reasoning, server.no_schema, server.refuse, server.reply = reasoning, no_schema, refuse, reply
-        server.finish, server.refusal = finish or {}, refusal or {}
-        server.bodies, server.statuses, server.lock = [], Counter(), threading.Lock()
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        server = start_server(
+            API, reasoning=reasoning, no_schema=no_schema, refuse=refuse, reply=reply, finish=finish or {},
+            refusal=refusal or {}, bodies=[], statuses=Counter(),
+        )  # fmt: skip
         servers.append(server)
         return server
 
     yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    stop_servers(servers)
 
 
 @pytest.fixture(autouse=True)
