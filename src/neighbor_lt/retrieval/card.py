@@ -39,7 +39,9 @@ def render_dataset_card(
         tags: extra tags.
         **variables: template variables (counts, thresholds, provenance; missing ones render as "n/a").
             ``pool_source`` (a local pool: its terms instead of websites' robots rules), ``prototype_filter`` and
-            ``leak_check`` (False: the card leaves out the rows of checks that did not run).
+            ``leak_check`` (False: the card leaves out the rows of checks that did not run), ``local_path`` (a set
+            not on the Hub: the snippet loads this folder), ``block_private_addresses`` / ``allowed_networks`` (the
+            address guard's settings, as the download ran).
     """
     template_path = Path(template_path or DEFAULT_TEMPLATE)
     defaults = {
@@ -55,6 +57,9 @@ def render_dataset_card(
         "prototype_filter": True,
         "leak_check": True,
         "pool_source": None,
+        "local_path": None,
+        "block_private_addresses": True,
+        "allowed_networks": None,
     }
     values = {**defaults, **{k: v for k, v in variables.items() if v is not None}}
     if values["pool_source"] and "license_note" not in variables:
@@ -110,7 +115,14 @@ def _search_source(retrieve_cfg: dict) -> tuple[str | None, bool]:
 
 
 def curation_card(
-    repo_id: str, build, retrieve_cfg: dict, filter_cfg: dict, manifest: dict, stage_counts: dict, counts: list[dict]
+    repo_id: str,
+    build,
+    retrieve_cfg: dict,
+    filter_cfg: dict,
+    manifest: dict,
+    stage_counts: dict,
+    counts: list[dict],
+    local_path: str | None = None,
 ) -> DatasetCard:
     """The card of a curated auxiliary set: provenance and settings of every curate stage, counts per stage and class.
 
@@ -123,6 +135,7 @@ def curation_card(
         retrieve_cfg: the retrieve stage's saved ``config.json``; filter_cfg: the filter stage's.
         manifest: the neighbor manifest (its backend and, after the rank stage, its ranking).
         stage_counts: images through each stage; counts: :func:`class_counts`.
+        local_path: the set's folder, for a set with no Hub id yet: the usage snippet loads it.
     """
     from ..neighbors.confusability import card_summary
 
@@ -144,6 +157,9 @@ def curation_card(
         prototype_filter=bool(filter_cfg.get("model_name_or_path")),
         leak_check=leak_check,
         user_agent=download.get("user_agent"),
+        local_path=local_path,
+        block_private_addresses=download.get("block_private_addresses", True),
+        allowed_networks=", ".join(download.get("allowed_networks") or []) or None,
         respect_robots_txt=download.get("respect_robots_txt", True),
         respect_x_robots_tag=download.get("respect_x_robots_tag", True),
         opt_out_directives=", ".join(download.get("opt_out_directives") or []) or None,

@@ -610,6 +610,7 @@ def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[st
     card = curation_card(
         args.hub_dataset_id or f"{os.path.basename(os.path.abspath(context.output_dir))}-aux",
         args, retrieve_cfg, filter_cfg, manifest, stage_counts, counts,
+        local_path=None if args.hub_dataset_id else dataset_dir,
     )  # fmt: skip
     write_aux_dataset(groups, os.path.join(context.output_dir, "retrieve"), dataset_dir, card, args.rows_per_shard)
     summary = {
