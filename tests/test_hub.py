@@ -154,7 +154,7 @@ def test_pushed_card_parses_with_four_metric_model_index(pushed):
     assert "| loss | `neighbor_silencing`, lambda_s = 0.1 |" in text
     assert "| auxiliary images per class per epoch (cap) | 30 |" in text
     assert "| lemon | 5 | Few | orange |" in text
-    assert "recipes/demo/data/aux" in text
+    assert "a local auxiliary set `aux` (not on the Hub)" in text and "recipes/demo/data/aux" not in text
     assert 'pipeline("image-classification", model="neighbor-lt/demo-tiny")' in text
 
 
@@ -315,3 +315,15 @@ def test_card_of_a_small_dataset_leaves_out_the_empty_group(tmp_path, pushed):
     text = str(hub.render_model_card(str(run), results=results))
     assert "| | Overall | Medium | Few |" in text and "| top-1 % | 50.00 | 40.00 | 60.00 |" in text
     assert "(Many: no class)" in text and "| n/a |" not in text
+
+
+def test_card_of_a_run_not_on_the_hub_loads_its_folder_and_hides_local_paths(tmp_path, pushed):
+    out, _ = pushed
+    aux = tmp_path / "private" / "curate" / "aux_dataset"
+    card = str(_card_with_args(tmp_path, out, hub_model_id=None, aux_dataset=str(aux)))
+    assert f'pipeline("image-classification", model="{tmp_path / "run"}")' in card  # the folder, not a basename
+    assert "a local auxiliary set `aux_dataset` (not on the Hub)" in card and str(aux) not in card
+    assert "| auxiliary images per class per epoch (cap) |" in card
+
+    baseline = str(_card_with_args(tmp_path, out, aux_dataset=None, loss="balanced_softmax"))
+    assert "auxiliary images per class per epoch (cap)" not in baseline  # no auxiliary images, no cap

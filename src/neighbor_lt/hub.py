@@ -206,7 +206,9 @@ def _manifest_for(args: dict) -> dict | None:
 
 def _neighbor_source(args: dict, manifest: dict | None) -> str:
     aux = args.get("aux_dataset")
-    aux_text = f"[{aux}](https://huggingface.co/datasets/{aux})" if _is_hub_id(aux) else f"`{aux}`"
+    # a local folder's path means nothing on the Hub (and tells where the author keeps files): its name only
+    local = f"a local auxiliary set `{os.path.basename(str(aux).rstrip('/'))}` (not on the Hub)"
+    aux_text = f"[{aux}](https://huggingface.co/datasets/{aux})" if _is_hub_id(aux) else local
     if manifest:
         backend = manifest.get("backend") or "unknown"
         model = manifest.get("model")
@@ -245,7 +247,8 @@ def _training_settings(args: dict, train_results: dict | None) -> list[tuple[str
     rows.append(
         ("loss", f"`{loss}`" + (f", lambda_s = {args.get('lambda_s')}" if loss == "neighbor_silencing" else ""))
     )
-    rows.append(("auxiliary images per class per epoch (cap)", str(args.get("max_aux_per_class"))))
+    if args.get("aux_dataset"):  # a baseline trains without auxiliary images: no cap to state
+        rows.append(("auxiliary images per class per epoch (cap)", str(args.get("max_aux_per_class"))))
     epochs = f"{args.get('num_train_epochs')}"
     if (args.get("max_steps") or -1) > 0:
         epochs += f" (capped at {args['max_steps']} steps)"
@@ -342,7 +345,7 @@ def render_model_card(
         results = saved
     split = saved.get("split") or args.get("eval_split") or "validation"
 
-    repo_id = args.get("hub_model_id") or os.path.basename(os.path.abspath(output_dir))
+    repo_id = args.get("hub_model_id") or os.path.normpath(output_dir)  # not pushed: the folder loads, a basename not
     dataset_type, dataset_name, dataset_text, dataset_hub_id = _target_dataset(args)
     base_model = args.get("model_name_or_path") if _is_hub_id(args.get("model_name_or_path")) else None
     hub_datasets = list(dict.fromkeys(d for d in (dataset_hub_id, args.get("aux_dataset")) if _is_hub_id(d)))
