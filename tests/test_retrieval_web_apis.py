@@ -4,6 +4,7 @@ zero results, a body that is not JSON, the price of a run before anything is sen
 any request. API keys are canaries: none may appear in a stream or a file."""
 
 import json
+import sys
 
 import pytest
 import yaml
@@ -110,6 +111,17 @@ def test_a_fatal_error_stops_the_stage_at_the_first_query(server, tmp_path, capl
         run_retrieve(section, CurateContext(str(tmp_path)))
     assert server.requests["/search.json"] == 1
     assert caplog.text.count("Your account has run out of searches.") == 1
+
+
+def test_a_missing_httpx_is_one_line_naming_the_extra(server, tmp_path, monkeypatch):
+    write_manifest(tmp_path, [{"name": n, "neighbor_of": ["tench"]} for n in ("goldfish", "axolotl", "koi")])
+    monkeypatch.setitem(sys.modules, "httpx", None)  # what an install without the retrieval extra sees
+    section = {"backend": "serpapi", "backend_kwargs": {"api_key": "test-key", "endpoint": server.url("/search.json")},
+               "download": LOOPBACK}  # fmt: skip
+    with pytest.raises(StageError) as e:
+        run_retrieve(section, CurateContext(str(tmp_path)))
+    assert str(e.value) == 'retrieve: httpx is not installed: pip install "neighbor-lt[retrieval]"'
+    assert server.requests["/search.json"] == 0
 
 
 # ---- images_per_class and the dry run ------------------------------------------------------------------------------

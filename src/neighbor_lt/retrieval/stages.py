@@ -31,6 +31,7 @@ from typing import Any
 
 from ..configs import ConfigError, from_dict
 from ..curate import CurateContext, StageError, check_backend_options
+from ..extras import missing_extra_message
 from ..files import write_json_atomic
 from ..neighbors.manifest import ManifestError, default_manifest_path, load_manifest
 from ..secrets import install_log_redaction, redact, redact_mapping
@@ -404,6 +405,8 @@ def search_all(
             else:
                 try:
                     hits = backend.search(query, max_results=args.results_per_query, wnid=entry.get("wnid"))
+                except ImportError as e:  # a missing extra fails every query alike: one line naming it, once
+                    raise StageError(f"retrieve: {missing_extra_message(e) or e}") from None
                 except Exception as e:  # one failing query must not stop the others; it is retried on the next run
                     message = redact(e if isinstance(e, SearchError) else f"{type(e).__name__}: {e}")
                     if message not in errors:  # each distinct error once, with the API's own words
