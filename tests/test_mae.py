@@ -18,6 +18,7 @@ from neighbor_lt.configs import (
     ModelArguments,
     NeighborLTTrainingArguments,
     parse_args,
+    resolve_resume,
 )
 from neighbor_lt.mae import (
     MAEModelArguments,
@@ -28,7 +29,6 @@ from neighbor_lt.mae import (
     encoder_state_dict,
     grid_size,
     reconstruction_grid,
-    resolve_resume,
 )
 from neighbor_lt.modeling import layerwise_param_groups, load_model
 from neighbor_lt.trainer import NeighborSilencingTrainer

@@ -348,7 +348,7 @@ def test_the_filter_follows_the_current_manifest(tmp_path, pool_file, colour_emb
 def test_filter_scores_are_redone_when_an_image_changes_targets(tmp_path, pool_file, tiny_dinov2):
     import pandas as pd
 
-    from neighbor_lt.neighbors.manifest import write_manifest
+    from neighbor_lt.neighbors.manifest import save_manifest
 
     context = context_for(tmp_path, pool_file)
     run_neighbors(neighbors_section(), context)
@@ -359,7 +359,7 @@ def test_filter_scores_are_redone_when_an_image_changes_targets(tmp_path, pool_f
     path = tmp_path / "neighbors" / "neighbors.json"
     manifest = load_manifest(path)
     manifest["auxiliary"][0]["neighbor_of"] = ["ocean liner"]  # school bus re-paired
-    write_manifest(manifest, str(path))
+    save_manifest(manifest, str(path))
     run_filter(section, context)
     decisions = pd.read_parquet(tmp_path / "filter" / "decisions.parquet")
     assert set(decisions["parent"]) == {"ocean liner"} and set(decisions["neighbor_of"]) == {'["ocean liner"]'}

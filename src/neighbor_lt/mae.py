@@ -43,7 +43,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from .augment import ImageTransform
-from .configs import ConfigError, ModelArguments, resolve_resume  # noqa: F401  (resolve_resume: re-exported)
+from .configs import ConfigError, ModelArguments
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ import os
 import torch
 
 from .augment import ImageTransform
+from .configs import resolve_resume
 from .mae import (
     MAEModelArguments,
     MAEPretrainer,
@@ -22,7 +23,6 @@ from .mae import (
     apply_base_learning_rate,
     build_mae_model,
     pretrain_transform,
-    resolve_resume,
     save_reconstruction_grid,
 )
 

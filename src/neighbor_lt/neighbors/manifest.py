@@ -192,9 +192,6 @@ def save_manifest(manifest: dict, path: str | os.PathLike) -> bool:
     return True
 
 
-write_manifest = save_manifest  # the name the neighbors and rank stages import
-
-
 def _reason_kind(reason: str) -> str:
     return re.sub(r" target .*$", " target", reason).split(":")[0].strip()
 
