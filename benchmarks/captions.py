@@ -143,6 +143,8 @@ def one_pass(folder: str, names: list[str], threads: int, memory_limit: str | No
 
 
 def main():
+    from neighbor_lt.results_md import add_results_arguments, record_benchmark
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--names", type=int, default=5000)
@@ -150,8 +152,7 @@ def main():
     parser.add_argument("--memory_limit", default="3GB")
     parser.add_argument("--max_results", type=int, default=800)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--machine_note", default="")
-    parser.add_argument("--no_append", action="store_true", help="print only; leave RESULTS.md alone")
+    add_results_arguments(parser)
     parser.add_argument("--_pass", help=argparse.SUPPRESS)  # internal: one measured pass in a child process
     args = parser.parse_args()
     names = choose_names(args.names, args.seed)
@@ -171,13 +172,8 @@ def main():
         print(json.dumps(result), flush=True)
     report = _report(results, args)
     print(report)
-    if not args.no_append:
-        from neighbor_lt.results_md import append_benchmark
-
-        title = "Captions backend: one pass for every name"
-        append_benchmark(
-            RESULTS, title, "benchmarks/captions.py", sys.argv[1:], _machine(args), report, args.machine_note
-        )
+    title = "Captions backend: one pass for every name"
+    record_benchmark(args, RESULTS, title, "benchmarks/captions.py", _machine(args), report)
 
 
 def _machine(args) -> str:

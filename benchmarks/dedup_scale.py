@@ -20,12 +20,12 @@ import argparse
 import os
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from neighbor_lt.results_md import add_results_arguments, record_benchmark
 from neighbor_lt.retrieval.download import DedupIndex
 from neighbor_lt.retrieval.filters import leak_phash_distances
 from neighbor_lt.retrieval.hamming import HammingIndex, min_hamming
@@ -147,8 +147,7 @@ def main(argv=None) -> None:
     parser.add_argument("--probes", type=int, default=2000, help="queries timed per dedup size")
     parser.add_argument("--scan_sample", type=int, default=20_000, help="candidates scanned for the leak scan")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--machine_note", default="")
-    parser.add_argument("--no_append", action="store_true", help="print only; leave RESULTS.md alone")
+    add_results_arguments(parser)
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
     dedup, leak = [], []
@@ -160,14 +159,8 @@ def main(argv=None) -> None:
         print(leak[-1], flush=True)
     report = _report(dedup, leak, args, (load_before, os.getloadavg()[0]))
     print(report)
-    if not args.no_append:
-        from neighbor_lt.results_md import append_benchmark
-
-        title = "Near-duplicate and leak checks: multi-index vs scan"
-        append_benchmark(
-            RESULTS, title, "benchmarks/dedup_scale.py", sys.argv[1:] if argv is None else argv, _machine(), report,
-            args.machine_note,
-        )  # fmt: skip
+    title = "Near-duplicate and leak checks: multi-index vs scan"
+    record_benchmark(args, RESULTS, title, "benchmarks/dedup_scale.py", _machine(), report, argv)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -42,7 +41,7 @@ import tempfile
 import time
 import urllib.request
 
-from neighbor_lt.results_md import append_benchmark
+from neighbor_lt.results_md import add_results_arguments, machine_line, record_benchmark
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which would check PyPI
 
@@ -265,8 +264,7 @@ def main():
     parser.add_argument("--processes", type=int, default=0, help="our num_processes (0: its default, per core)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each downloader")
     parser.add_argument("--only", choices=list(CONTENDERS), default=None, help="run one (for profiling)")
-    parser.add_argument("--machine_note", default="", help="added to the machine line, e.g. 'shared, load 8'")
-    parser.add_argument("--no_append", action="store_true", help="print only; leave RESULTS.md alone")
+    add_results_arguments(parser)
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # internal: run the server
     args = parser.parse_args()
     if args.serve:
@@ -353,11 +351,8 @@ def main():
     ]
     report = "\n".join(lines)
     print(report)
-    if not args.no_append:
-        machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU, load average {load:.1f} at the end"
-        append_benchmark(
-            RESULTS, "Download throughput", "benchmarks/download.py", sys.argv[1:], machine, report, args.machine_note
-        )
+    machine = machine_line("cpu", load=load, torch_version=False)
+    if record_benchmark(args, RESULTS, "Download throughput", "benchmarks/download.py", machine, report):
         print(f"appended to {RESULTS}")
 
 

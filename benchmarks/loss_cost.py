@@ -14,7 +14,6 @@ Results are appended to benchmarks/RESULTS.md.
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from neighbor_lt.losses import balanced_softmax_loss, neighbor_csr, neighbor_silencing_loss
-from neighbor_lt.results_md import append_results, results_section
+from neighbor_lt.results_md import add_results_arguments, machine_line, record_benchmark
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
@@ -109,7 +108,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--impl", default=None, help=argparse.SUPPRESS)  # internal: run one implementation
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    add_results_arguments(parser)
+    parser.add_argument("--no-record", dest="no_append", action="store_true", help=argparse.SUPPRESS)  # old name
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,7 +118,7 @@ def main():
         return
 
     rows = []
-    forwarded = [a for a in sys.argv[1:] if a != "--no-record"]
+    forwarded = [a for a in sys.argv[1:] if a not in ("--no-record", "--no_append")]
     for impl in ("balanced_softmax", "neighbor_silencing", "dense_reference"):
         out = subprocess.run([sys.executable, __file__, *forwarded, "--impl", impl], capture_output=True, text=True)
         if out.returncode != 0:
@@ -149,12 +149,9 @@ def main():
               f"(time {time_ratio:.2f}x, memory {mem_ratio:.2f}x)."]  # fmt: skip
     report = "\n".join(lines)
     print(report)
-    if not args.no_record:
-        machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-        if args.device.startswith("cuda"):
-            machine += f", {torch.cuda.get_device_name()}"
-        command = f"python benchmarks/loss_cost.py {' '.join(forwarded)}"
-        append_results(RESULTS, results_section("Loss cost", command, machine, report))
+    record_benchmark(
+        args, RESULTS, "Loss cost", "benchmarks/loss_cost.py", machine_line(args.device), report, forwarded
+    )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,7 @@ import argparse
 import contextlib
 import copy
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 
@@ -50,7 +48,7 @@ import transformers  # noqa: E402
 from transformers import TrainerCallback, set_seed  # noqa: E402
 
 from neighbor_lt import train  # noqa: E402
-from neighbor_lt.results_md import append_benchmark  # noqa: E402
+from neighbor_lt.results_md import add_results_arguments, machine_line, record_benchmark  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
@@ -240,8 +238,7 @@ def main():
     parser.add_argument("--embed-images", type=int, default=512)
     parser.add_argument("--embed-batch-size", type=int, default=64, help="the filter stage's default batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--machine_note", default="", help="added to the machine line, e.g. 'shared, load 8'")
-    parser.add_argument("--no_append", action="store_true", help="print only; leave RESULTS.md alone")
+    add_results_arguments(parser)
     args, args.recipe_args = parser.parse_known_args()  # the rest goes to the train recipe, e.g. --aux_dataset DIR
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -318,11 +315,8 @@ def main():
     ]
     report = "\n".join(lines)
     print(report)
-    if not args.no_append:
-        machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-        machine += f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ", no GPU"
-        title = "Training and filtering throughput"
-        append_benchmark(RESULTS, title, "benchmarks/throughput.py", sys.argv[1:], machine, report, args.machine_note)
+    title = "Training and filtering throughput"
+    if record_benchmark(args, RESULTS, title, "benchmarks/throughput.py", machine_line(args.device), report):
         print(f"appended to {RESULTS}")
 
 

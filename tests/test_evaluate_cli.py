@@ -84,14 +84,19 @@ def test_update_card_makes_them_the_runs_results(run_dir, monkeypatch, tmp_path)
     assert "train" in (copy / "README.md").read_text()
 
 
+def _copy_run(run_dir, folder, *extra):
+    """A copy of the run's model files (weights, config, processor) and ``extra`` of its other files."""
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", *extra):
+        (folder / name).write_bytes((run_dir / name).read_bytes())
+    return folder
+
+
 def test_bad_inputs_are_one_line_errors(run_dir, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(REPO)
     assert _evaluate("--split", "validation") == 2
     assert "--model is required" in capsys.readouterr().err
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "args.yaml"):
-        (bare / name).write_bytes((run_dir / name).read_bytes())
+    bare = _copy_run(run_dir, tmp_path / "bare", "args.yaml")
     assert _evaluate("--model", bare) == 2
     assert "has no neighbor_lt.json" in capsys.readouterr().err
     aux = REPO / "recipes/demo/data/aux/data/train-00000-of-00001.parquet"
@@ -99,10 +104,7 @@ def test_bad_inputs_are_one_line_errors(run_dir, monkeypatch, tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("configuration error")]
     assert len(errors) == 1 and "are not classes of the model" in errors[0]  # one line (progress bars aside)
     # a folder without args.yaml: the data comes from the command line, or it is a clear error
-    copied = tmp_path / "copied"
-    copied.mkdir()
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "neighbor_lt.json"):
-        (copied / name).write_bytes((run_dir / name).read_bytes())
+    copied = _copy_run(run_dir, tmp_path / "copied", "neighbor_lt.json")
     assert _evaluate("--model", copied) == 2
     assert "has no args.yaml to take the data settings from" in capsys.readouterr().err
     target = REPO / "recipes/demo/data/target"

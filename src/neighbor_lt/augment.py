@@ -133,6 +133,17 @@ class _Op(NamedTuple):
     tensor: Callable  # (float [n, 3, H, W] in 0..255, level [n]) -> the same
 
 
+def _enhance_op(enhancer, degenerate) -> _Op:
+    """One of PIL's ``ImageEnhance`` ops, factor 1 + level: a blend of the image with its degenerate version (gray,
+    mean gray, black, smoothed), which is what PIL computes, on tensors too."""
+    return _Op(
+        _enhance_level,
+        True,
+        lambda img, v: enhancer(img).enhance(1 + v),
+        lambda x, v: _blend(degenerate(x), x, 1 + v),
+    )
+
+
 _OPS = {
     "AutoContrast": _Op(_no_level, False, lambda img, v: ImageOps.autocontrast(img), lambda x, v: _autocontrast(x)),
     "Equalize": _Op(_no_level, False, lambda img, v: ImageOps.equalize(img), lambda x, v: _equalize(x)),
@@ -152,30 +163,10 @@ _OPS = {
     "SolarizeAdd": _Op(
         lambda m: np.trunc(110 * m), False, lambda img, v: _solarize_add_pil(img, int(v)), _solarize_add
     ),
-    "Color": _Op(
-        _enhance_level,
-        True,
-        lambda img, v: ImageEnhance.Color(img).enhance(1 + v),
-        lambda x, v: _blend(_gray(x), x, 1 + v),
-    ),
-    "Contrast": _Op(
-        _enhance_level,
-        True,
-        lambda img, v: ImageEnhance.Contrast(img).enhance(1 + v),
-        lambda x, v: _blend(_gray(x).mean((2, 3), keepdim=True), x, 1 + v),
-    ),
-    "Brightness": _Op(
-        _enhance_level,
-        True,
-        lambda img, v: ImageEnhance.Brightness(img).enhance(1 + v),
-        lambda x, v: _blend(0, x, 1 + v),
-    ),
-    "Sharpness": _Op(
-        _enhance_level,
-        True,
-        lambda img, v: ImageEnhance.Sharpness(img).enhance(1 + v),
-        lambda x, v: _blend(_smooth(x), x, 1 + v),
-    ),
+    "Color": _enhance_op(ImageEnhance.Color, _gray),
+    "Contrast": _enhance_op(ImageEnhance.Contrast, lambda x: _gray(x).mean((2, 3), keepdim=True)),
+    "Brightness": _enhance_op(ImageEnhance.Brightness, lambda x: 0),
+    "Sharpness": _enhance_op(ImageEnhance.Sharpness, _smooth),
     "ShearX": _Op(
         lambda m: 0.3 * m, True, lambda img, v: _affine_pil(img, (1, v, 0, 0, 1, 0)), lambda x, v: _affine(x, b=v)
     ),

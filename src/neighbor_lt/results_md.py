@@ -55,3 +55,60 @@ def append_benchmark(path: str, title: str, script: str, argv: list[str], machin
     """
     command = f"python {script} " + shlex.join(a for a in argv if a != "--no_append")
     append_results(path, results_section(title, command, machine + (f"; {note}" if note else ""), report))
+
+
+def add_results_arguments(parser) -> None:
+    """The two options every benchmark takes: ``--machine_note`` (added to the machine line) and ``--no_append``
+    (print only, leave the results file alone)."""
+    parser.add_argument("--machine_note", default="", help="added to the machine line, e.g. 'shared, load 8'")
+    parser.add_argument("--no_append", action="store_true", help="print only; leave RESULTS.md alone")
+
+
+def machine_line(device: str | None = None, load: float | None = None, torch_version: bool = True) -> str:
+    """The machine a benchmark ran on: architecture, CPU cores, torch (when imported), the GPU or "no GPU", and the
+    load average at the end when given.
+
+    Example:
+        >>> machine_line("cpu", load=1.2)  # doctest: +SKIP
+        'x86_64, 2 CPU cores, torch 2.9.0, no GPU, load average 1.2 at the end'
+
+    Args:
+        device: the torch device it measured on (``cuda...`` names the GPU); None: no GPU named either way.
+        load: the 1-minute load average at the end.
+        torch_version: name torch's version (when torch is imported).
+    """
+    import platform
+    import sys
+
+    parts = [platform.machine(), f"{os.cpu_count()} CPU cores"]
+    torch = sys.modules.get("torch")
+    if torch_version and torch is not None:
+        parts.append(f"torch {torch.__version__}")
+    if device is not None:
+        parts.append(torch.cuda.get_device_name() if device.startswith("cuda") and torch is not None else "no GPU")
+    if load is not None:
+        parts.append(f"load average {load:.1f} at the end")
+    return ", ".join(parts)
+
+
+def record_benchmark(args, path: str, title: str, script: str, machine: str, report: str, argv=None) -> bool:
+    """Append a benchmark's report to ``path`` unless ``--no_append`` was given (see :func:`add_results_arguments`);
+    whether it appended.
+
+    Example:
+        >>> record_benchmark(args, RESULTS, "Loss cost", "benchmarks/loss_cost.py", machine_line("cpu"), report)
+        ... # doctest: +SKIP
+
+    Args:
+        args: the parsed options (``no_append``, ``machine_note``).
+        path: the results file.
+        title, script, machine, report: as :func:`append_benchmark`.
+        argv: the benchmark's arguments (``sys.argv[1:]`` when None).
+    """
+    if getattr(args, "no_append", False):
+        return False
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    append_benchmark(path, title, script, argv, machine, report, getattr(args, "machine_note", ""))
+    return True
