@@ -1,5 +1,6 @@
 """The throughput benchmarks run end to end on tiny sizes (slow: deselected by default; `pytest -m slow` runs them)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -58,3 +59,24 @@ def test_dedup_scale_benchmark_runs():
         "dedup_scale.py", "--sizes", "3000", "6000", "--brute_sizes", "3000", "--eval_size", "2000", "--probes", "200"
     )
     assert "| DedupIndex.claim | 3,000 |" in stdout and "| leak_phash_distances | 6,000 |" in stdout
+
+
+@pytest.mark.slow
+def test_curate_scale_benchmark_runs(tiny_imagenet_dir, tmp_path):
+    results = tmp_path / "curate_scale.json"
+    stdout = run_benchmark(
+        "curate_scale.py", "--sizes", "100", "200", "--classes", "20", "--workers", "4", "--dup_rate", "0.05",
+        "--leak_rate", "0.05", "--results_json", str(results),
+    )  # fmt: skip
+    runs = json.loads(results.read_text())["runs"]
+    assert [r["candidates"] for r in runs] == [100, 200]
+    for run in runs:
+        assert set(run["stages"]) == {"retrieve", "filter", "build"}
+        for stage in run["stages"].values():
+            assert stage["wall_s"] > 0 and stage["peak_rss_mb"] > 0 and stage["images_per_s"] > 0
+        # every planted duplicate and leak was fetched and dropped by the product's checks, nothing else was
+        planted = run["planted"]
+        assert run["counts"]["retrieve"]["duplicate"] == planted["duplicate"] + planted["near"]
+        assert run["counts"]["filter"]["leak_phash"] == planted["leak"] > 0
+        assert run["counts"]["build"]["images"] == run["counts"]["filter"]["kept"]
+    assert "| 200 | filter |" in stdout and "- peak RSS at 200:" in stdout
