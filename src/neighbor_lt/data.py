@@ -438,7 +438,8 @@ def _builder_for(files: Sequence[str]) -> str:
 
 
 def load_aux_dataset(source: str, split: str = "train") -> Dataset:
-    """Load an auxiliary set (folder written by the curation recipe, Parquet file(s) or Hub id) and check its columns."""
+    """Load an auxiliary set (folder written by the curation recipe, in Parquet or WebDataset shards, Parquet file(s)
+    or Hub id) and check its columns."""
     if source.endswith(".parquet") or any(ch in source for ch in "*?["):
         loaded = load_source("aux_dataset", "parquet", data_files={split: _expand([source])})
     else:
@@ -446,6 +447,10 @@ def load_aux_dataset(source: str, split: str = "train") -> Dataset:
     if split not in loaded:
         raise ConfigError(f"auxiliary dataset {source} has no split {split!r}; splits are {list(loaded)}")
     aux = loaded[split]
+    if {"jpg", "cls", "json"} <= set(aux.column_names) and "image" not in aux.column_names:  # build.format: webdataset
+        from .retrieval.builder import aux_from_webdataset
+
+        aux = aux_from_webdataset(aux)
     missing = [c for c in AUX_COLUMNS if c not in aux.column_names]
     if missing:
         raise ConfigError(f"auxiliary dataset {source} lacks column(s) {missing}; columns are {aux.column_names}")

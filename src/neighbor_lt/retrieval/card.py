@@ -41,7 +41,8 @@ def render_dataset_card(
             ``pool_source`` (a local pool: its terms instead of websites' robots rules), ``prototype_filter`` and
             ``leak_check`` (False: the card leaves out the rows of checks that did not run), ``local_path`` (a set
             not on the Hub: the snippet loads this folder), ``block_private_addresses`` / ``allowed_networks`` (the
-            address guard's settings, as the download ran).
+            address guard's settings, as the download ran), ``format`` (``webdataset``: the card declares the tar
+            shards' features, with the ``class_names`` given, and the snippet renames them to the usual columns).
     """
     template_path = Path(template_path or DEFAULT_TEMPLATE)
     defaults = {
@@ -60,6 +61,7 @@ def render_dataset_card(
         "local_path": None,
         "block_private_addresses": True,
         "allowed_networks": None,
+        "format": "parquet",
     }
     values = {**defaults, **{k: v for k, v in variables.items() if v is not None}}
     if values["pool_source"] and "license_note" not in variables:
@@ -76,6 +78,13 @@ def render_dataset_card(
         task_categories=["image-classification"],
         tags=["neighbor-lt", "long-tail", "auxiliary-data", *(tags or [])],
     )
+    if values["format"] == "webdataset":  # the tar shards' types and class names: `datasets` cannot infer them
+        from datasets.info import DatasetInfo, DatasetInfosDict
+
+        from .builder import webdataset_features
+
+        info = DatasetInfo(features=webdataset_features(values.get("class_names") or []))
+        DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
     # no `configs:` block on purpose: with one, datasets 5.x caches a local folder under the config's hash alone, so
     # two folders (or two builds) with the same name load each other's stale rows; data/train-*.parquet resolves anyway
     return DatasetCard.from_template(card_data, template_path=str(template_path), **values)
@@ -98,6 +107,34 @@ def class_counts(names, rows) -> list[dict]:
         counts[name] += 1
         parents[name].update(neighbor_of or [])
     return [{"name": name, "neighbor_of": sorted(parents[name]), "count": count} for name, count in counts.items()]
+
+
+def count_stages(download_summary, decided, reasons, num_kept, num_published, manifest, filter_cfg, cap) -> dict:
+    """How many images each stage let through, for the card and the build summary (only the checks that ran).
+
+    Args:
+        download_summary: the retrieve stage's ``download_summary.json``; decided, reasons: the filter's decisions
+            (:func:`~neighbor_lt.retrieval.builder.decision_counts`); num_kept: images that passed the filters;
+            num_published: images in the set; manifest: the neighbor manifest; filter_cfg: the filter's
+            ``config.json``; cap: the per-class cap.
+    """
+    counts = {
+        "auxiliary classes in the neighbor manifest": len(manifest.get("auxiliary", [])),
+        "candidates found": download_summary.get("total", decided),
+        "retrieved and valid (ok)": decided,
+        "dropped: caption mismatch": reasons.get("caption", 0),
+        "dropped: leak (target evaluation near duplicate)": reasons.get("leak_phash", 0)
+        + reasons.get("leak_embedding", 0),
+        "dropped: outside [gamma_low, gamma_high]": reasons.get("similarity_low", 0)
+        + reasons.get("similarity_high", 0),
+        "passed the filters": num_kept,
+        f"published (cap {cap} per class)": num_published,
+    }
+    if not filter_cfg.get("model_name_or_path"):  # the card lists only the checks that ran
+        del counts["dropped: outside [gamma_low, gamma_high]"]
+    if filter_cfg and not filter_cfg.get("leak_check"):
+        del counts["dropped: leak (target evaluation near duplicate)"]
+    return counts
 
 
 def _search_source(retrieve_cfg: dict) -> tuple[str | None, bool]:
@@ -158,6 +195,8 @@ def curation_card(
         leak_check=leak_check,
         user_agent=download.get("user_agent"),
         local_path=local_path,
+        format=build.format,
+        class_names=[row["name"] for row in counts],
         block_private_addresses=download.get("block_private_addresses", True),
         allowed_networks=", ".join(download.get("allowed_networks") or []) or None,
         respect_robots_txt=download.get("respect_robots_txt", True),

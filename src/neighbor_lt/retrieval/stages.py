@@ -20,10 +20,10 @@ API keys never reach a file or a log line: ``retrieve/config.json`` is redacted,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,8 +35,17 @@ from ..extras import missing_extra_message
 from ..files import write_json_atomic
 from ..neighbors.manifest import ManifestError, default_manifest_path, load_manifest
 from ..secrets import install_log_redaction, redact, redact_mapping
-from .builder import select_per_class, write_aux_dataset
-from .card import class_counts, curation_card
+from .builder import (
+    FORMATS,
+    AuxDatasetWriter,
+    ClassSelector,
+    decision_counts,
+    decision_files,
+    kept_decisions,
+    select_streaming,
+    write_selected,
+)
+from .card import class_counts, count_stages, curation_card
 from .download import (
     OUTCOMES,
     DownloadConfig,
@@ -166,13 +175,26 @@ class BuildArguments:
         default="random", metadata={"help": "Which images survive the cap: random, rank, similarity."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the random selection."})
-    rows_per_shard: int = field(default=5000, metadata={"help": "Rows per Parquet shard."})
+    rows_per_shard: int = field(default=5000, metadata={"help": "Rows per shard."})
+    format: str = field(
+        default="parquet",
+        metadata={
+            "help": "parquet (data/train-*.parquet) or webdataset (data/train-*.tar: {sha256}.jpg / .cls / .json per "
+            "image, for sets over a few million images); load_dataset(folder) reads both."
+        },
+    )
     hub_dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset id (card snippet, push)."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the dataset when a Hub token is set."})
     private: bool = field(default=True, metadata={"help": "Create the Hub repository as private."})
     license: str = field(default="other", metadata={"help": "License field of the card."})
     card_template: str | None = field(default=None, metadata={"help": "Card template; hub_cards/dataset_card.md."})
     target_name: str | None = field(default=None, metadata={"help": "Name of the target set shown on the card."})
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ConfigError(f"build.format must be one of {', '.join(FORMATS)}, not {self.format!r}")
+        if self.rows_per_shard < 1:
+            raise ConfigError(f"build.rows_per_shard must be a positive integer (got {self.rows_per_shard})")
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
@@ -563,8 +585,17 @@ def _current_classes(items: list[dict], context: CurateContext) -> list[dict]:
 
 
 # ---- build ------------------------------------------------------------------------------------------------------
+#: The decisions' columns a published row is built from (and fingerprinted by).
+_BUILD_COLUMNS = ["aux_name", "sha256", "rank", "similarity", "path", "neighbor_of", "caption", "query", "source_url",
+                  "page_url"]  # fmt: skip
+
+
 def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[str, Any]:
-    """Cap the kept images per auxiliary class and write ``aux_dataset/`` (Parquet shards + card); push if asked.
+    """Cap the kept images per auxiliary class and write ``aux_dataset/`` (Parquet or WebDataset shards + card);
+    push if asked.
+
+    Streams: the decisions are read in batches (twice: to select, then to write), the shards are written one row group
+    at a time, and a build killed midway resumes from its complete shards.
 
     Example:
         >>> run_build({"max_images_per_class": 50}, context)["images"]  # doctest: +SKIP
@@ -585,41 +616,53 @@ def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[st
     args = _arguments(section, BuildArguments, "build")
     if args.max_images_per_class is None:  # one setting sizes the whole run: retrieve.images_per_class
         args = dataclasses.replace(args, max_images_per_class=context.arguments("retrieve").images_per_class)
-    frame, items = _kept_items(context)
     out = context.stage_dir("build")
     dataset_dir = os.path.join(context.output_dir, "aux_dataset")
-    fingerprint = hashlib.sha256(
-        json.dumps([sorted(r["key"] for r in items), dataclasses.asdict(args)], default=str).encode()
-    ).hexdigest()
+    batches = functools.partial(kept_decisions, context.output_dir)
+    selector = ClassSelector(args.max_images_per_class, args.selection, args.seed)
+    groups, num_kept, content = select_streaming(batches, _BUILD_COLUMNS, selector, args.min_images_per_class)
+    decided, reasons = decision_counts(context.output_dir)
+    if not num_kept:
+        raise StageError(
+            f"build: no image passed the filters ({decided} decided, see {decision_files(context.output_dir)[0]}); "
+            "the previous aux_dataset, if any, is left untouched"
+        )
+    fingerprint = hashlib.sha256(json.dumps([content, dataclasses.asdict(args)], default=str).encode()).hexdigest()
     previous = _load_json(os.path.join(out, "summary.json"), {})
     if previous.get("fingerprint") == fingerprint and os.path.exists(os.path.join(dataset_dir, "README.md")):
         logger.info("build: %s is up to date", dataset_dir)
         return previous
-
-    groups = select_per_class(items, args.max_images_per_class, args.selection, args.seed, args.min_images_per_class)
     if not groups:
         raise StageError(
             f"build: no auxiliary class has min_images_per_class={args.min_images_per_class} image(s) "
-            f"({len(items)} kept image(s)); the previous aux_dataset, if any, is left untouched"
+            f"({num_kept} kept image(s)); the previous aux_dataset, if any, is left untouched"
         )
     manifest = current_manifest(context)[1] or {}
     order = [a["name"] for a in manifest.get("auxiliary", [])]
     groups = dict(sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
+    num_images = sum(len(g) for g in groups.values())
+    writer = AuxDatasetWriter(
+        dataset_dir, list(groups), num_images, os.path.join(context.output_dir, "retrieve"), args.rows_per_shard,
+        args.format, fingerprint,
+    )  # fmt: skip
+    counts = class_counts(groups, write_selected(batches, _BUILD_COLUMNS, groups, writer))
     retrieve_cfg = _load_json(os.path.join(context.output_dir, "retrieve", "config.json"), {}) or {}
     filter_cfg = _load_json(os.path.join(context.output_dir, "filter", "config.json"), {}) or {}
-    stage_counts = _stage_counts(context, frame, len(items), groups, manifest, filter_cfg, args.max_images_per_class)
-    counts = class_counts(groups, ((name, item["neighbor_of"]) for name, group in groups.items() for item in group))
-    num_images = sum(len(g) for g in groups.values())
+    downloads = _load_json(os.path.join(context.output_dir, "retrieve", "download_summary.json"), {}) or {}
+    stage_counts = count_stages(
+        downloads, decided, reasons, num_kept, num_images, manifest, filter_cfg, args.max_images_per_class
+    )
     card = curation_card(
         args.hub_dataset_id or f"{os.path.basename(os.path.abspath(context.output_dir))}-aux",
         args, retrieve_cfg, filter_cfg, manifest, stage_counts, counts,
         local_path=None if args.hub_dataset_id else dataset_dir,
     )  # fmt: skip
-    write_aux_dataset(groups, os.path.join(context.output_dir, "retrieve"), dataset_dir, card, args.rows_per_shard)
+    writer.commit(card)
     summary = {
         "fingerprint": fingerprint,
         "images": num_images,
         "classes": len(groups),
+        "format": args.format,
         "stage_counts": stage_counts,
         "per_class": {row["name"]: row["count"] for row in counts},
         "dataset_dir": dataset_dir,
@@ -638,49 +681,3 @@ def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[st
     _save_json(os.path.join(out, "summary.json"), summary)
     logger.info("build: %d image(s) in %d class(es) -> %s", num_images, len(groups), dataset_dir)
     return summary
-
-
-def _kept_items(context: CurateContext):
-    """The filter's decisions and the kept images as dicts (``neighbor_of`` a list, a missing similarity None)."""
-    import pandas as pd
-
-    decisions_path = os.path.join(context.output_dir, "filter", "decisions.parquet")
-    if not os.path.exists(decisions_path):
-        raise StageError(f"build: {decisions_path} not found: run the filter stage first")
-    frame = pd.read_parquet(decisions_path)
-    kept = frame[frame["keep"]]
-    if kept.empty:
-        raise StageError(
-            f"build: no image passed the filters ({len(frame)} decided, see {decisions_path}); "
-            "the previous aux_dataset, if any, is left untouched"
-        )
-    items = []
-    for row in kept.to_dict("records"):
-        row["neighbor_of"] = json.loads(row["neighbor_of"])
-        if row["similarity"] is not None and isinstance(row["similarity"], float) and math.isnan(row["similarity"]):
-            row["similarity"] = None
-        items.append(row)
-    return frame, items
-
-
-def _stage_counts(context, frame, num_kept: int, groups: dict, manifest: dict, filter_cfg: dict, cap: int) -> dict:
-    """How many images each stage let through, for the card and the summary (only the checks that ran)."""
-    download_summary = _load_json(os.path.join(context.output_dir, "retrieve", "download_summary.json"), {}) or {}
-    reasons = Counter(frame["reason"])
-    stage_counts = {
-        "auxiliary classes in the neighbor manifest": len(manifest.get("auxiliary", [])),
-        "candidates found": download_summary.get("total", len(frame)),
-        "retrieved and valid (ok)": len(frame),
-        "dropped: caption mismatch": reasons.get("caption", 0),
-        "dropped: leak (target evaluation near duplicate)": reasons.get("leak_phash", 0)
-        + reasons.get("leak_embedding", 0),
-        "dropped: outside [gamma_low, gamma_high]": reasons.get("similarity_low", 0)
-        + reasons.get("similarity_high", 0),
-        "passed the filters": num_kept,
-        f"published (cap {cap} per class)": sum(len(g) for g in groups.values()),
-    }
-    if not filter_cfg.get("model_name_or_path"):  # the card lists only the checks that ran
-        del stage_counts["dropped: outside [gamma_low, gamma_high]"]
-    if filter_cfg and not filter_cfg.get("leak_check"):
-        del stage_counts["dropped: leak (target evaluation near duplicate)"]
-    return stage_counts
