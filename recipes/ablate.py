@@ -20,8 +20,7 @@ curation stages are reused. Top-level keys, train keys (`--train.KEY VALUE`) and
 
 import sys
 
-from neighbor_lt import ablation
-from neighbor_lt.configs import ConfigError
+from neighbor_lt import ablation, cli
 
 
 def main(argv=None) -> dict:
@@ -29,7 +28,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, ablation.AblationRunsFailed) as err:
-        sys.exit(f"{'configuration error: ' if isinstance(err, ConfigError) else ''}{err}")
+    sys.exit(cli.run_command("ablate", sys.argv[1:]))  # a config error: one line, exit 2; failed runs: exit 1

@@ -152,9 +152,9 @@ def test_config_overrides_and_errors(tmp_path):
     config = ablation.parse_config(
         ["--config", str(cfg), "--seeds", "4", "--train.lt_seed", "2", "--curate.neighbors.k", "3", "--variants", "c"]
     )
-    assert config["seeds"] == [4] and config["variants"] == ["c"]
-    assert config["train"] == {"num_train_epochs": 3, "lt_seed": 2}
-    assert config["curate"] == {"neighbors": {"k": 3}}
+    assert config.seeds == [4] and config.variants == ["c"]
+    assert config.train == {"num_train_epochs": 3, "lt_seed": 2}
+    assert config.curate == {"neighbors": {"k": 3}}
     with pytest.raises(ConfigError, match="unknown key"):
         ablation.parse_config(["--config", str(cfg), "--epochs", "3"])
     with pytest.raises(ConfigError, match="unknown variant"):
@@ -167,7 +167,7 @@ def test_the_visual_variant_is_opt_in_and_curates_its_own_set(tmp_path, monkeypa
     cfg = tmp_path / "a.yaml"
     cfg.write_text(f"output_dir: {tmp_path / 'o'}\ntrain_config: t.yaml\ncurate_config: {tmp_path / 'c.yaml'}\n")
     (tmp_path / "c.yaml").write_text("neighbors: {backend: wordnet, k: 5}\nretrieve: {backend: pool}\n")
-    assert "c_v" not in ablation.parse_config(["--config", str(cfg)])["variants"]
+    assert "c_v" not in ablation.parse_config(["--config", str(cfg)]).variants
     with pytest.raises(ConfigError, match="c_v needs visual.rank.model_name_or_path"):
         ablation.parse_config(["--config", str(cfg), "--variants", "c", "c_v"])
     config = ablation.parse_config(
@@ -207,7 +207,7 @@ def test_aux_datasets_curated_elsewhere_are_checked(tmp_path):
     bare.mkdir()
     args = ["--config", str(cfg), "--aux_datasets.neighbors", str(real / "aux_dataset")]
     config = ablation.parse_config([*args, "--variants", "a", "a_steps", "b", "c", "--aux_datasets.random", str(bare)])
-    assert config["aux_datasets"] == {"neighbors": str(real / "aux_dataset"), "random": str(bare)}
+    assert config.aux_datasets == {"neighbors": str(real / "aux_dataset"), "random": str(bare)}
     sets = ablation.curation.given_sets(config)
     assert sets["neighbors"] == str(real / "aux_dataset") and sets["random"] == str(bare)
     assert sets["manifest"]["aux_classes"] == 3 and sets["manifest"]["pairs"] == 6

@@ -4,26 +4,34 @@ A recipe is configured by a YAML file passed as ``--config``; any key can be ove
 (``--learning_rate 1e-4``). Unknown keys are an error, not a warning, so a typo never silently falls back to a
 default. The resolved arguments are written next to the outputs (``args.yaml``).
 
-The same pieces serve the curation and the ablation, whose configs are sections of settings rather than flat
-dataclasses: :func:`pop_config_path` and :func:`read_yaml_mapping` take the file, :func:`split_overrides` and
-:func:`parse_value` the dotted command-line overrides (``--neighbors.k 3``, ``--train.lt_seed 2``), and
-:func:`write_yaml` saves what was resolved next to the outputs.
+The reader, the key check and the writer are :mod:`neighbor_lt.config_schema`'s, the front-end the curation and
+the ablation (configs of sections rather than flat dataclasses) go through entirely; its pieces are importable from
+here too (:func:`read_yaml_mapping`, :func:`split_overrides`, :func:`parse_value`, :func:`write_yaml`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from .config_schema import (
+    ConfigError,
+    build,
+    close_matches,
+    plain,
+    pop_config_path,
+    read_yaml_mapping,
+    unknown_key_error,
+    write_yaml,
+)
+from .config_schema import parse_value as parse_value  # re-exported: the front-end's pieces, as configs named them
+from .config_schema import split_overrides as split_overrides
 from .extras import missing_tracker_message
 from .losses import LOSSES
 from .secrets import REDACTED, is_secret_name
@@ -274,10 +282,6 @@ class NeighborLTTrainingArguments(TrainingArguments):
         check_training_values(self)
 
 
-class ConfigError(ValueError):
-    """A configuration problem found before training starts."""
-
-
 def _check_range(owner, name: str, low: float, high: float | None = None, low_open: bool = False) -> None:
     value = getattr(owner, name)
     if value is None:
@@ -384,115 +388,6 @@ def debug_requested(flag: bool = False) -> bool:
     return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def pop_config_path(args: list[str], required: str | None = None) -> str | None:
-    """Remove ``--config PATH`` from ``args`` (in place) and return PATH; None when absent and not ``required``
-    (then ``required`` is the error message)."""
-    if "--config" not in args:
-        if required:
-            raise ConfigError(required)
-        return None
-    i = args.index("--config")
-    if i + 1 >= len(args):
-        raise ConfigError("--config needs a path to a YAML file")
-    path = args[i + 1]
-    del args[i : i + 2]
-    return path
-
-
-def read_yaml_mapping(path: str, expected: str = "a mapping of argument names to values") -> dict:
-    """The mapping of a YAML config file; a missing file, invalid YAML or a non-mapping is a one-line
-    :class:`ConfigError` (``expected`` says what the file should hold)."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        try:
-            values = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold {expected}")
-    return values
-
-
-def write_yaml(path: str, values: dict, header: str | None = None, sort_keys: bool = False) -> str:
-    """Write a resolved configuration atomically (a reader never sees half a file); ``header`` is a comment line.
-
-    Every front-end saves what it resolved next to its outputs this way: ``args.yaml`` (:func:`save_args`),
-    ``curate_config.yaml`` and the ablation's ``ablate.yaml`` / ``train.yaml``.
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        if header:
-            f.write(f"# {header}\n")
-        yaml.safe_dump(values, f, sort_keys=sort_keys)
-    os.replace(tmp, path)
-    return path
-
-
-def split_overrides(argv: list[str], usage: str, greedy: bool = False) -> list[tuple[str, list[str]]]:
-    """The ``--key value`` overrides of a command line (``--key=value`` too) as ``(key, [values])`` pairs.
-
-    Example:
-        >>> split_overrides(["--neighbors.k", "3", "--retrieve.backend=pool"], "--SECTION.KEY VALUE")
-        [('neighbors.k', ['3']), ('retrieve.backend', ['pool'])]
-        >>> split_overrides(["--seeds", "0", "1", "--train.lt_seed", "2"], "--key value", greedy=True)
-        [('seeds', ['0', '1']), ('train.lt_seed', ['2'])]
-
-    Args:
-        argv: the arguments after ``--config PATH`` was taken out.
-        usage: how an override is written, for the error message.
-        greedy: a key takes every value up to the next ``--key`` (lists such as ``--seeds 0 1 2``); otherwise
-            exactly the next argument.
-
-    Raises:
-        ConfigError: an argument that is not an override, or a key without a value.
-    """
-    out: list[tuple[str, list[str]]] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unknown argument {arg!r}: overrides are {usage}")
-        if "=" in arg:
-            key, value = arg[2:].split("=", 1)
-            out.append((key, [value]))
-            i += 1
-            continue
-        values = []
-        i += 1
-        while i < len(argv) and (greedy and not argv[i].startswith("--") or not greedy and not values):
-            values.append(argv[i])
-            i += 1
-        if not values:
-            raise ConfigError(f"{arg} needs a value")
-        out.append((arg[2:], values))
-    return out
-
-
-def _annotation_kinds(annotation) -> set[str]:
-    text = annotation if isinstance(annotation, str) else str(annotation)
-    return set(re.findall(r"\b(str|int|float|bool|list|dict|Any)\b", text))
-
-
-def parse_value(raw: str, annotation=None):
-    """A command-line string as the value its field takes: YAML (``3``, ``[1, 1, 3]``, ``null``, ``true``), but a
-    string field keeps the text (``--build.target_name 2024``) and a float field takes ``1e-4``."""
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
-        value = raw
-    kinds = _annotation_kinds(annotation) if annotation is not None else set()
-    if kinds == {"str"} and value is not None and not isinstance(value, str):
-        return raw
-    if "float" in kinds and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
 def _several_processes_without_gpu() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         return False
@@ -534,9 +429,10 @@ def parse_args(dataclass_types, args: list[str] | None = None, defaults: dict | 
             logger.warning("%s: %s was redacted; it is left unset (pass --%s or set it in the environment)",
                            config_path, key, key)  # fmt: skip
             values[key] = None
-        unknown = sorted(set(values) - _known_fields(dataclass_types))
+        known = _known_fields(dataclass_types)
+        unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown key(s) in {config_path}: {', '.join(unknown)}")
+            raise unknown_key_error(config_path, unknown, known)
         # YAML 1.1 reads `1e-4` as a string: convert with the same type argparse would use on the command line
         for action in parser._actions:
             if action.dest in values and isinstance(values[action.dest], str) and action.type in (int, float):
@@ -545,7 +441,8 @@ def parse_args(dataclass_types, args: list[str] | None = None, defaults: dict | 
         parser.set_defaults(**values)
     namespaces, remaining = parser.parse_known_args(args)
     if remaining:
-        raise ConfigError(f"unknown command-line argument(s): {' '.join(remaining)}")
+        hints = "".join(close_matches(a[2:].split("=")[0], _known_fields(dataclass_types)) for a in remaining[:1])
+        raise ConfigError(f"unknown command-line argument(s): {' '.join(remaining)}{hints}")
     if getattr(namespaces, "use_cpu", True) is False and _several_processes_without_gpu():
         # torchrun on CPU: without use_cpu, transformers runs N independent copies of the whole training (each
         # process thinks it is alone); with it, the gloo process group shares every epoch between them.
@@ -607,22 +504,6 @@ def no_pin_memory_on_cpu(training_args) -> None:
         training_args.dataloader_pin_memory = False
 
 
-def _plain(value):
-    """A value YAML can write and ``parse_args`` can read back: enums by value, dataclasses (``accelerator_config``)
-    as mappings, containers element by element."""
-    if isinstance(value, enum.Enum):  # IntervalStrategy ... (also a str: test first)
-        return _plain(value.value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool, type(None))):
-        return value
-    return str(value)
-
-
 def save_args(path: str, *arg_objects, extra: dict | None = None) -> None:
     """Write the resolved arguments as one YAML mapping (what timm's ``args.yaml`` does).
 
@@ -637,7 +518,7 @@ def save_args(path: str, *arg_objects, extra: dict | None = None) -> None:
         for f in dataclasses.fields(obj):
             if not f.init:
                 continue
-            value = _plain(getattr(obj, f.name))
+            value = plain(getattr(obj, f.name))
             if f.name in NOT_CARRIED:
                 value = None  # a rerun from args.yaml is a fresh run, not a resume of this run's checkpoint
             if value not in (None, "") and is_secret_name(f.name):
@@ -649,15 +530,11 @@ def save_args(path: str, *arg_objects, extra: dict | None = None) -> None:
 
 
 def from_dict(dataclass_type, values: dict | None, where: str = "config"):
-    """Build ``dataclass_type`` from a mapping, failing on unknown keys with a message naming ``where``.
+    """Build ``dataclass_type`` from a mapping, failing on unknown keys with a message naming ``where`` (the
+    front-end's :func:`neighbor_lt.config_schema.build`).
 
     Example:
         >>> from_dict(DataArguments, {"max_aux_per_class": 20}, where="train.yaml").max_aux_per_class
         20
     """
-    values = dict(values or {})
-    known = {f.name: f for f in dataclasses.fields(dataclass_type) if f.init}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    return dataclass_type(**values)
+    return build(dataclass_type, values, where)

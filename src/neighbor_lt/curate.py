@@ -31,7 +31,6 @@ This module imports no stage module at import time (the stages import it for :cl
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import inspect
 import logging
@@ -39,19 +38,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .configs import (
-    DEBUG_ENV,
-    ConfigError,
-    DataArguments,
-    _annotation_kinds,
-    _plain,
-    debug_requested,
-    parse_value,
-    read_yaml_mapping,
-    split_overrides,
-    write_yaml,
-)
-from .secrets import REDACTED, install_log_redaction, redact, redact_mapping
+from .config_schema import ConfigSchema, build, parse_value, plain, save_resolved, split_overrides
+from .configs import DEBUG_ENV, ConfigError, DataArguments, debug_requested
+from .secrets import install_log_redaction, redact, redact_mapping
 from .sources import check_data_paths
 
 logger = logging.getLogger(__name__)
@@ -115,7 +104,20 @@ STAGES: dict[str, Stage] = {
     )
 }  # fmt: skip
 
-TOP_LEVEL = ("output_dir", "stages", "target")
+
+def _schema_keys() -> dict:
+    """What a curation file holds: the ``target`` section, one section per stage, ``output_dir`` and ``stages``."""
+    stages = {name: stage.arguments_class() for name, stage in STAGES.items()}
+    return {"target": DataArguments, **stages, "output_dir": "str", "stages": "list[str]"}
+
+
+#: The curation's configuration file, for :mod:`neighbor_lt.config_schema` (the front-end train and ablate share).
+SCHEMA = ConfigSchema(
+    "curation",
+    _schema_keys,
+    usage=f"--SECTION.KEY VALUE with SECTION one of {', '.join(('target', *STAGES))}",
+    hint="on the command line, output_dir and stages are --output_dir and --stages",
+)
 
 
 def _load(target: str):
@@ -197,9 +199,7 @@ class CurateContext:
         cls = STAGES[stage].arguments_class()
         if isinstance(section, cls):
             return section
-        from .configs import from_dict
-
-        return from_dict(cls, section or {}, stage)
+        return build(cls, section, stage)
 
     @property
     def has_target(self) -> bool:
@@ -257,31 +257,11 @@ def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
     Raises:
         ConfigError: an argument that is not ``--dotted.key value``.
     """
-    usage = f"--SECTION.KEY VALUE with SECTION one of {', '.join(('target', *STAGES))}"
-    pairs = split_overrides(argv, usage)
+    pairs = split_overrides(argv, SCHEMA.usage)
     for key, _ in pairs:
         if "." not in key:
-            raise ConfigError(f"unknown argument {'--' + key!r}: overrides are {usage}")
+            raise ConfigError(f"unknown argument {'--' + key!r}: overrides are {SCHEMA.usage}")
     return [(key, values[0]) for key, values in pairs]
-
-
-def _fields(dataclass_type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(dataclass_type) if f.init}
-
-
-def _unknown_key(where: str, key: str, valid) -> ConfigError:
-    return ConfigError(f"unknown key {where}.{key} (valid keys of {where}: {', '.join(sorted(valid))})")
-
-
-def _drop_redacted(values: dict, where: str) -> dict:
-    """A saved config's ``<redacted>`` values left unset (the secret comes from the environment again)."""
-    out = {}
-    for key, value in values.items():
-        if value == REDACTED:
-            logger.warning("%s.%s was redacted: left unset (its environment variable is used)", where, key)
-            continue
-        out[key] = _drop_redacted(value, f"{where}.{key}") if isinstance(value, dict) else value
-    return out
 
 
 @dataclass
@@ -312,17 +292,15 @@ class CurateConfig:
         return CurateContext(self.output_dir, self.target, self.config_path, sections=self.sections)
 
     def resolved(self) -> dict:
-        """The configuration as one mapping, every default filled in and secrets redacted."""
-        out = {"output_dir": self.output_dir, "stages": list(self.stages), "target": _plain(self.target)}
-        for name in STAGES:
-            if name in self.sections:
-                out[name] = _plain(self.sections[name])
-        return redact_mapping(out)
+        """The configuration as one mapping, every default filled in (secrets are redacted when saved)."""
+        out = {"output_dir": self.output_dir, "stages": list(self.stages), "target": self.target}
+        out.update((name, self.sections[name]) for name in STAGES if name in self.sections)
+        return redact_mapping(plain(out))
 
     def save(self) -> str:
         """Write :meth:`resolved` to ``<output_dir>/curate_config.yaml``; ``--config`` on it reruns this curation."""
         header = "Resolved by recipes/curate.py (secrets redacted); rerun with --config this file."
-        return write_yaml(os.path.join(self.output_dir, CONFIG_NAME), self.resolved(), header=header)
+        return save_resolved(os.path.join(self.output_dir, CONFIG_NAME), self.resolved(), header=header)
 
 
 def load_config(
@@ -352,50 +330,18 @@ def load_config(
         ConfigError: a missing file, an unknown section / key / stage / backend option or an invalid value, with the
             valid keys; nothing has run yet.
     """
-    expected = f"a mapping (output_dir, stages, target, {', '.join(STAGES)})"
-    if values is None:
-        if not path:
-            raise ConfigError(f"config file not found: {path}")
-        values = read_yaml_mapping(path, expected)
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold {expected}")
-    values = _drop_redacted(values, "config")
-    known = (*TOP_LEVEL, *STAGES)
-    for key in values:
-        if key not in known:
-            raise ConfigError(f"unknown key {key!r} in {path} (valid keys: {', '.join(known)})")
-    for name in ("target", *STAGES):
-        if not isinstance(values.get(name) or {}, dict):
-            raise ConfigError(f"{name} must be a mapping of keys to values (got {values[name]!r})")
-    sections = {name: dict(values.get(name) or {}) for name in ("target", *STAGES)}
-    classes = {"target": DataArguments, **{name: stage.arguments_class() for name, stage in STAGES.items()}}
-
-    # overrides, each checked against its section's dataclass
+    values = SCHEMA.load(path, values=values, expected=f"a mapping (output_dir, stages, target, {', '.join(STAGES)})")
+    in_file = {name for name in STAGES if name in values}  # an optional stage runs by default when its section is
     pairs = parse_overrides(list(overrides)) if overrides and isinstance(list(overrides)[0], str) else overrides
     for dotted, raw in pairs:
-        section_name, *keys = dotted.split(".")
-        if section_name not in classes:
-            raise ConfigError(
-                f"unknown key {dotted} (the first part must be one of {', '.join(classes)}; output_dir and stages "
-                "are --output_dir and --stages)"
-            )
-        fields = _fields(classes[section_name])
-        if keys[0] not in fields:
-            raise _unknown_key(section_name, keys[0], fields)
-        target = sections[section_name]
-        for key in keys[:-1]:
-            target = target.setdefault(key, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"{dotted}: {key} is not a mapping")
-        annotation = fields[keys[0]].type if len(keys) == 1 else None
-        target[keys[-1]] = parse_value(raw, annotation)
+        SCHEMA.override(values, dotted, raw)
     if retry_failed:
-        sections["retrieve"]["retry_failed"] = True
+        values["retrieve"] = {**(values.get("retrieve") or {}), "retry_failed": True}
 
     output_dir = output_dir or values.get("output_dir")
     if not output_dir:
         raise ConfigError(f"{path}: set output_dir (or pass --output_dir)")
-    chosen = stages or values.get("stages") or [n for n, s in STAGES.items() if not s.optional or n in values]
+    chosen = stages or values.get("stages") or [n for n, s in STAGES.items() if not s.optional or n in in_file]
     if isinstance(chosen, str):
         chosen = [chosen]
     bad = [s for s in chosen if s not in STAGES]
@@ -403,33 +349,14 @@ def load_config(
         raise ConfigError(f"unknown stage(s) {', '.join(map(str, bad))}; choose from {', '.join(STAGES)}")
     chosen = [s for s in STAGES if s in chosen]  # pipeline order
 
-    checked = {}
-    for name, cls in classes.items():
-        if name != "target" and name not in chosen and name not in values:
-            continue  # a stage that does not run and has no section
-        fields = _fields(cls)
-        for key in sections[name]:
-            if key not in fields:
-                raise _unknown_key(name, key, fields)
-        section = {k: _from_yaml(v, fields[k].type) for k, v in sections[name].items()}
-        try:
-            checked[name] = cls(**section)
-        except ConfigError as e:
-            raise ConfigError(redact(e)) from None
-        except (TypeError, ValueError) as e:
-            raise ConfigError(redact(f"invalid {name} settings: {e}")) from None
-    target = checked.pop("target")
-    return CurateConfig(str(output_dir), chosen, target, checked, path)
-
-
-def _from_yaml(value, annotation):
-    """YAML 1.1 reads ``1e-4`` as a string: a float field converts it."""
-    if isinstance(value, str) and "float" in _annotation_kinds(annotation):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    classes = SCHEMA.specs()
+    sections = {
+        name: build(classes[name], values.get(name), name, dotted=True)
+        for name in ("target", *STAGES)
+        if name == "target" or name in chosen or name in in_file  # a stage that does not run and has no section
+    }
+    target = sections.pop("target")
+    return CurateConfig(str(output_dir), chosen, target, sections, path)
 
 
 def run_stage(name: str, config: CurateConfig, context: CurateContext):

@@ -20,12 +20,14 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import sys
+import textwrap
 
 from ..metrics import ACCURACY_KEYS as GROUPS
-from .config import DEFAULTS, parse_config
+from .config import DEFAULTS, AblationConfig, parse_config
 from .report import chart, check_targets, format_paired, markdown_table, paired_test, paired_tests, summarize
 from .runner import AblationRunsFailed, run
 from .variants import (
@@ -43,7 +45,11 @@ from .variants import (
 def help_text() -> str:
     """``neighbor-lt ablate --help``: usage, what it does and every top-level key with its default."""
     about = re.sub(r":\w+:`~?([^`]*)`", r"\1", __doc__.split("\n\nExample:")[0]).replace("``", "`")
-    keys = "\n".join(f"  --{key:<20} (default: {value!r})" for key, value in DEFAULTS.items())
+    keys = "\n".join(
+        "\n".join(textwrap.wrap(f"{f.metadata['help']} (default: {DEFAULTS[f.name]!r})", 116,
+                                initial_indent=f"  --{f.name:<20} ", subsequent_indent=" " * 25))
+        for f in dataclasses.fields(AblationConfig) if f.init
+    )  # fmt: skip
     return (
         "usage: neighbor-lt ablate --config ABLATE_YAML [--KEY VALUE ...] [--train.KEY VALUE ...] "
         "[--curate.SECTION.KEY VALUE ...]\n       (from the checkout: python recipes/ablate.py ...)\n\n"
@@ -72,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
 __all__ = [
     "COMPARISONS",
     "DEFAULTS",
+    "AblationConfig",
     "GROUPS",
     "OPT_IN",
     "VARIANTS",

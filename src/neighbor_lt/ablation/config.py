@@ -6,40 +6,65 @@ from __future__ import annotations
 import copy
 import glob
 import os
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
-from ..configs import ConfigError, parse_value, pop_config_path, read_yaml_mapping, split_overrides
+from ..config_schema import ConfigError, ConfigSchema, Keys, build, pop_config_path, read_yaml_mapping
 from .variants import VARIANTS
+
+
+def _key(default, help: str):
+    """A key of the ablation file: its default (a list or mapping is copied for each config) and its help."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class AblationConfig:
+    """The ablation's settings: the keys of an ablation YAML file, each with its default and help.
+
+    ``train`` holds train recipe keys (checked against the train recipe's arguments), ``curate`` and ``visual``
+    curate recipe sections (``{neighbors: {k: 3}}``, checked against the stages' settings). ``aux_datasets`` names
+    the build stage's ``aux_dataset`` folders (or Parquet files) of sets curated elsewhere: curation is skipped and
+    ``curate_config`` / ``curate`` / ``visual`` / ``control_*`` are not used; only the sets the variants need are
+    required (b, c and a_steps need neighbors, d random, c_v visual). ``control_fresh_only`` makes (c) - (d) compare
+    neighbors with other classes rather than the same images re-paired (an error when the neighbor set leaves too
+    few classes that are nobody's neighbor). ``sweep`` (``KEY=V1,V2`` or ``{KEY: [V1, V2]}``) trains every value x
+    variant x seed on the development split and plots each group's accuracy against the value (:mod:`.sweep`).
+    """
+
+    output_dir: str | None = _key(None, "Everything goes here: curate/, runs/ (or runs-dev/), summary.json, charts.")
+    train_config: str | None = _key(None, "The train recipe YAML every run starts from.")
+    train: dict = _key({}, "Train recipe keys for every run: {KEY: VALUE}.")
+    curate_config: str | None = _key(None, "The curate recipe YAML (its target: the train config's data keys).")
+    aux_datasets: dict = _key({}, "Sets curated elsewhere: {neighbors: DIR, random: DIR, visual: DIR}; no curation.")
+    curate: dict = _key({}, "Curate recipe overrides: {SECTION: {KEY: VALUE}}.")
+    visual: dict = _key({}, "(c+v): curate overrides of its set, e.g. {rank: {model_name_or_path: ...}} (required).")
+    variants: list[str] = _key(["a", "c", "a_steps", "b", "d"], "Variants to train; c_v only when named.")
+    seeds: list[int] = _key([0, 1, 2], "Seeds of every variant.")
+    control_seed: int = _key(0, "Seed of the random-class control.")
+    control_vocabulary: str | None = _key(None, "Candidate classes of the control; default: neighbors.vocabulary.")
+    control_fresh_only: bool = _key(False, "The control only from classes that are nobody's neighbor.")
+    development: bool = _key(False, "Evaluate on a development split (heldout_per_class a class), not eval_files.")
+    heldout_per_class: int = _key(50, "Images per class of the development split.")
+    figure: str | None = _key(None, "The chart; default: <output_dir>/ablation[-dev].png.")
+    results_md: str | None = _key(None, "Append the report to this Markdown file (e.g. benchmarks/RESULTS.md).")
+    title: str = _key("ablation", "Title of the report and the chart.")
+    sweep: Any = _key(None, "A training key swept on the development split: 'lambda_s=0.01,0.1,0.3,1'.")
+    report_only: bool = _key(False, "Report the finished runs, train nothing (while other processes train).")
+    #: The YAML file and the command line it came from (the summary records the command); not keys of the file.
+    config_path: str | None = field(default=None, init=False, repr=False)
+    argv: list[str] = field(default_factory=list, init=False, repr=False)
+
+    def resolved(self) -> dict:
+        """The keys of the file, as resolved (what ``ablate.yaml`` in the output folder holds)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
 
 #: Every key of an ablation YAML and its default.
 DEFAULTS = {
-    "output_dir": None,  # everything goes here: curate/, runs/ (or runs-dev/), summary.json, ablation.png
-    "train_config": None,  # the train recipe YAML every run starts from
-    "train": {},  # overrides of train-recipe keys, for every run
-    "curate_config": None,  # the curate recipe YAML (its target section is replaced by the train config's data keys)
-    # Curated already, elsewhere: {neighbors: DIR, random: DIR, visual: DIR}, the `aux_dataset` folders of the curate
-    # recipe's build stage (or Parquet files); when set, curation is skipped and curate_config / curate / visual /
-    # control_* are not used. Only the sets the variants need: b, c and a_steps need neighbors, d random, c_v visual.
-    "aux_datasets": {},
-    "curate": {},  # overrides: {section: {key: value}}
-    # (c+v) only: curate overrides of the visually ranked set, on top of `curate`: {rank: {model_name_or_path: ...}}
-    # (required), neighbors.candidate_factor 3 unless set
-    "visual": {},
-    "variants": ["a", "c", "a_steps", "b", "d"],
-    "seeds": [0, 1, 2],
-    "control_seed": 0,  # seed of the random-class control
-    "control_vocabulary": None,  # candidate classes of the control; default: the neighbors section's vocabulary
-    # the control only from classes that are nobody's neighbor (an error when the neighbor set leaves too few): then
-    # (c) - (d) compares neighbors with other classes, not the same images re-paired
-    "control_fresh_only": False,
-    "development": False,  # evaluate on a development split (heldout_per_class images per class), not eval_files
-    "heldout_per_class": 50,
-    "figure": None,  # default <output_dir>/ablation[-dev].png
-    "results_md": None,  # append the report to this Markdown file (e.g. benchmarks/RESULTS.md)
-    "title": "ablation",
-    # train one swept training key instead of the plain ablation: "lambda_s=0.01,0.1,0.3,1" (or {lambda_s: [...]}),
-    # each value x variant x seed on the development split, plotted with error bars (neighbor_lt.ablation.sweep)
-    "sweep": None,
-    "report_only": False,  # report the finished runs, train nothing (e.g. while other processes run other seeds)
+    f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(AblationConfig) if f.init
 }
 # DataArguments keys that define the target set: shared by the train runs and the curation's `target` section.
 TARGET_KEYS = (
@@ -49,21 +74,33 @@ TARGET_KEYS = (
 )  # fmt: skip
 
 
-def _set_dotted(config: dict, key: str, value) -> None:
-    parts = key.split(".")
-    node = config
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--{key}: {part!r} is not a section")
-    node[parts[-1]] = value
+def _schema_keys() -> dict:
+    """The ablation file's keys: its own values, the train recipe's keys under ``train``, the curate recipe's
+    sections under ``curate`` and ``visual``."""
+    from ..configs import DataArguments, ModelArguments, NeighborLTTrainingArguments
+    from ..curate import STAGES
+
+    stages = {name: Keys(stage.arguments_class()) for name, stage in STAGES.items()}
+    keys = {f.name: f.type for f in fields(AblationConfig) if f.init}
+    keys.update(train=Keys(ModelArguments, DataArguments, NeighborLTTrainingArguments), curate=stages, visual=stages)
+    return keys
 
 
-def parse_config(argv: list[str]) -> dict:
-    """The YAML of ``--config`` with ``--key value`` / ``--section.key value`` overrides; unknown top-level keys fail.
+#: The ablation's configuration file, for :mod:`neighbor_lt.config_schema` (the front-end train and curate share).
+SCHEMA = ConfigSchema(
+    "ablation",
+    _schema_keys,
+    usage="--key value (--train.KEY VALUE, --curate.SECTION.KEY VALUE)",
+    several=("seeds", "variants"),
+    hint="train recipe keys go under train., curate recipe keys under curate.SECTION.",
+)
+
+
+def parse_config(argv: list[str]) -> AblationConfig:
+    """The YAML of ``--config`` with ``--key value`` / ``--section.key value`` overrides, every key checked.
 
     Example:
-        >>> parse_config(["--config", "recipes/tiny_imagenet_lt/ablate.yaml", "--seeds", "0", "1"])["seeds"]
+        >>> parse_config(["--config", "recipes/tiny_imagenet_lt/ablate.yaml", "--seeds", "0", "1"]).seeds
         [0, 1]
 
     Args:
@@ -74,28 +111,19 @@ def parse_config(argv: list[str]) -> dict:
     path = pop_config_path(
         argv, required="--config needs the ablation YAML, e.g. recipes/tiny_imagenet_lt/ablate.yaml"
     )
-    loaded = read_yaml_mapping(path)
-    config = copy.deepcopy(DEFAULTS)
-    config.update(loaded)
-    for key, values in split_overrides(
-        argv, "--key value (--train.KEY VALUE, --curate.SECTION.KEY VALUE)", greedy=True
-    ):
-        parsed = [parse_value(v) for v in values]
-        value = parsed[0] if len(parsed) == 1 and key.split(".")[0] not in ("seeds", "variants") else parsed
-        _set_dotted(config, key, value)
-    unknown = sorted(set(config) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown}; known: {sorted(DEFAULTS)} (train keys go under train.)")
+    values = SCHEMA.load(path, argv, expected="a mapping of ablation keys to values")
+    values = {k: {} if v is None and isinstance(DEFAULTS[k], dict) else v for k, v in values.items()}  # `train:`
+    config = build(AblationConfig, values, "the ablation config")
     given = check_aux_datasets(config)
     for key in ("output_dir", "train_config") if given else ("output_dir", "train_config", "curate_config"):
-        if not config[key]:
+        if not getattr(config, key):
             raise ConfigError(f"{path} must set {key}")
-    bad = [v for v in config["variants"] if v not in VARIANTS]
+    bad = [v for v in config.variants if v not in VARIANTS]
     if bad:
         raise ConfigError(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}")
     if given:
         needs = {v: VARIANTS[v].aux or ("neighbors" if VARIANTS[v].equal_steps else None)
-                 for v in config["variants"]}  # fmt: skip
+                 for v in config.variants}  # fmt: skip
         missing = {v: s for v, s in needs.items() if s and s not in given}
         if missing:
             raise ConfigError(
@@ -103,26 +131,23 @@ def parse_config(argv: list[str]) -> dict:
                 + "; ".join(f"variant {v} needs aux_datasets.{s}" for v, s in missing.items())
                 + f" (given: {sorted(given) or 'none'})"
             )
-    elif "c_v" in config["variants"] and not ((config["visual"] or {}).get("rank") or {}).get("model_name_or_path"):
+    elif "c_v" in config.variants and not (config.visual.get("rank") or {}).get("model_name_or_path"):
         raise ConfigError(
             "variant c_v needs visual.rank.model_name_or_path: the image model that ranks the candidates (a Hub id, "
             "or a folder from recipes/train.py, e.g. the (a) run of a first pass with --variants a)"
         )
-    if not config["seeds"] or not all(isinstance(s, int) for s in config["seeds"]):
-        raise ConfigError(f"seeds must be a list of integers, got {config['seeds']!r}")
-    config["config_path"] = path
-    config["argv"] = argv_given
+    if not config.seeds or not all(isinstance(s, int) for s in config.seeds):
+        raise ConfigError(f"seeds must be a list of integers, got {config.seeds!r}")
+    config.config_path, config.argv = path, argv_given
     return config
 
 
 AUX_SETS = ("neighbors", "random", "visual")
 
 
-def check_aux_datasets(config: dict) -> dict:
+def check_aux_datasets(config: AblationConfig) -> dict:
     """The ``aux_datasets`` mapping (curated elsewhere), checked: known set names, paths that exist."""
-    given = config["aux_datasets"]
-    if given is None:
-        given = config["aux_datasets"] = {}
+    given = config.aux_datasets
     if not isinstance(given, dict):
         raise ConfigError(
             f"aux_datasets must be a mapping {{neighbors: DIR, random: DIR, visual: DIR}}, got {given!r}"
@@ -141,19 +166,19 @@ def check_aux_datasets(config: dict) -> dict:
     return given
 
 
-def resolved_train_config(config: dict) -> dict:
+def resolved_train_config(config: AblationConfig) -> dict:
     """The train recipe YAML with the ``train`` overrides (and the development split when asked for)."""
-    train = read_yaml_mapping(config["train_config"])
-    train.update(config["train"] or {})
-    if config["development"]:
-        train["heldout_eval_per_class"] = config["heldout_per_class"]
+    train = read_yaml_mapping(config.train_config)
+    train.update(config.train)
+    if config.development:
+        train["heldout_eval_per_class"] = config.heldout_per_class
     return train
 
 
-def resolved_curate_config(config: dict, train: dict, output_dir: str) -> dict:
+def resolved_curate_config(config: AblationConfig, train: dict, output_dir: str) -> dict:
     """The curate recipe YAML with the ``curate`` overrides, the training config's target set and ``output_dir``."""
-    curate = read_yaml_mapping(config["curate_config"])
-    for section, values in (config["curate"] or {}).items():
+    curate = read_yaml_mapping(config.curate_config)
+    for section, values in config.curate.items():
         if isinstance(values, dict) and isinstance(curate.get(section), dict):
             curate[section] = {**curate[section], **values}
         else:

@@ -4,6 +4,7 @@ each curated in this process by :func:`neighbor_lt.curate.run`; or sets curated 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -11,9 +12,9 @@ from collections import Counter
 
 import numpy as np
 
-from ..configs import write_yaml
+from ..config_schema import write_yaml
 from ..neighbors.manifest import default_manifest_path, find_manifest, load_manifest, save_manifest
-from .config import resolved_curate_config
+from .config import AblationConfig, resolved_curate_config
 from .variants import VARIANTS, random_control_manifest, read_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ def run_curate(config_path: str, stages, log_path: str) -> None:
     try:
         curate.run(curate.load_config(config_path, stages=list(stages)))
     except curate.StageError as err:
+        if isinstance(err, curate.ConfigError):  # a setting to fix (a rejected API key): one line, exit status 2
+            raise
         raise RuntimeError(f"curation stage {err.stage} failed: {err}; see {log_path}") from err
     finally:
         root.removeHandler(handler)
@@ -73,22 +76,22 @@ def images_per_class(aux_dir: str) -> dict:
     return {"classes": len(counts) if counts != [0] else 0, "min": int(min(counts)), "max": int(max(counts))}
 
 
-def given_sets(config: dict) -> dict:
+def given_sets(config: AblationConfig) -> dict:
     """The auxiliary sets of ``aux_datasets`` (curated elsewhere) in the shape :func:`curate_sets` returns; the
     statistics come from a ``neighbors.json`` found beside each set, when there is one."""
     sets = {}
-    for name, path in config["aux_datasets"].items():
+    for name, path in config.aux_datasets.items():
         sets[name] = path
         manifest_path = find_manifest(path)
         stats = {"aux_dataset": path}
         if manifest_path:
             stats.update(manifest_stats(load_manifest(manifest_path)), manifest=manifest_path)
         sets[STATS_KEYS[name]] = stats
-    logger.info("curation skipped (aux_datasets): %s", config["aux_datasets"])
+    logger.info("curation skipped (aux_datasets): %s", config.aux_datasets)
     return sets
 
 
-def curate_sets(config: dict, train: dict, out: str) -> dict:
+def curate_sets(config: AblationConfig, train: dict, out: str) -> dict:
     """The neighbor set and the random control, curated; returns their aux_dataset folders and the control stats."""
     real_dir, control_dir = os.path.join(out, "curate", "neighbors"), os.path.join(out, "curate", "random")
     real_cfg = resolved_curate_config(config, train, real_dir)
@@ -96,13 +99,13 @@ def curate_sets(config: dict, train: dict, out: str) -> dict:
     t0 = time.time()
     run_curate(real_yaml, CURATE_STAGES, os.path.join(real_dir, "curate.log"))
     manifest = load_manifest(default_manifest_path(real_dir))
-    vocab_path = config["control_vocabulary"] or (real_cfg.get("neighbors") or {}).get("vocabulary")
+    vocab_path = config.control_vocabulary or (real_cfg.get("neighbors") or {}).get("vocabulary")
     if vocab_path:
         vocabulary = read_vocabulary(vocab_path)
     else:  # no vocabulary: re-pair the real auxiliary classes with random targets
         vocabulary = [{"name": a["name"], "wnid": a.get("wnid")} for a in manifest["auxiliary"]]
     control, stats = random_control_manifest(
-        manifest, vocabulary, seed=config["control_seed"], fresh_only=bool(config.get("control_fresh_only"))
+        manifest, vocabulary, seed=config.control_seed, fresh_only=bool(config.control_fresh_only)
     )
     stats["vocabulary"] = vocab_path or "the real auxiliary classes (re-paired)"
     control_path = default_manifest_path(control_dir)
@@ -121,20 +124,21 @@ def curate_sets(config: dict, train: dict, out: str) -> dict:
     stats["images_per_class"] = {k: images_per_class(sets[k]) for k in ("neighbors", "random")}
     if stats["images_per_class"]["neighbors"] != stats["images_per_class"]["random"]:
         logger.warning("the control's images per class differ from the neighbor set's: %s", stats["images_per_class"])
-    if any(VARIANTS[v].aux == "visual" for v in config["variants"]):
+    if any(VARIANTS[v].aux == "visual" for v in config.variants):
         sets.update(curate_visual_set(config, train, out))
     logger.info("curation done in %.0f s; control: %s", time.time() - t0, stats)
     return sets
 
 
-def curate_visual_set(config: dict, train: dict, out: str) -> dict:
+def curate_visual_set(config: AblationConfig, train: dict, out: str) -> dict:
     """The (c+v) set: the neighbor set's curation with the ``visual`` overrides and the rank stage (curate/visual)."""
     visual_dir = os.path.join(out, "curate", "visual")
-    overrides = {**config, "curate": copy.deepcopy(config["curate"] or {})}
-    visual = copy.deepcopy(config["visual"] or {})
+    curate = copy.deepcopy(config.curate)
+    visual = copy.deepcopy(config.visual)
     visual.setdefault("neighbors", {}).setdefault("candidate_factor", 3)
     for section, values in visual.items():
-        overrides["curate"][section] = {**(overrides["curate"].get(section) or {}), **(values or {})}
+        curate[section] = {**(curate.get(section) or {}), **(values or {})}
+    overrides = dataclasses.replace(config, curate=curate)
     visual_yaml = write_yaml(
         os.path.join(visual_dir, "curate.yaml"), resolved_curate_config(overrides, train, visual_dir)
     )

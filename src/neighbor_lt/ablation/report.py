@@ -15,6 +15,7 @@ import numpy as np
 from ..files import write_json_atomic
 from ..metrics import ACCURACY_KEYS as GROUPS
 from ..results_md import append_results
+from .config import AblationConfig
 from .variants import COMPARISONS, VARIANTS, VISUAL_COMPARISONS
 
 
@@ -188,7 +189,7 @@ def chart(table: dict, path: str, title: str) -> str:
     return path
 
 
-def report(config: dict, runs: list[dict], sets: dict, steps_c: int | None, wall_s: float) -> dict:
+def report(config: AblationConfig, runs: list[dict], sets: dict, steps_c: int | None, wall_s: float) -> dict:
     """Write ``summary.json`` (and the chart, and the results-file section when ``results_md`` is set), print the
     tables; the summary.
 
@@ -199,8 +200,8 @@ def report(config: dict, runs: list[dict], sets: dict, steps_c: int | None, wall
         steps_c: optimizer steps of (c), also run by (a=).
         wall_s: wall time of this invocation.
     """
-    out = config["output_dir"]
-    variants = [v for v in VARIANTS if v in config["variants"]]
+    out = config.output_dir
+    variants = [v for v in VARIANTS if v in config.variants]
     table = summarize(runs, variants)
     per_class = {}
     for r in runs:
@@ -208,17 +209,17 @@ def report(config: dict, runs: list[dict], sets: dict, steps_c: int | None, wall
     groups = runs[0]["groups"] if runs else None
     paired = paired_tests(per_class, groups=groups) if runs else {}
     targets = check_targets(table)
-    split = "development" if config["development"] else "evaluation"
-    suffix = "-dev" if config["development"] else ""
-    figure = config["figure"] or os.path.join(out, f"ablation{suffix}.png")
+    split = "development" if config.development else "evaluation"
+    suffix = "-dev" if config.development else ""
+    figure = config.figure or os.path.join(out, f"ablation{suffix}.png")
     if table:
-        chart(table, figure, f"{config['title']} ({split} split); seeds {config['seeds']}")
-    command = "python recipes/ablate.py " + shlex.join(config.get("argv") or [])
+        chart(table, figure, f"{config.title} ({split} split); seeds {config.seeds}")
+    command = "python recipes/ablate.py " + shlex.join(config.argv or [])
     machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU threads, torch {_torch_version()}"
     summary = {
         "command": command, "date": datetime.date.today().isoformat(), "machine": machine, "split": split,
         "wall_s": round(wall_s, 1), "steps_of_c": steps_c,
-        **({"aux_datasets": config["aux_datasets"]} if config["aux_datasets"] else {}),
+        **({"aux_datasets": config.aux_datasets} if config.aux_datasets else {}),
         **({"neighbors": sets["manifest"]} if "manifest" in sets else {}),
         **({"control": sets["control"]} if "control" in sets else {}),
         **({"visual": sets["visual_manifest"]} if "visual_manifest" in sets else {}),
@@ -238,23 +239,23 @@ def report(config: dict, runs: list[dict], sets: dict, steps_c: int | None, wall
     for line in targets:
         print(line)
     print(f"summary: {os.path.join(out, f'summary{suffix}.json')}; chart: {figure}; wall {wall_s / 60:.1f} min")
-    if config["results_md"] and table:
-        append_results(config["results_md"], results_md_section(config, summary, sets, text))
+    if config.results_md and table:
+        append_results(config.results_md, results_md_section(config, summary, sets, text))
     return summary
 
 
-def results_md_section(config: dict, summary: dict, sets: dict, table_text: str) -> str:
+def results_md_section(config: AblationConfig, summary: dict, sets: dict, table_text: str) -> str:
     """The ablation's section of a results file: command, machine, sets, tables, bars and chart."""
-    rel = os.path.relpath(summary["figure"], os.path.dirname(os.path.abspath(config["results_md"])))
+    rel = os.path.relpath(summary["figure"], os.path.dirname(os.path.abspath(config.results_md)))
     paired = summary["paired"]
     return "\n".join([
-        f"## {config['title']}: does learning from neighbors help? ({summary['date']}, {summary['split']} split)",
+        f"## {config.title}: does learning from neighbors help? ({summary['date']}, {summary['split']} split)",
         "",
         f"- Command: `{summary['command']}`",
         f"- Machine: {summary['machine']}; wall time {summary['wall_s'] / 60:.1f} min for this invocation (runs done "
         "before are reused)",
         f"- Neighbors: {json.dumps(sets.get('manifest'))}; control: {json.dumps(sets.get('control'))}"
-        + ("; curated elsewhere (aux_datasets)" if config["aux_datasets"] else "")
+        + ("; curated elsewhere (aux_datasets)" if config.aux_datasets else "")
         + (f"; (c+v) visually ranked: {json.dumps(sets['visual_manifest'])}" if sets.get("visual_manifest") else ""),
         f"- (c) and (a=) take {summary['steps_of_c']} optimizer steps; every run is `neighbor_lt.train.run`, as "
         "`recipes/train.py` runs it",

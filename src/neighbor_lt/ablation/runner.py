@@ -3,17 +3,18 @@ through :class:`~neighbor_lt.run_folder.RunFolder`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
 
-from ..configs import write_yaml
+from ..config_schema import save_resolved, write_yaml
 from ..files import write_json_atomic
 from ..metrics import ACCURACY_KEYS as GROUPS
 from ..run_folder import RunFolder
 from . import curation, sweep
-from .config import resolved_train_config
+from .config import AblationConfig, resolved_train_config
 from .report import report
 from .variants import VARIANTS, optimizer_steps
 
@@ -82,7 +83,12 @@ def _line(i, total, r) -> str:
 
 
 def train_runs(
-    config: dict, train_yaml: str, sets: dict, steps_c: int | None, runs_dir: str | None = None, extra_args=()
+    config: AblationConfig,
+    train_yaml: str,
+    sets: dict,
+    steps_c: int | None,
+    runs_dir: str | None = None,
+    extra_args=(),
 ) -> tuple[list[dict], list[str]]:
     """Every variant x seed, seeds outermost (a run cut short still has whole seeds); a finished run is reused.
     Returns the run records and the failures (one failed run does not lose the others).
@@ -91,14 +97,14 @@ def train_runs(
         runs_dir: where the runs go (default ``<output_dir>/runs`` or ``runs-dev``).
         extra_args: training arguments added to every run (a sweep's ``--KEY VALUE``).
     """
-    runs_dir = runs_dir or os.path.join(config["output_dir"], "runs-dev" if config["development"] else "runs")
-    plan = [(s, v) for s in config["seeds"] for v in config["variants"]]
+    runs_dir = runs_dir or os.path.join(config.output_dir, "runs-dev" if config.development else "runs")
+    plan = [(s, v) for s in config.seeds for v in config.variants]
     runs, failed = [], []
     for i, (seed, name) in enumerate(plan, 1):
         variant = VARIANTS[name]
         run_dir = os.path.join(runs_dir, name, f"seed{seed}")
         result = read_run(run_dir, name, seed)
-        if result is None and config["report_only"]:
+        if result is None and config.report_only:
             print(f"[{i}/{len(plan)}] {variant.label}, seed {seed}: not run yet (report_only)", flush=True)
             continue
         if result is not None:
@@ -128,7 +134,7 @@ def train_runs(
     return runs, failed
 
 
-def run(config: dict) -> dict:
+def run(config: AblationConfig) -> dict:
     """The whole ablation: check the configs, curate the sets once (or take ``aux_datasets``), train every variant x
     seed, report; the summary (also written to ``summary.json``).
 
@@ -143,28 +149,28 @@ def run(config: dict) -> dict:
     """
     from ..train import load_config
 
-    out = config["output_dir"]
+    out = config.output_dir
     os.makedirs(out, exist_ok=True)
     wall = time.time()
-    if config.get("sweep"):
-        sweep.parse_sweep(config["sweep"])  # checked before any work
-        config = {**config, "development": True}  # settings are chosen on the development split
+    if config.sweep:
+        sweep.parse_sweep(config.sweep)  # checked before any work
+        config = dataclasses.replace(config, development=True)  # settings are chosen on the development split
 
     # configs, checked before any work
     train = resolved_train_config(config)
     train_yaml = write_yaml(os.path.join(out, "train.yaml"), train)
     load_config(["--config", train_yaml])
-    write_yaml(os.path.join(out, "ablate.yaml"), {k: v for k, v in config.items() if k not in ("config_path", "argv")})
+    save_resolved(os.path.join(out, "ablate.yaml"), config.resolved())
 
     # curation, once (every stage skips finished work)
-    sets = curation.given_sets(config) if config["aux_datasets"] else curation.curate_sets(config, train, out)
+    sets = curation.given_sets(config) if config.aux_datasets else curation.curate_sets(config, train, out)
     steps_c = steps_of_c(train_yaml, sets["neighbors"]) if "neighbors" in sets else None
     print(
         f"auxiliary sets ready: {sets.get('manifest')}; control {sets.get('control')}; (c) takes {steps_c} steps",
         flush=True,
     )
 
-    if config.get("sweep"):
+    if config.sweep:
         summary = sweep.run_sweep(config, train_yaml, sets, steps_c, train_runs)
         if summary["failed"]:
             raise AblationRunsFailed(
@@ -174,7 +180,7 @@ def run(config: dict) -> dict:
     runs, failed = train_runs(config, train_yaml, sets, steps_c)
     summary = report(config, runs, sets, steps_c, time.time() - wall)
     if failed:
-        total = len(config["seeds"]) * len(config["variants"])
+        total = len(config.seeds) * len(config.variants)
         raise AblationRunsFailed(
             f"{len(failed)} of {total} runs failed ({'; '.join(failed)}); rerun the same command to retry them"
         )

@@ -20,9 +20,10 @@ import os
 
 import numpy as np
 
-from ..configs import ConfigError, parse_value
+from ..config_schema import ConfigError, parse_value
 from ..files import write_json_atomic
 from ..metrics import ACCURACY_KEYS as GROUPS
+from .config import AblationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -121,15 +122,15 @@ def sweep_chart(summary: dict, path: str, title: str) -> str:
     return path
 
 
-def run_sweep(config: dict, train_yaml: str, sets: dict, steps_c: int | None, train_runs) -> dict:
+def run_sweep(config: AblationConfig, train_yaml: str, sets: dict, steps_c: int | None, train_runs) -> dict:
     """Every value x variant x seed (values outermost; finished runs reused), then ``sweep-KEY.json`` and
     ``sweep-KEY.png`` in :func:`sweep_dir`. ``train_runs`` is the runner's loop (runs folder and extra arguments).
 
     Returns:
         the sweep summary (with ``failed``: the runs that failed, which a rerun retries).
     """
-    key, values = parse_sweep(config["sweep"])
-    out = sweep_dir(config["output_dir"], key)
+    key, values = parse_sweep(config.sweep)
+    out = sweep_dir(config.output_dir, key)
     runs_by_value, failed = {}, []
     for value in values:
         runs, bad = train_runs(
@@ -141,7 +142,7 @@ def run_sweep(config: dict, train_yaml: str, sets: dict, steps_c: int | None, tr
     summary = summarize_sweep(key, values, runs_by_value)
     summary["failed"] = failed
     summary["figure"] = sweep_chart(
-        summary, os.path.join(out, f"sweep-{key}.png"), f"{config['title']}: {key} sweep, seeds {config['seeds']}"
+        summary, os.path.join(out, f"sweep-{key}.png"), f"{config.title}: {key} sweep, seeds {config.seeds}"
     )
     write_json_atomic(os.path.join(out, f"sweep-{key}.json"), summary, indent=1)
     for row in summary["rows"]:
