@@ -150,14 +150,16 @@ def save_resolved(path: str, values, header: str | None = None) -> str:
     return write_yaml(path, redact_mapping(plain(values)), header=header)
 
 
-def drop_redacted(values: dict, where: str = "config") -> dict:
-    """A saved config's ``<redacted>`` values left unset (the secret comes from the environment again)."""
+def drop_redacted(values: dict, prefix: str = "") -> dict:
+    """A saved config's ``<redacted>`` values left unset: the secret comes from the command line or the environment
+    again (``prefix``: the section the mapping is, for the message)."""
     out = {}
     for key, value in values.items():
         if value == REDACTED:
-            logger.warning("%s.%s was redacted: left unset (its environment variable is used)", where, key)
+            logger.warning("%s%s was redacted: left unset (pass it on the command line or set its environment "
+                           "variable)", prefix, key)  # fmt: skip
             continue
-        out[key] = drop_redacted(value, f"{where}.{key}") if isinstance(value, dict) else value
+        out[key] = drop_redacted(value, f"{prefix}{key}.") if isinstance(value, dict) else value
     return out
 
 
@@ -328,7 +330,7 @@ class ConfigSchema:
             values = read_yaml_mapping(path, expected)
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold {expected}")
-        values = drop_redacted(values, "config")
+        values = drop_redacted(values)
         unknown = [k for k in values if k not in specs]
         if unknown:
             raise unknown_key_error(path or f"the {self.name} config", unknown, specs, hint=self.hint)

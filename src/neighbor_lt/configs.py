@@ -22,12 +22,12 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .config_schema import (
     ConfigError,
+    ConfigSchema,
     build,
     close_matches,
     plain,
     pop_config_path,
     read_yaml_mapping,
-    unknown_key_error,
     write_yaml,
 )
 from .config_schema import parse_value as parse_value  # re-exported: the front-end's pieces, as configs named them
@@ -396,6 +396,13 @@ def _several_processes_without_gpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def flat_schema(dataclass_types) -> ConfigSchema:
+    """The train recipe's file for the front-end: every field of ``dataclass_types`` is a top-level key (no sections;
+    ``HfArgumentParser`` types the values)."""
+    keys = {f.name: f.type for dc in dataclass_types for f in dataclasses.fields(dc) if f.init}
+    return ConfigSchema("training", keys, usage="--KEY VALUE")
+
+
 def _one_line_error(message: str):
     raise ConfigError(message)
 
@@ -424,15 +431,8 @@ def parse_args(dataclass_types, args: list[str] | None = None, defaults: dict | 
         values = {**(defaults or {}), **(read_yaml_mapping(config_path) if config_path is not None else {})}
         config_path = config_path or "the given defaults"
         values.pop(RUN_KEY, None)  # facts recorded by save_args (process count ...), not arguments
-        for key in [k for k, v in values.items() if v == REDACTED]:
-            # a saved args.yaml: the secret was not written; take it from the environment or the command line
-            logger.warning("%s: %s was redacted; it is left unset (pass --%s or set it in the environment)",
-                           config_path, key, key)  # fmt: skip
-            values[key] = None
-        known = _known_fields(dataclass_types)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise unknown_key_error(config_path, unknown, known)
+        # every key checked; a saved args.yaml's redacted secret is left unset (the command line or environment)
+        values = flat_schema(dataclass_types).load(config_path, values=values)
         # YAML 1.1 reads `1e-4` as a string: convert with the same type argparse would use on the command line
         for action in parser._actions:
             if action.dest in values and isinstance(values[action.dest], str) and action.type in (int, float):
