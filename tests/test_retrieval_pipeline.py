@@ -129,12 +129,13 @@ def test_pool_filter_build_chain(tmp_path, tiny_imagenet_dir, valid_rows, tiny_d
     decisions = pd.read_parquet(tmp_path / "filter" / "decisions.parquet")
     assert decisions["similarity"].notna().all() and decisions["leak_similarity"].notna().all()
     assert decisions.set_index("sha256").loc[leaked_sha, "reason"] == "leak_phash"
-    scorer_files = sorted((tmp_path / "filter").glob("scores-*.jsonl"))
-    lines = {p.name: p.read_text().count("\n") for p in scorer_files}
+    scorer_files = sorted((tmp_path / "filter").glob("scores-*/part-*.parquet"))
+    lines = {p.name: p.stat().st_mtime_ns for p in scorer_files}
     median = float(decisions.loc[decisions["reason"] == "kept", "similarity"].median())
     summary = run_filter({**section, "gamma_low": median}, context)
     assert summary["similarity_low"] > 0 and summary["kept"] > 0
-    assert {p.name: p.read_text().count("\n") for p in scorer_files} == lines  # nothing re-scored
+    assert sorted((tmp_path / "filter").glob("scores-*/part-*.parquet")) == scorer_files  # nothing re-scored
+    assert {p.name: p.stat().st_mtime_ns for p in scorer_files} == lines
     assert len(list((tmp_path / "filter").glob("prototypes-*.npz"))) == 1
 
     # build

@@ -10,9 +10,8 @@ import hashlib
 import json
 import logging
 import os
-from collections import Counter
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -37,18 +36,53 @@ def caption_matches(name: str, caption: str) -> bool:
     return name_in_text(name, caption)
 
 
-def embedding_key(model_name_or_path: str, pooling: str) -> str:
-    """The cache key of an embedding space (a model and its pooling), known before the model is loaded."""
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_dtype(precision: str, device: str):
+    """The autocast dtype of a ``precision`` setting on ``device`` (None: plain fp32).
+
+    ``auto`` is bf16 on a CUDA device that supports it (fp16 on older ones) and fp32 elsewhere: a CPU without bf16
+    units runs bf16 slower than fp32.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if precision == "auto":
+        if not str(device).startswith("cuda"):
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def embedding_key(model_name_or_path: str, pooling: str, precision: str = "fp32") -> str:
+    """The cache key of an embedding space (a model, its pooling and, when not fp32, the autocast precision), known
+    before the model is loaded."""
     name = model_name_or_path
-    return f"{os.path.abspath(name) if os.path.isdir(name) else name}|{pooling}"
+    key = f"{os.path.abspath(name) if os.path.isdir(name) else name}|{pooling}"
+    return key if precision == "fp32" else f"{key}|{precision}"
+
+
+def _open_rgb(image) -> Image.Image:
+    """A PIL image, or the file at a path, decoded as RGB."""
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    return image.convert("RGB")
 
 
 class ImageEmbedder:
     """L2-normalized image embeddings from any HF ``AutoModel`` (DINOv2, ViT, CLIP, ...), batched with a progress bar.
 
+    Decoding and preprocessing run ``decode_threads`` batches ahead in a thread pool while the model embeds the
+    current batch (PIL and numpy release the GIL for most of that work).
+
     Example:
         >>> embedder = ImageEmbedder("facebook/dinov2-small", pooling="cls")  # or a local folder
         >>> embedder.embed([Image.new("RGB", (64, 64))]).shape  # doctest: +SKIP
+        (1, 384)
+        >>> embedder.embed(["retrieve/images/ab/abcd.jpg"]).shape  # files are decoded in the threads  # doctest: +SKIP
         (1, 384)
 
     Args:
@@ -57,6 +91,8 @@ class ImageEmbedder:
         batch_size: images per forward pass.
         device: torch device; CUDA when available by default.
         trust_remote_code: allow code from the model's repository.
+        precision: autocast of the forward pass: fp32, bf16, fp16 or auto (bf16 / fp16 on CUDA, fp32 on CPU).
+        decode_threads: threads decoding and preprocessing batches ahead; 0: in the calling thread.
     """
 
     def __init__(
@@ -66,6 +102,8 @@ class ImageEmbedder:
         batch_size: int = 64,
         device: str | None = None,
         trust_remote_code: bool = False,
+        precision: str = "fp32",
+        decode_threads: int = 0,
     ):
         import torch
         from transformers import AutoImageProcessor, AutoModel
@@ -74,6 +112,9 @@ class ImageEmbedder:
             raise ValueError(f"pooling must be cls, mean or pooler, not {pooling!r}")
         self.name, self.pooling, self.batch_size = model_name_or_path, pooling, batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = autocast_dtype(precision, self.device)
+        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        self.decode_threads = decode_threads
         self.processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         self.model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         self.model.eval().to(self.device)
@@ -81,7 +122,7 @@ class ImageEmbedder:
     @property
     def key(self) -> str:
         """Identifies the embedding space (cache key)."""
-        return embedding_key(self.name, self.pooling)
+        return embedding_key(self.name, self.pooling, self.precision)
 
     def _forward(self, pixel_values):
         model = self.model
@@ -94,26 +135,64 @@ class ImageEmbedder:
             return outputs.pooler_output.flatten(1)
         return hidden[:, 0] if self.pooling == "cls" else hidden[:, 1:].mean(dim=1)
 
-    def embed(self, images: Iterable[Image.Image], total: int | None = None, desc: str = "embed") -> np.ndarray:
-        """Embed PIL images; returns a float32 array of unit rows."""
+    def _prepare(self, batch: list):
+        """Decode (paths) and preprocess one batch: the model's pixel values."""
+        return self.processor(images=[_open_rgb(image) for image in batch], return_tensors="pt")["pixel_values"]
+
+    def _embed_pixels(self, pixel_values) -> np.ndarray:
         import torch
 
-        chunks, batch = [], []
+        device_type = torch.device(self.device).type
+        with torch.inference_mode(), torch.autocast(device_type, self.dtype, enabled=self.dtype is not None):
+            features = self._forward(pixel_values.to(self.device)).float()
+        return torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
 
-        def flush():
-            inputs = self.processor(images=batch, return_tensors="pt")
-            with torch.no_grad():
-                features = self._forward(inputs["pixel_values"].to(self.device)).float()
-            chunks.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
-            batch.clear()
+    def embed(
+        self, images: Iterable, total: int | None = None, desc: str = "embed", progress: bool = True
+    ) -> np.ndarray:
+        """Embed PIL images or image files (paths); returns a float32 array of unit rows.
 
-        for image in tqdm(images, total=total, desc=desc, unit="img"):
-            batch.append(image.convert("RGB"))
-            if len(batch) == self.batch_size:
-                flush()
-        if batch:
-            flush()
+        Args:
+            images: PIL images or paths, in order.
+            total: their number (for the progress bar).
+            desc: the progress bar's label.
+            progress: show a progress bar.
+        """
+        batches = _batched(images, self.batch_size)
+        chunks = []
+        with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+            for pixel_values in _prefetched(self._prepare, batches, self.decode_threads):
+                chunks.append(self._embed_pixels(pixel_values))
+                bar.update(len(chunks[-1]))
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def _batched(items: Iterable, size: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _prefetched(prepare: Callable, batches: Iterable, threads: int):
+    """``prepare(batch)`` of each batch in order, up to ``threads`` batches ahead in a thread pool (0: inline)."""
+    if threads <= 0:
+        yield from map(prepare, batches)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        ahead = deque()
+        for batch in batches:
+            ahead.append(pool.submit(prepare, batch))
+            if len(ahead) > threads:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
 
 
 def iter_images(dataset, image_column: str = "image", batch_size: int = 256):
@@ -214,151 +293,46 @@ def decide(score: dict, gamma_low: float | None, gamma_high: float | None, leak_
     return True, "kept"
 
 
-# ---- the filter stage's scoring ---------------------------------------------------------------------------------
-@dataclass
-class References:
-    """What the retrieved images are scored against: the target prototypes and the evaluation images."""
+class PhashLeakIndex:
+    """Perceptual-hash distances of candidates to the evaluation images, within ``radius``, through one multi-index
+    (:class:`~neighbor_lt.retrieval.hamming.HammingTable`) built once and queried chunk by chunk.
 
-    scorer_id: str
-    embedder: ImageEmbedder | None = None
-    prototypes: np.ndarray | None = None
-    index: dict[str, int] = field(default_factory=dict)  # target class name -> prototype row
-    eval_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
-    eval_embeddings: np.ndarray | None = None
-    eval_refs: list[str] = field(default_factory=list)  # "<split>#<row>" of each evaluation image
-
-
-def build_references(args, target, out: str) -> References:
-    """The embedder, target prototypes and evaluation hashes / embeddings, computed once and cached under ``out``.
+    Example:
+        >>> index = PhashLeakIndex(phash_to_int(["ff00ff00ff00ff00"]), radius=4)
+        >>> index.distances([{"phash": "ff00ff00ff00ff03"}, {"phash": "0000000000000000"}])
+        [2, None]
 
     Args:
-        args: the filter settings (:class:`~neighbor_lt.retrieval.stages.FilterArguments`).
-        target: the target set (its train split for prototypes, the others for the leak check); None when neither
-            runs.
-        out: the filter stage's folder (the caches).
+        eval_hashes: the evaluation images' hashes (uint64).
+        radius: the largest distance counted as a leak; negative: none.
     """
-    embedder = None
-    if args.model_name_or_path:
-        embedder = ImageEmbedder(
-            args.model_name_or_path, args.pooling, args.batch_size, args.device, args.trust_remote_code
-        )
-    leak_splits = []
-    if args.leak_check:
-        leak_splits = args.leak_splits or [s for s in target if s != args.train_split]
-    scorer = json.dumps([embedder.key if embedder else None, leak_splits, args.train_split])
-    refs = References(hashlib.sha256(scorer.encode()).hexdigest()[:12], embedder)
-    if embedder is not None:
-        train = target[args.train_split]
-        names = train.features[args.label_column].names
-        refs.index = {name: i for i, name in enumerate(names)}
-        refs.prototypes = cached_array(
-            os.path.join(out, f"prototypes-{refs.scorer_id}.npz"),
-            dataset_key(train, embedder.key),
-            lambda: compute_prototypes(embedder, train, len(names), args.image_column, args.label_column),
-        )
-    for split in leak_splits:
-        ds = target[split]
-        hashes = cached_array(
-            os.path.join(out, f"eval-phash-{split}.npz"), dataset_key(ds, "phash"), lambda ds=ds: _phashes(ds, args)
-        )
-        refs.eval_hashes = np.concatenate([refs.eval_hashes, hashes])
-        refs.eval_refs += [f"{split}#{i}" for i in range(len(ds))]
-        if embedder is not None:
-            emb = cached_array(
-                os.path.join(out, f"eval-emb-{refs.scorer_id}-{split}.npz"),
-                dataset_key(ds, embedder.key),
-                lambda ds=ds, split=split: embedder.embed(
-                    iter_images(ds, args.image_column), len(ds), f"embed {split}"
-                ),
-            )
-            refs.eval_embeddings = emb if refs.eval_embeddings is None else np.concatenate([refs.eval_embeddings, emb])
-    return refs
 
+    def __init__(self, eval_hashes: np.ndarray, radius: int):
+        self.eval_hashes, self.radius = eval_hashes, radius
+        self.table = HammingTable(eval_hashes, radius) if 0 <= radius < 64 and len(eval_hashes) else None
 
-def score_batch(batch: list[dict], refs: References, retrieve_dir: str, desc: str) -> list[dict]:
-    """One chunk's scores: caption match, perceptual-hash and embedding leak distances, prototype similarity."""
-    # the class name, or the term the search matched in the caption (a synonym, for the captions backend)
-    results = [
-        {
-            "key": r["key"],
-            "caption_ok": any(caption_matches(n, r["caption"]) for n in (r["aux_name"], r.get("query")) if n),
-        }
-        for r in batch
-    ]
-    if refs.embedder is not None:
-        images = (Image.open(os.path.join(retrieve_dir, r["path"])) for r in batch)
-        emb = refs.embedder.embed(images, len(batch), desc=desc)
-        for result, record, vector in zip(results, batch, emb):
-            parents = [refs.index[n] for n in record.get("neighbor_of") or [] if n in refs.index]
-            if parents:
-                sims = refs.prototypes[parents] @ vector
-                result["similarity"] = float(sims.max())
-                result["parent"] = record["neighbor_of"][int(sims.argmax())]
-            result["targets"] = list(record.get("neighbor_of") or [])
-        if refs.eval_embeddings is not None:
-            best, where = max_similarity(emb, refs.eval_embeddings)
-            for result, value, i in zip(results, best, where):
-                result["leak_similarity"], result["leak_match"] = float(value), refs.eval_refs[i]
-    return results
-
-
-DECISION_COLUMNS = (
-    "key aux_name query sha256 phash path caption rank source_url page_url neighbor_of caption_ok similarity parent "
-    "leak_similarity leak_match leak_phash_distance keep reason"
-).split()
+    def distances(self, items: list[dict]) -> list[int | None]:
+        """Per item (its ``phash``), the smallest distance to an evaluation image when it is at most the radius."""
+        if self.radius < 0 or not len(self.eval_hashes) or not items:
+            return [None] * len(items)
+        queries = phash_to_int(r["phash"] for r in items)
+        if self.table is None:  # radius 64 or more: every hash is within it
+            distances = min_hamming(queries, self.eval_hashes)
+        else:
+            distances = self.table.min_distance(queries)
+        return [int(d) if 0 <= d <= self.radius else None for d in distances]
 
 
 def leak_phash_distances(items: list[dict], eval_hashes: np.ndarray, radius: int) -> list[int | None]:
     """Per item, the smallest perceptual-hash distance to an evaluation image when it is at most ``radius``.
 
-    Through a multi-index over the evaluation hashes (:class:`~neighbor_lt.retrieval.hamming.HammingTable`), so it
-    is cheap enough to redo with the current threshold on every run instead of being cached with the scores.
+    Through a multi-index over the evaluation hashes (:class:`PhashLeakIndex`), so it is cheap enough to redo with
+    the current threshold on every run instead of being cached with the scores.
     """
-    if radius < 0 or not len(eval_hashes) or not items:
-        return [None] * len(items)
-    queries = phash_to_int(r["phash"] for r in items)
-    if radius >= 64:
-        distances = min_hamming(queries, eval_hashes)
-    else:
-        distances = HammingTable(eval_hashes, radius).min_distance(queries)
-    return [int(d) if 0 <= d <= radius else None for d in distances]
+    return PhashLeakIndex(eval_hashes, radius).distances(items)
 
 
-def write_decisions(items: list[dict], scores: dict[str, dict], args, out: str, eval_hashes=None) -> Counter:
-    """Decide keep or drop from the scores with the current thresholds; write ``decisions.parquet``; count reasons.
-
-    The perceptual-hash leak distance is recomputed here from ``eval_hashes`` (None: the scores' own, as cached by
-    earlier versions) and recorded only when it is within ``args.leak_phash_distance``.
-    """
-    import pandas as pd
-
-    rows, reasons = [], Counter()
-    near = None if eval_hashes is None else leak_phash_distances(items, eval_hashes, args.leak_phash_distance)
-    for n, record in enumerate(items):
-        score = scores[record["key"]]
-        if near is not None:
-            score = {**score, "leak_phash_distance": near[n]}
-        keep, reason = decide(
-            score, args.gamma_low, args.gamma_high, args.leak_similarity,
-            args.leak_phash_distance, args.caption_filter,
-        )  # fmt: skip
-        reasons[reason] += 1
-        rows.append(
-            {
-                **{k: record.get(k) for k in ("key", "aux_name", "query", "sha256", "phash", "path", "caption")},
-                "rank": record.get("rank"),
-                **{k: record.get(k) for k in ("source_url", "page_url")},
-                "neighbor_of": json.dumps(record.get("neighbor_of") or []),
-                **{k: score.get(k) for k in ("caption_ok", "similarity", "parent")},
-                **{k: score.get(k) for k in ("leak_similarity", "leak_match", "leak_phash_distance")},
-                "keep": keep,
-                "reason": reason,
-            }
-        )
-    pd.DataFrame(rows, columns=DECISION_COLUMNS).to_parquet(os.path.join(out, "decisions.parquet"), index=False)
-    return reasons
-
-
-def _phashes(ds, args) -> np.ndarray:
-    images = iter_images(ds, args.image_column)
+def phashes(ds, image_column: str = "image") -> np.ndarray:
+    """The perceptual hashes of a `datasets` dataset's images (uint64)."""
+    images = iter_images(ds, image_column)
     return phash_to_int(perceptual_hash(im.convert("RGB")) for im in tqdm(images, total=len(ds), desc="phash"))

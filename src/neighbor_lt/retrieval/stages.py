@@ -6,8 +6,10 @@ Files under ``output_dir``:
   an API twice; ``retrieve/urls.parquet``: every candidate URL (the hand-off to img2dataset);
   ``retrieve/downloads.jsonl``: one line per candidate with its outcome; ``retrieve/images/``: stored images;
   ``retrieve/dry_run.json``: with ``dry_run``, the requests and list price the searches would take (nothing sent).
-- ``filter/scores-<scorer>.jsonl``: per-image scores; ``filter/decisions.parquet``: scores plus keep and reason;
-  ``filter/prototypes-*.npz`` and ``filter/eval-*.npz``: cached prototypes and evaluation embeddings / hashes.
+- ``filter/scores-<scorer>/part-*.parquet``: per-image scores, one shard per unit of work (a JSONL score file of
+  earlier versions is moved into a shard once); ``filter/decisions.parquet``: scores plus keep and reason;
+  ``filter/prototypes-*.npz`` and ``filter/eval-*.npz``: cached prototypes and evaluation embeddings / hashes;
+  ``filter/summary.json``: counts per reason and the stage's ``timings_s``.
 - ``aux_dataset/``: the published dataset (``data/train-*.parquet`` + README.md); ``build/summary.json``.
 
 Each stage logs a one-line summary and raises :class:`StageError` (``recipes/curate.py`` exits 1 with its message)
@@ -55,8 +57,8 @@ from .download import (
     iter_img2dataset,
     read_jsonl,
 )
-from .filters import build_references, score_batch, write_decisions
 from .pricing import describe_estimate, estimate_search_cost
+from .scoring import check_pass_settings, score_and_decide
 from .search import Candidate, SearchError, get_search_backend, search_backend_class
 
 logger = logging.getLogger(__name__)
@@ -148,7 +150,30 @@ class FilterArguments:
     )
     pooling: str = field(default="cls", metadata={"help": "cls, mean or pooler."})
     batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
-    device: str | None = field(default=None, metadata={"help": "Torch device; CUDA when available."})
+    device: str | None = field(
+        default=None,
+        metadata={"help": "Torch device; empty: CUDA when available (worker i on GPU i % count), else CPU."},
+    )
+    num_proc: int | None = field(
+        default=None,
+        metadata={
+            "help": "Scoring processes, each with its own model (the CPU cores are shared out between them); empty: "
+            "one per CUDA device, 1 without a GPU."
+        },
+    )
+    shard_size: int = field(
+        default=2048,
+        metadata={"help": "Images per score shard: the unit of work of a process and of resuming after a kill."},
+    )
+    decode_threads: int = field(
+        default=2, metadata={"help": "Threads per process decoding and preprocessing the next batches; 0: none."}
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "Autocast of the embedding pass: auto (bf16 / fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16."
+        },
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the model repository."})
     gamma_low: float | None = field(default=0.7, metadata={"help": "Lowest cosine similarity to the prototype."})
     gamma_high: float | None = field(default=0.98, metadata={"help": "Highest similarity (drops near-copies)."})
@@ -161,6 +186,10 @@ class FilterArguments:
     train_split: str = field(default="train", metadata={"help": "Target split the prototypes come from."})
     image_column: str = field(default="image", metadata={"help": "Image column of the target set."})
     label_column: str = field(default="label", metadata={"help": "Label column of the target set."})
+
+    def __post_init__(self):
+        """Check the pass's settings before any model is loaded: one line naming each bad key."""
+        check_pass_settings(self)
 
 
 @dataclass
@@ -492,7 +521,7 @@ def search_all(
 
 
 # ---- filter -----------------------------------------------------------------------------------------------------
-def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[str, int]:
+def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[str, Any]:
     """Score every retrieved image (caption, prototype similarity, leak check) and decide keep or drop.
 
     Example:
@@ -504,7 +533,9 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
         context: has ``output_dir`` and ``target`` (train split for prototypes, other splits for the leak check).
 
     Returns:
-        Counts per reason (``kept`` or the reason for dropping), also in ``filter/summary.json``.
+        ``images``, the count per reason (``kept`` or the reason for dropping) and ``timings_s`` (seconds of the
+        reference embeddings, the scoring pass, the leak checks, the decisions and the whole stage), also in
+        ``filter/summary.json``.
 
     Raises:
         StageError: nothing was retrieved, or no image passed the filters (the decisions are written first).
@@ -514,30 +545,8 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
     out = context.stage_dir("filter")
     _save_json(os.path.join(out, "config.json"), redact_mapping(dataclasses.asdict(args)))
     target = context.target if args.model_name_or_path or args.leak_check else None
-    refs = build_references(args, target, out)
-
-    # scores, resumable in chunks
-    scores_path = os.path.join(out, f"scores-{refs.scorer_id}.jsonl")
-    scores = {s["key"]: s for s in read_jsonl(scores_path)}
-    # a score is redone when its image's targets changed (a new neighbor manifest); older scores carry no targets
-    todo = [
-        r for r in items
-        if r["key"] not in scores or scores[r["key"]].get("targets", r["neighbor_of"]) != r["neighbor_of"]
-    ]  # fmt: skip
-    logger.info("filter: %d image(s), %d already scored, %d to score", len(items), len(items) - len(todo), len(todo))
-    writer = JsonlWriter(scores_path)
-    try:
-        chunk = 512
-        for start in range(0, len(todo), chunk):
-            batch, desc = todo[start : start + chunk], f"embed aux {start}/{len(todo)}"
-            for result in score_batch(batch, refs, os.path.join(context.output_dir, "retrieve"), desc):
-                writer.write(result)
-                scores[result["key"]] = result
-    finally:
-        writer.close()
-
-    reasons = write_decisions(items, scores, args, out, refs.eval_hashes)
-    summary = {"images": len(items), **dict(reasons)}
+    reasons, timings = score_and_decide(items, args, target, out, os.path.join(context.output_dir, "retrieve"))
+    summary = {"images": len(items), **dict(reasons), "timings_s": timings}
     _save_json(os.path.join(out, "summary.json"), summary)
     dropped = ", ".join(f"{v} {k}" for k, v in reasons.most_common() if k != "kept") or "none"
     logger.info("filter: %d image(s): %d kept, dropped: %s", len(items), reasons["kept"], dropped)

@@ -1,0 +1,536 @@
+"""The filter stage's scoring: what images are scored against, the sharded scoring pass, the score store and the
+decisions file.
+
+Scores are kept apart from decisions: embeddings and similarities are computed once and stored as Parquet shards
+(``filter/scores-<scorer>/part-NNNNNN.parquet``, each written whole through a rename), and the keep/drop decision
+with its reason is recomputed from them on every run, so changing a threshold costs nothing. A killed pass loses at
+most the shards in flight; the rerun scores only the images no shard holds, so nothing is scored twice.
+
+The pass runs in this process (``num_proc: 1``) or in ``num_proc`` worker processes started through
+``torch.multiprocessing`` (spawn, so CUDA works in them): each loads the model once, on its own GPU when there are
+several, decodes and preprocesses in threads, and sends its shard's scores back; only this process writes the store.
+The prototypes and evaluation embeddings reach the workers as shared-memory tensors, not one copy each.
+``datasets.map(num_proc=...)`` was the other engine at hand, but a killed map keeps nothing of its unfinished jobs,
+and it has no per-worker state to hold a loaded model.
+
+Example:
+    >>> refs = build_references(args, target, "out/filter")  # doctest: +SKIP
+    >>> store = ScoreStore("out/filter/scores-0123abcd")  # doctest: +SKIP
+    >>> score_items(pending(items, store), refs, args, "out/retrieve", store)  # doctest: +SKIP
+    {'images': 9200, 'shards': 5, 'leak_embedding_s': 0.4}
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from .download import read_jsonl
+from .filters import (
+    PRECISIONS,
+    ImageEmbedder,
+    PhashLeakIndex,
+    cached_array,
+    caption_matches,
+    compute_prototypes,
+    dataset_key,
+    decide,
+    iter_images,
+    max_similarity,
+    phashes,
+)
+
+logger = logging.getLogger(__name__)
+
+#: What one image's scores hold (a Parquet shard's schema).
+SCORE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("caption_ok", pa.bool_()),
+        ("similarity", pa.float64()),
+        ("parent", pa.string()),
+        ("targets", pa.list_(pa.string())),
+        ("leak_similarity", pa.float64()),
+        ("leak_match", pa.string()),
+    ]
+)
+#: ``decisions.parquet``: the image's record, its scores, the keep flag and the reason.
+DECISION_SCHEMA = pa.schema(
+    [(name, pa.string()) for name in "key aux_name query sha256 phash path caption".split()]
+    + [("rank", pa.int64()), ("source_url", pa.string()), ("page_url", pa.string()), ("neighbor_of", pa.string())]
+    + [field_ for field_ in SCORE_SCHEMA if field_.name not in ("key", "targets")]
+    + [("leak_phash_distance", pa.int64()), ("keep", pa.bool_()), ("reason", pa.string())]
+)
+DECISION_COLUMNS = DECISION_SCHEMA.names
+_SHARD = re.compile(r"part-(\d+)\.parquet$")
+
+
+# ---- references -------------------------------------------------------------------------------------------------
+@dataclass
+class References:
+    """What the retrieved images are scored against: the target prototypes and the evaluation images."""
+
+    scorer_id: str
+    embedder: ImageEmbedder | None = None
+    prototypes: np.ndarray | None = None
+    index: dict[str, int] = field(default_factory=dict)  # target class name -> prototype row
+    eval_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    eval_embeddings: np.ndarray | None = None
+    eval_refs: list[str] = field(default_factory=list)  # "<split>#<row>" of each evaluation image
+
+
+def build_references(args, target, out: str) -> References:
+    """The embedder, target prototypes and evaluation hashes / embeddings, computed once and cached under ``out``.
+
+    Args:
+        args: the filter settings (:class:`~neighbor_lt.retrieval.stages.FilterArguments`).
+        target: the target set (its train split for prototypes, the others for the leak check); None when neither
+            runs.
+        out: the filter stage's folder (the caches).
+    """
+    embedder = None
+    if args.model_name_or_path:
+        embedder = ImageEmbedder(
+            args.model_name_or_path, args.pooling, args.batch_size, args.device, args.trust_remote_code,
+            precision=args.precision, decode_threads=args.decode_threads,
+        )  # fmt: skip
+    leak_splits = []
+    if args.leak_check:
+        leak_splits = args.leak_splits or [s for s in target if s != args.train_split]
+    scorer = json.dumps([embedder.key if embedder else None, leak_splits, args.train_split])
+    refs = References(hashlib.sha256(scorer.encode()).hexdigest()[:12], embedder)
+    if embedder is not None:
+        train = target[args.train_split]
+        names = train.features[args.label_column].names
+        refs.index = {name: i for i, name in enumerate(names)}
+        refs.prototypes = cached_array(
+            os.path.join(out, f"prototypes-{refs.scorer_id}.npz"),
+            dataset_key(train, embedder.key),
+            lambda: compute_prototypes(embedder, train, len(names), args.image_column, args.label_column),
+        )
+    for split in leak_splits:
+        ds = target[split]
+        hashes = cached_array(
+            os.path.join(out, f"eval-phash-{split}.npz"),
+            dataset_key(ds, "phash"),
+            lambda ds=ds: phashes(ds, args.image_column),
+        )
+        refs.eval_hashes = np.concatenate([refs.eval_hashes, hashes])
+        refs.eval_refs += [f"{split}#{i}" for i in range(len(ds))]
+        if embedder is not None:
+            emb = cached_array(
+                os.path.join(out, f"eval-emb-{refs.scorer_id}-{split}.npz"),
+                dataset_key(ds, embedder.key),
+                lambda ds=ds, split=split: embedder.embed(
+                    iter_images(ds, args.image_column), len(ds), f"embed {split}"
+                ),
+            )
+            refs.eval_embeddings = emb if refs.eval_embeddings is None else np.concatenate([refs.eval_embeddings, emb])
+    return refs
+
+
+def score_batch(batch: list[dict], refs: References, retrieve_dir: str) -> tuple[list[dict], float]:
+    """One shard's scores (caption match, embedding leak similarity, prototype similarity) and the seconds its
+    embedding leak search took."""
+    # the class name, or the term the search matched in the caption (a synonym, for the captions backend)
+    results = [
+        {
+            "key": r["key"],
+            "caption_ok": any(caption_matches(n, r["caption"]) for n in (r["aux_name"], r.get("query")) if n),
+        }
+        for r in batch
+    ]
+    leak_seconds = 0.0
+    if refs.embedder is not None:
+        paths = [os.path.join(retrieve_dir, r["path"]) for r in batch]
+        emb = refs.embedder.embed(paths, len(paths), progress=False)
+        for result, record, vector in zip(results, batch, emb):
+            parents = [refs.index[n] for n in record.get("neighbor_of") or [] if n in refs.index]
+            if parents:
+                sims = refs.prototypes[parents] @ vector
+                result["similarity"] = float(sims.max())
+                result["parent"] = record["neighbor_of"][int(sims.argmax())]
+            result["targets"] = list(record.get("neighbor_of") or [])
+        if refs.eval_embeddings is not None:
+            start = time.perf_counter()
+            best, where = max_similarity(emb, refs.eval_embeddings)
+            leak_seconds = time.perf_counter() - start
+            for result, value, i in zip(results, best, where):
+                result["leak_similarity"], result["leak_match"] = float(value), refs.eval_refs[i]
+    return results, leak_seconds
+
+
+# ---- the stage's pass ------------------------------------------------------------------------------------------------
+def check_pass_settings(args) -> None:
+    """Check the filter settings of the pass (:class:`~neighbor_lt.retrieval.stages.FilterArguments`).
+
+    Raises:
+        ConfigError: one line naming each bad key and its valid values.
+    """
+    from ..configs import ConfigError
+    from ..neighbors.base import is_int
+
+    problems = []
+    for name in ("batch_size", "shard_size"):
+        value = getattr(args, name)
+        if not is_int(value) or value < 1:
+            problems.append(f"filter.{name} must be a positive integer (got {value!r})")
+    if args.num_proc is not None and (not is_int(args.num_proc) or args.num_proc < 1):
+        problems.append(f"filter.num_proc must be a positive integer or empty (got {args.num_proc!r})")
+    if not is_int(args.decode_threads) or args.decode_threads < 0:
+        problems.append(f"filter.decode_threads must be 0 or a positive integer (got {args.decode_threads!r})")
+    if args.precision not in PRECISIONS:
+        problems.append(f"filter.precision must be one of {', '.join(PRECISIONS)} (got {args.precision!r})")
+    if args.pooling not in ("cls", "mean", "pooler"):
+        problems.append(f"filter.pooling must be cls, mean or pooler (got {args.pooling!r})")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def score_and_decide(items: list[dict], args, target, out: str, retrieve_dir: str) -> tuple[Counter, dict]:
+    """The filter stage's work: references, the scoring pass over the images not scored yet, the decisions file.
+
+    Example:
+        >>> reasons, timings = score_and_decide(items, args, target, "out/filter", "out/retrieve")  # doctest: +SKIP
+        >>> timings
+        {'references': 2.1, 'embed': 310.4, 'leak_check': 1.2, 'decisions': 3.3, 'total': 316.0}
+
+    Args:
+        items: the retrieved image records (current classes).
+        args: the filter settings.
+        target: the target set (prototypes, leak check), or None when neither runs.
+        out: the filter stage's folder.
+        retrieve_dir: the retrieve stage's folder (the images).
+
+    Returns:
+        The count of each reason, and seconds: ``references`` (prototypes and evaluation embeddings / hashes, cached
+        after the first run), ``embed`` (the scoring pass), ``leak_check`` (perceptual-hash and embedding leak
+        searches; the latter summed over the workers), ``decisions`` (with the perceptual-hash check) and ``total``.
+    """
+    started = time.perf_counter()
+    refs = build_references(args, target, out)
+    timings = {"references": time.perf_counter() - started}
+    # scores: Parquet shards, resumable shard by shard (a kill loses only the shards in flight)
+    folder = os.path.join(out, f"scores-{refs.scorer_id}")
+    store = ScoreStore(folder, legacy_jsonl=f"{folder}.jsonl")
+    todo = pending(items, store)
+    logger.info("filter: %d image(s), %d already scored, %d to score", len(items), len(items) - len(todo), len(todo))
+    start = time.perf_counter()
+    scored = score_items(todo, refs, args, retrieve_dir, store)
+    timings["embed"] = time.perf_counter() - start
+    del todo
+    store.load()
+    start = time.perf_counter()
+    reasons, leak_phash_seconds = write_decisions(items, store, args, out, refs.eval_hashes)
+    timings["decisions"] = time.perf_counter() - start
+    timings["leak_check"] = leak_phash_seconds + scored["leak_embedding_s"]
+    timings["total"] = time.perf_counter() - started
+    return reasons, {k: round(v, 3) for k, v in timings.items()}
+
+
+# ---- the score store ----------------------------------------------------------------------------------------------
+class ScoreStore:
+    """The per-image scores of one scorer: Parquet shards ``part-NNNNNN.parquet`` under ``folder``, each written
+    whole (a temporary file and a rename); when a key is in several shards (scored again), the last shard wins.
+
+    Example:
+        >>> store = ScoreStore("out/filter/scores-0123abcd", legacy_jsonl="out/filter/scores-0123abcd.jsonl")
+        >>> store.write(store.next_index(), [{"key": "k1", "caption_ok": True}])  # doctest: +SKIP
+        >>> store.load(); store.get(["k1", "k2"])  # doctest: +SKIP
+        [{'key': 'k1', 'caption_ok': True, 'similarity': None, ...}, None]
+
+    Args:
+        folder: the store's folder (created).
+        legacy_jsonl: the JSONL score file of earlier versions; moved into a shard once, then removed.
+    """
+
+    def __init__(self, folder: str, legacy_jsonl: str | None = None):
+        self.folder = folder
+        os.makedirs(folder, exist_ok=True)
+        for torn in glob.glob(os.path.join(folder, "*.tmp")):  # a shard whose write a kill interrupted
+            os.remove(torn)
+        if legacy_jsonl and os.path.exists(legacy_jsonl):
+            self._migrate(legacy_jsonl)
+        self.load()
+
+    def shards(self) -> list[str]:
+        """The shard files, oldest first."""
+        found = [(int(m.group(1)), p) for p in os.listdir(self.folder) if (m := _SHARD.fullmatch(p))]
+        return [os.path.join(self.folder, p) for _, p in sorted(found)]
+
+    def next_index(self) -> int:
+        """The index of the next shard to write."""
+        shards = self.shards()
+        return int(_SHARD.search(shards[-1]).group(1)) + 1 if shards else 0
+
+    def write(self, index: int, rows: list[dict]) -> str:
+        """Write one shard whole (never half a file, even when killed); returns its path."""
+        path = os.path.join(self.folder, f"part-{index:06d}.parquet")
+        tmp = path + ".tmp"
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCORE_SCHEMA), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load(self) -> None:
+        """Read every shard (a key's last shard wins); :meth:`get` answers from what was read."""
+        import pandas as pd
+
+        tables = [pq.read_table(p, schema=SCORE_SCHEMA) for p in self.shards()]
+        table = pa.concat_tables(tables) if tables else SCORE_SCHEMA.empty_table()
+        keys = table.column("key").to_pandas()
+        last = ~keys.duplicated(keep="last").to_numpy()
+        self.table = table.filter(pa.array(last)) if not last.all() else table
+        self.index = pd.Index(keys[last].to_numpy())
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def get(self, keys: list[str]) -> list[dict | None]:
+        """The stored scores of ``keys`` (None for a key never scored)."""
+        positions = self.index.get_indexer(keys)
+        found = np.flatnonzero(positions >= 0)
+        rows = self.table.take(pa.array(positions[found])).to_pylist() if len(found) else []
+        out: list[dict | None] = [None] * len(keys)
+        for i, row in zip(found, rows):
+            out[i] = row
+        return out
+
+    def _migrate(self, path: str) -> None:
+        rows = [{k: r.get(k) for k in SCORE_SCHEMA.names} for r in read_jsonl(path) if r.get("key")]
+        if rows:
+            self.write(self.next_index(), rows)
+        os.remove(path)
+        logger.info(
+            "filter: %d score(s) of %s moved to %s (Parquet shards; the JSONL file is removed)",
+            len(rows), path, self.folder,
+        )  # fmt: skip
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    """``items`` in consecutive slices of ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def pending(items: list[dict], store: ScoreStore, chunk: int = 50_000) -> list[dict]:
+    """The items to score: never scored, or scored for other targets (a new neighbor manifest; scores of earlier
+    versions carry no targets and stand)."""
+    todo = []
+    for part in chunks(items, chunk):
+        for record, score in zip(part, store.get([r["key"] for r in part])):
+            if score is None or (score["targets"] is not None and score["targets"] != list(record["neighbor_of"])):
+                todo.append(record)
+    return todo
+
+
+# ---- the scoring pass -----------------------------------------------------------------------------------------------
+def score_items(todo: list[dict], refs: References, args, retrieve_dir: str, store: ScoreStore, on_shard=None) -> dict:
+    """Score ``todo`` in shards of ``args.shard_size`` images, in this process or in ``args.num_proc`` workers, and
+    write each shard to ``store`` as it completes.
+
+    Args:
+        todo: the retrieved image records to score (:func:`pending`).
+        refs: from :func:`build_references` (its embedder, when any, stays in this process).
+        args: the filter settings (``num_proc``, ``shard_size``, the embedder's settings).
+        retrieve_dir: the retrieve stage's folder (the images' paths are relative to it).
+        store: where the shards go.
+        on_shard: called with each written shard's path (progress reports).
+
+    Returns:
+        ``images`` and ``shards`` scored, ``leak_embedding_s`` (the embedding leak searches' seconds, summed over the
+        workers).
+    """
+    stats = {"images": 0, "shards": 0, "leak_embedding_s": 0.0}
+    first = store.next_index()
+    jobs = ((first + n, batch) for n, batch in enumerate(chunks(todo, args.shard_size)))
+    workers = resolve_num_proc(args.num_proc) if refs.embedder is not None else 1
+    if workers > 1:
+        results = _in_workers(jobs, refs, args, retrieve_dir, workers)
+    else:
+        results = ((index, *score_batch(batch, refs, retrieve_dir)) for index, batch in jobs)
+    with tqdm(total=len(todo), desc=f"filter: score ({workers} process(es))", unit="img") as bar:
+        for index, rows, leak_seconds in results:
+            path = store.write(index, rows)
+            stats["images"] += len(rows)
+            stats["shards"] += 1
+            stats["leak_embedding_s"] += leak_seconds
+            bar.update(len(rows))
+            if on_shard is not None:
+                on_shard(path)
+    return stats
+
+
+def resolve_num_proc(num_proc: int | None) -> int:
+    """``num_proc`` as set, or when empty one process per CUDA device (one on a machine without)."""
+    if num_proc:
+        return num_proc
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def worker_devices(device: str | None, workers: int) -> list[str]:
+    """Each worker's device: the one set (``cuda:1``, ``cpu``), else the CUDA devices in turn, else the CPU."""
+    import torch
+
+    if device not in (None, "cuda"):
+        return [device] * workers
+    if torch.cuda.is_available():
+        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
+    return ["cpu"] * workers
+
+
+@dataclass
+class _WorkerSpec:
+    """What a scoring worker needs to build its own :class:`References` (tensors are shared, not copied)."""
+
+    embedder: dict
+    devices: list[str]
+    threads: int
+    scorer_id: str
+    index: dict
+    prototypes: object
+    eval_embeddings: object
+    eval_refs: list[str]
+    retrieve_dir: str
+    parent: int
+
+
+_WORKER: dict = {}
+
+
+def _in_workers(jobs, refs: References, args, retrieve_dir: str, workers: int):
+    """``(index, rows, leak_seconds)`` of each job, scored by ``workers`` spawned processes (at most two jobs each
+    queued, so memory stays flat whatever the number of images)."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+    import torch.multiprocessing as mp
+
+    def shared(array):
+        return None if array is None else torch.from_numpy(np.ascontiguousarray(array)).share_memory_()
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    embedder = refs.embedder
+    spec = _WorkerSpec(
+        embedder={"model_name_or_path": embedder.name, "pooling": embedder.pooling, "precision": args.precision,
+                  "batch_size": embedder.batch_size, "trust_remote_code": args.trust_remote_code,
+                  "decode_threads": args.decode_threads},
+        devices=worker_devices(args.device, workers), threads=max(1, cores // workers), scorer_id=refs.scorer_id,
+        index=refs.index, prototypes=shared(refs.prototypes), eval_embeddings=shared(refs.eval_embeddings),
+        eval_refs=refs.eval_refs, retrieve_dir=retrieve_dir, parent=os.getpid(),
+    )  # fmt: skip
+    context = mp.get_context("spawn")
+    ranks = context.Queue()
+    for rank in range(workers):
+        ranks.put(rank)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(spec, ranks))
+    try:
+        queued = set()
+        for index, batch in jobs:
+            queued.add(pool.submit(_score_shard, index, batch))
+            if len(queued) >= 2 * workers:
+                done, queued = wait(queued, return_when=FIRST_COMPLETED)
+                yield from (future.result() for future in done)
+        while queued:
+            done, queued = wait(queued, return_when=FIRST_COMPLETED)
+            yield from (future.result() for future in done)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _init_worker(spec: _WorkerSpec, ranks) -> None:
+    """Load a worker's model on its device; an error is kept and raised by its first shard (an initializer that
+    raises only breaks the pool with a generic message)."""
+    try:
+        _die_with_parent(spec.parent)
+        device = spec.devices[ranks.get()]
+        import torch
+
+        if device == "cpu":  # the cores are shared out between the workers
+            torch.set_num_threads(spec.threads)
+        embedder = ImageEmbedder(**spec.embedder, device=device)
+        arrays = {
+            name: None if tensor is None else tensor.numpy()
+            for name, tensor in (("prototypes", spec.prototypes), ("eval_embeddings", spec.eval_embeddings))
+        }
+        refs = References(spec.scorer_id, embedder, index=spec.index, eval_refs=spec.eval_refs, **arrays)
+        _WORKER.update(refs=refs, retrieve_dir=spec.retrieve_dir)
+    except Exception as e:
+        _WORKER["error"] = e
+
+
+def _score_shard(index: int, batch: list[dict]) -> tuple[int, list[dict], float]:
+    if "error" in _WORKER:
+        raise _WORKER["error"]
+    return (index, *score_batch(batch, _WORKER["refs"], _WORKER["retrieve_dir"]))
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker dies with the stage's process (a kill -9 of the stage leaves no worker scoring on)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request
+        os._exit(1)
+
+
+# ---- decisions ----------------------------------------------------------------------------------------------------
+def write_decisions(
+    items: list[dict], store: ScoreStore, args, out: str, eval_hashes: np.ndarray, chunk: int = 20_000
+) -> tuple[Counter, float]:
+    """Decide keep or drop from the stored scores with the current thresholds and write ``decisions.parquet``
+    ``chunk`` images at a time (memory flat in the number of images; written whole through a rename).
+
+    The perceptual-hash leak distance is recomputed here from ``eval_hashes`` (one multi-index, built once) and
+    recorded only when it is within ``args.leak_phash_distance``.
+
+    Returns:
+        The count of each reason, and the seconds the perceptual-hash leak check took.
+    """
+    path = os.path.join(out, "decisions.parquet")
+    tmp = path + ".tmp"
+    reasons, start = Counter(), time.perf_counter()
+    leaks = PhashLeakIndex(eval_hashes, args.leak_phash_distance)
+    leak_seconds = time.perf_counter() - start
+    with pq.ParquetWriter(tmp, DECISION_SCHEMA) as writer:
+        for part in chunks(items, chunk):
+            start = time.perf_counter()
+            near = leaks.distances(part)
+            leak_seconds += time.perf_counter() - start
+            rows = []
+            for record, score, distance in zip(part, store.get([r["key"] for r in part]), near):
+                if score is None:  # score_items writes every image's scores first
+                    raise RuntimeError(f"filter: no score stored for image {record['key']} in {store.folder}")
+                score = {**score, "leak_phash_distance": distance}
+                keep, reason = decide(
+                    score, args.gamma_low, args.gamma_high, args.leak_similarity,
+                    args.leak_phash_distance, args.caption_filter,
+                )  # fmt: skip
+                reasons[reason] += 1
+                row = {k: record.get(k) for k in ("key", "aux_name", "query", "sha256", "phash", "path", "caption")}
+                row.update({k: record.get(k) for k in ("source_url", "page_url")})
+                row.update({k: score.get(k) for k in DECISION_COLUMNS if k in score and k != "key"})
+                rank = record.get("rank")
+                rows.append({**row, "rank": None if rank is None else int(rank), "keep": keep, "reason": reason,
+                             "neighbor_of": json.dumps(record.get("neighbor_of") or [])})  # fmt: skip
+            writer.write_table(pa.Table.from_pylist(rows, schema=DECISION_SCHEMA))
+    os.replace(tmp, path)
+    return reasons, leak_seconds

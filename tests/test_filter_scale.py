@@ -1,0 +1,208 @@
+"""The filter stage at scale, on real Tiny-ImageNet images and a tiny random DINOv2: the sharded scoring pass in one
+and in two processes, kill -9 mid-pass and resume (nothing lost, nothing scored twice, the same decisions), scores of
+earlier versions (JSONL) moved into the store once, decisions written in chunks, and the new settings checked."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+
+from neighbor_lt.configs import ConfigError
+from neighbor_lt.curate import CurateContext
+from neighbor_lt.retrieval.filters import ImageEmbedder, autocast_dtype
+from neighbor_lt.retrieval.scoring import ScoreStore, write_decisions
+from neighbor_lt.retrieval.stages import FilterArguments, run_filter, run_retrieve
+
+HERE = Path(__file__).resolve().parent
+TARGETS = {2: "n01641577", 9: "n01774750", 26: "n02099601"}  # bullfrog, tarantula, golden retriever
+AUXILIARY = [
+    {"name": "tailed frog", "neighbor_of": ["n01641577"]},
+    {"name": "black widow", "neighbor_of": ["n01774750"]},
+    {"name": "scorpion", "neighbor_of": ["n01774750", "n02099601"]},
+    {"name": "Labrador retriever", "neighbor_of": ["n02099601"]},
+]
+SECTION = {"gamma_low": None, "gamma_high": None, "leak_similarity": 0.99999, "batch_size": 8, "shard_size": 16}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    path = tmp_path_factory.mktemp("dinov2")
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    Dinov2Model(config).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def retrieved(tmp_path_factory, tiny_imagenet_dir):
+    """A run folder after the retrieve stage (pool backend on the shared validation split: about 200 real images of 4
+    auxiliary classes) and the saved target set (3 classes, one validation image planted from the pool: a leak)."""
+    valid = str(tiny_imagenet_dir / "valid-00000-of-00001.parquet")
+    rows = pq.read_table(valid).to_pydict()
+    features = Features({"image": Image(), "label": ClassLabel(names=list(TARGETS.values()))})
+    splits = {"train": {"image": [], "label": []}, "validation": {"image": [], "label": []}}
+    for new, old in enumerate(TARGETS):
+        where = [i for i, label in enumerate(rows["label"]) if label == old]
+        for split, chosen in (("train", where[:8]), ("validation", where[8:12])):
+            splits[split]["image"] += [rows["image"][i] for i in chosen]
+            splits[split]["label"] += [new] * len(chosen)
+    splits["validation"]["image"].append(rows["image"][rows["wnid"].index("n01644900")])  # a tailed frog
+    splits["validation"]["label"].append(0)
+    target = DatasetDict({k: Dataset.from_dict(v, features=features) for k, v in splits.items()})
+    root = tmp_path_factory.mktemp("retrieved")
+    target.save_to_disk(str(root / "target"))
+    run = root / "run"
+    manifest = {
+        "version": 1,
+        "backend": "static",
+        "targets": [{"index": i, "name": name} for i, name in enumerate(TARGETS.values())],
+        "auxiliary": AUXILIARY,
+    }
+    (run / "neighbors").mkdir(parents=True)
+    (run / "neighbors" / "neighbors.json").write_text(json.dumps(manifest))
+    retrieve = {
+        "backend": "pool",
+        "backend_kwargs": {"data_files": valid, "caption_column": "words", "id_column": "wnid"},
+        "max_results_per_query": 50,
+    }
+    assert run_retrieve(retrieve, CurateContext(str(run), target=target))["ok"] >= 190
+    return run, root / "target", target
+
+
+def copy_run(retrieved, tmp_path) -> tuple[Path, CurateContext]:
+    run, _, target = retrieved
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run", CurateContext(str(tmp_path / "run"), target=target)
+
+
+def filter_in_process(retrieved, run: Path, section: dict, where: str) -> subprocess.CompletedProcess:
+    """The filter stage in a process of its own, killed with SIGKILL at ``where`` (tests/filter_kill_run.py)."""
+    command = [
+        sys.executable,
+        str(HERE / "filter_kill_run.py"),
+        str(run),
+        str(retrieved[1]),
+        json.dumps(section),
+        where,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
+def shard_keys(run: Path) -> list[str]:
+    """Every key of every stored score shard (duplicates kept)."""
+    return [k for p in sorted(run.glob("filter/scores-*/part-*.parquet")) for k in pq.read_table(p)["key"].to_pylist()]
+
+
+def decisions(run: Path) -> pd.DataFrame:
+    return pd.read_parquet(run / "filter" / "decisions.parquet").sort_values("key").reset_index(drop=True)
+
+
+def assert_same_decisions(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    assert got["key"].tolist() == expected["key"].tolist()
+    assert got["reason"].tolist() == expected["reason"].tolist()
+    for column in ("similarity", "leak_similarity"):  # other processes, other thread counts: the last bits may move
+        np.testing.assert_allclose(got[column].to_numpy(), expected[column].to_numpy(), atol=1e-5)
+    assert got["leak_match"].tolist() == expected["leak_match"].tolist()
+
+
+def test_killed_two_process_pass_resumes_without_loss_or_duplicates(retrieved, tiny_model, tmp_path, caplog):
+    section = {**SECTION, "model_name_or_path": tiny_model}
+    reference, context = copy_run(retrieved, tmp_path / "reference")
+    summary = run_filter({**section, "num_proc": 1}, context)  # uninterrupted, one process
+    expected = decisions(reference)
+    assert summary["leak_phash"] >= 1 and summary["kept"] > 0 and expected["similarity"].notna().all()
+    assert set(summary["timings_s"]) == {"references", "embed", "leak_check", "decisions", "total"}
+
+    run, context = copy_run(retrieved, tmp_path / "killed")
+    first = filter_in_process(retrieved, run, {**section, "num_proc": 2}, "after:2")  # once its 2nd shard is stored
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert len(shard_keys(run)) == 32 and not (run / "filter" / "decisions.parquet").exists()
+    second = filter_in_process(retrieved, run, {**section, "num_proc": 1}, "torn:1")  # between write and rename
+    assert second.returncode == -9, second.stderr[-2000:]
+    assert len(shard_keys(run)) == 32 and list(run.glob("filter/scores-*/*.tmp"))
+    with caplog.at_level(logging.INFO, logger="neighbor_lt"):
+        resumed = run_filter({**section, "num_proc": 1}, context)
+    assert f"32 already scored, {len(expected) - 32} to score" in caplog.text
+
+    keys = shard_keys(run)
+    assert len(keys) == len(set(keys)) == len(expected)  # every image scored exactly once
+    assert not list(run.glob("filter/scores-*/*.tmp"))
+    assert_same_decisions(decisions(run), expected)
+    assert resumed["kept"] == summary["kept"]
+
+
+def test_jsonl_scores_of_earlier_versions_are_moved_once(retrieved, tiny_model, tmp_path, caplog):
+    section = {**SECTION, "model_name_or_path": tiny_model, "num_proc": 1}
+    run, context = copy_run(retrieved, tmp_path)
+    run_filter(section, context)
+    expected = decisions(run)
+    (folder,) = run.glob("filter/scores-*/")
+    rows = [r for p in sorted(folder.glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    with open(f"{folder}.jsonl", "w") as f:  # what earlier versions wrote: one JSON line per image
+        f.writelines(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows)
+    shutil.rmtree(folder)
+    with caplog.at_level(logging.INFO, logger="neighbor_lt"):
+        run_filter(section, context)
+    assert f"{len(rows)} score(s) of" in caplog.text and f"{len(expected)} already scored, 0 to score" in caplog.text
+    assert not Path(f"{folder}.jsonl").exists() and len(shard_keys(run)) == len(rows)
+    assert_same_decisions(decisions(run), expected)
+
+
+def test_decisions_are_the_same_in_chunks(retrieved, tmp_path):
+    run, context = copy_run(retrieved, tmp_path)
+    run_filter({"model_name_or_path": None, "shard_size": 16}, context)
+    whole = decisions(run)
+    from neighbor_lt.retrieval.stages import _retrieved_items
+
+    (folder,) = run.glob("filter/scores-*/")
+    args = FilterArguments(model_name_or_path=None)
+    hashes = np.concatenate([np.load(p)["array"] for p in sorted(run.glob("filter/eval-phash-*.npz"))])
+    reasons, _ = write_decisions(
+        _retrieved_items(context), ScoreStore(str(folder)), args, str(run / "filter"), hashes, 7
+    )
+    pd.testing.assert_frame_equal(decisions(run), whole)
+    assert sum(reasons.values()) == len(whole) and reasons["leak_phash"] >= 1
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("num_proc", 0, "filter.num_proc must be a positive integer or empty (got 0)"),
+        ("shard_size", -1, "filter.shard_size must be a positive integer (got -1)"),
+        ("precision", "fp8", "filter.precision must be one of auto, fp32, bf16, fp16 (got 'fp8')"),
+        ("decode_threads", -2, "filter.decode_threads must be 0 or a positive integer (got -2)"),
+    ],
+)
+def test_bad_pass_settings_are_one_line(key, value, message):
+    with pytest.raises(ConfigError) as error:
+        FilterArguments(**{key: value})
+    assert str(error.value) == message
+
+
+def test_precision_autocast(tiny_model, jpegs, tmp_path):
+    assert autocast_dtype("auto", "cpu") is None and autocast_dtype("fp32", "cuda") is None
+    paths = []
+    for i, data in enumerate(jpegs[:6]):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(data)
+    fp32 = ImageEmbedder(tiny_model, batch_size=4, device="cpu", decode_threads=2)
+    bf16 = ImageEmbedder(tiny_model, batch_size=4, device="cpu", precision="bf16")
+    assert fp32.key != bf16.key and bf16.key.endswith("|bf16") and fp32.precision == "fp32"
+    a, b = fp32.embed(map(str, paths)), bf16.embed(map(str, paths))
+    assert a.shape == b.shape == (6, 32) and np.all((a * b).sum(axis=1) > 0.98)
+    serial = ImageEmbedder(tiny_model, batch_size=4, device="cpu").embed(map(str, paths))
+    np.testing.assert_allclose(a, serial, atol=1e-6)  # decoding in threads changes nothing
