@@ -1,7 +1,7 @@
 """One filter stage run of tests/test_filter_scale.py, in its own process so that it can be killed with SIGKILL at a
 chosen point of the scoring pass. Arguments: output folder, saved target DatasetDict, the filter section (JSON), and
-where to die: ``none``, ``after:N`` (once the N-th shard of this run is stored) or ``torn:N`` (the N-th shard's
-temporary file written, not yet renamed into place).
+where to die: ``none``, ``after:N`` (once the N-th shard of this run is committed) or ``torn:N`` (the N-th shard's
+rows written into the score store, its transaction not yet committed).
 
 The kill comes from inside because the point must be exact (a kill from the test on a timer would race the pass):
 the process sends itself SIGKILL, which nothing can catch or clean up after, as with ``kill -9``."""
@@ -14,6 +14,7 @@ import sys
 from datasets import load_from_disk
 
 from neighbor_lt.curate import CurateContext
+from neighbor_lt.retrieval.records_store import RecordStore
 from neighbor_lt.retrieval.stages import run_filter
 
 
@@ -21,20 +22,22 @@ def die_at(where: str) -> None:
     if where == "none":
         return
     how, count = where.split(":")
-    seen = []
-    replace = os.replace
+    shards = []
+    put_many, flush = RecordStore.put_many, RecordStore.flush
 
-    def watched(src, dst):
-        shard = str(src).endswith(".parquet.tmp") and os.path.basename(dst).startswith("part-")
-        if shard:
-            seen.append(dst)
-            if how == "torn" and len(seen) == int(count):
-                os.kill(os.getpid(), signal.SIGKILL)
-        replace(src, dst)
-        if shard and how == "after" and len(seen) == int(count):
+    def counted(store, records):
+        if "scores-" in store.path:
+            shards.append(store.path)
+        put_many(store, records)
+        if how == "after" and len(shards) == int(count):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    os.replace = watched  # every other rename goes through unchanged
+    def watched(store):
+        if how == "torn" and len(shards) == int(count) and store._db.in_transaction:
+            os.kill(os.getpid(), signal.SIGKILL)
+        flush(store)
+
+    RecordStore.put_many, RecordStore.flush = counted, watched
 
 
 def main(output_dir: str, target_dir: str, section: str, where: str) -> None:

@@ -19,7 +19,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from neighbor_lt.configs import ConfigError
 from neighbor_lt.curate import CurateContext
 from neighbor_lt.retrieval.filters import ImageEmbedder, autocast_dtype
-from neighbor_lt.retrieval.scoring import ScoreStore, write_decisions
+from neighbor_lt.retrieval.records_store import RecordStore
+from neighbor_lt.retrieval.scoring import open_scores, write_decisions
 from neighbor_lt.retrieval.stages import FilterArguments, run_filter, run_retrieve
 
 HERE = Path(__file__).resolve().parent
@@ -102,9 +103,11 @@ def filter_in_process(retrieved, run: Path, section: dict, where: str) -> subpro
     return subprocess.run(command, capture_output=True, text=True, env=env)
 
 
-def shard_keys(run: Path) -> list[str]:
-    """Every key of every stored score shard (duplicates kept)."""
-    return [k for p in sorted(run.glob("filter/scores-*/part-*.parquet")) for k in pq.read_table(p)["key"].to_pylist()]
+def stored_keys(run: Path) -> list[str]:
+    """The keys of the images whose scores are stored."""
+    (path,) = run.glob("filter/scores-*.sqlite")
+    with RecordStore(str(path), columns=()) as store:
+        return list(store.keys())
 
 
 def decisions(run: Path) -> pd.DataFrame:
@@ -119,7 +122,7 @@ def assert_same_decisions(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert got["leak_match"].tolist() == expected["leak_match"].tolist()
 
 
-def test_killed_two_process_pass_resumes_without_loss_or_duplicates(retrieved, tiny_model, tmp_path, caplog):
+def test_killed_two_process_pass_resumes_without_loss_or_duplicates(retrieved, tiny_model, tmp_path):
     section = {**SECTION, "model_name_or_path": tiny_model}
     reference, context = copy_run(retrieved, tmp_path / "reference")
     summary = run_filter({**section, "num_proc": 1}, context)  # uninterrupted, one process
@@ -130,17 +133,15 @@ def test_killed_two_process_pass_resumes_without_loss_or_duplicates(retrieved, t
     run, context = copy_run(retrieved, tmp_path / "killed")
     first = filter_in_process(retrieved, run, {**section, "num_proc": 2}, "after:2")  # once its 2nd shard is stored
     assert first.returncode == -9, first.stderr[-2000:]
-    assert len(shard_keys(run)) == 32 and not (run / "filter" / "decisions.parquet").exists()
+    assert len(stored_keys(run)) == 32 and not (run / "filter" / "decisions.parquet").exists()
     second = filter_in_process(retrieved, run, {**section, "num_proc": 1}, "torn:1")  # between write and rename
     assert second.returncode == -9, second.stderr[-2000:]
-    assert len(shard_keys(run)) == 32 and list(run.glob("filter/scores-*/*.tmp"))
-    with caplog.at_level(logging.INFO, logger="neighbor_lt"):
-        resumed = run_filter({**section, "num_proc": 1}, context)
-    assert f"32 already scored, {len(expected) - 32} to score" in caplog.text
+    assert len(stored_keys(run)) == 32
+    resumed = run_filter({**section, "num_proc": 1}, context)
+    assert resumed["scored"] == len(expected) - 32
 
-    keys = shard_keys(run)
+    keys = stored_keys(run)
     assert len(keys) == len(set(keys)) == len(expected)  # every image scored exactly once
-    assert not list(run.glob("filter/scores-*/*.tmp"))
     assert_same_decisions(decisions(run), expected)
     assert resumed["kept"] == summary["kept"]
 
@@ -150,15 +151,18 @@ def test_jsonl_scores_of_earlier_versions_are_moved_once(retrieved, tiny_model, 
     run, context = copy_run(retrieved, tmp_path)
     run_filter(section, context)
     expected = decisions(run)
-    (folder,) = run.glob("filter/scores-*/")
-    rows = [r for p in sorted(folder.glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
-    with open(f"{folder}.jsonl", "w") as f:  # what earlier versions wrote: one JSON line per image
-        f.writelines(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows)
-    shutil.rmtree(folder)
+    (path,) = run.glob("filter/scores-*.sqlite")
+    with RecordStore(str(path), columns=()) as store:
+        rows = list(store.iter())
+    legacy = Path(str(path).removesuffix(".sqlite") + ".jsonl")
+    with open(legacy, "w") as f:  # what earlier versions wrote: one JSON line per image
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    for leftover in run.glob("filter/scores-*.sqlite*"):
+        leftover.unlink()
     with caplog.at_level(logging.INFO, logger="neighbor_lt"):
-        run_filter(section, context)
-    assert f"{len(rows)} score(s) of" in caplog.text and f"{len(expected)} already scored, 0 to score" in caplog.text
-    assert not Path(f"{folder}.jsonl").exists() and len(shard_keys(run)) == len(rows)
+        assert run_filter(section, context)["scored"] == 0
+    assert f"{len(rows)} record(s) migrated into" in caplog.text
+    assert not legacy.exists() and Path(f"{legacy}.migrated").exists() and len(stored_keys(run)) == len(rows)
     assert_same_decisions(decisions(run), expected)
 
 
@@ -168,12 +172,12 @@ def test_decisions_are_the_same_in_chunks(retrieved, tmp_path):
     whole = decisions(run)
     from neighbor_lt.retrieval.stages import _retrieved_items
 
-    (folder,) = run.glob("filter/scores-*/")
+    (path,) = run.glob("filter/scores-*.sqlite")
+    scorer = path.name.removeprefix("scores-").removesuffix(".sqlite")
     args = FilterArguments(model_name_or_path=None)
     hashes = np.concatenate([np.load(p)["array"] for p in sorted(run.glob("filter/eval-phash-*.npz"))])
-    reasons, _ = write_decisions(
-        _retrieved_items(context), ScoreStore(str(folder)), args, str(run / "filter"), hashes, 7
-    )
+    with open_scores(str(run / "filter"), scorer, 16) as store:
+        reasons, _ = write_decisions(_retrieved_items(context), store, args, str(run / "filter"), hashes, 7)
     pd.testing.assert_frame_equal(decisions(run), whole)
     assert sum(reasons.values()) == len(whole) and reasons["leak_phash"] >= 1
 

@@ -1,10 +1,10 @@
-"""The filter stage's scoring: what images are scored against, the sharded scoring pass, the score store and the
-decisions file.
+"""The filter stage's scoring: what images are scored against, the sharded scoring pass, and the decisions file.
 
-Scores are kept apart from decisions: embeddings and similarities are computed once and stored as Parquet shards
-(``filter/scores-<scorer>/part-NNNNNN.parquet``, each written whole through a rename), and the keep/drop decision
-with its reason is recomputed from them on every run, so changing a threshold costs nothing. A killed pass loses at
-most the shards in flight; the rerun scores only the images no shard holds, so nothing is scored twice.
+Scores are kept apart from decisions: embeddings and similarities are computed once and stored in a
+:class:`~neighbor_lt.retrieval.records_store.RecordStore` (``filter/scores-<scorer>.sqlite``, keyed by image, one
+committed transaction per shard of ``shard_size`` images), and the keep/drop decision with its reason is recomputed
+from them on every run, so changing a threshold costs nothing. A killed pass loses at most the shards in flight; the
+rerun scores only the images the store lacks, so nothing is lost and nothing is scored twice.
 
 The pass runs in this process (``num_proc: 1``) or in ``num_proc`` worker processes started through
 ``torch.multiprocessing`` (spawn, so CUDA works in them): each loads the model once, on its own GPU when there are
@@ -15,19 +15,17 @@ and it has no per-worker state to hold a loaded model.
 
 Example:
     >>> refs = build_references(args, target, "out/filter")  # doctest: +SKIP
-    >>> store = ScoreStore("out/filter/scores-0123abcd")  # doctest: +SKIP
+    >>> store = open_scores("out/filter", refs.scorer_id, args.shard_size)  # doctest: +SKIP
     >>> score_items(pending(items, store), refs, args, "out/retrieve", store)  # doctest: +SKIP
     {'images': 9200, 'shards': 5, 'leak_embedding_s': 0.4}
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -40,7 +38,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .download import read_jsonl
 from .filters import (
     PRECISIONS,
     ImageEmbedder,
@@ -54,30 +51,19 @@ from .filters import (
     max_similarity,
     phashes,
 )
+from .records_store import RecordStore
 
 logger = logging.getLogger(__name__)
 
-#: What one image's scores hold (a Parquet shard's schema).
-SCORE_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("caption_ok", pa.bool_()),
-        ("similarity", pa.float64()),
-        ("parent", pa.string()),
-        ("targets", pa.list_(pa.string())),
-        ("leak_similarity", pa.float64()),
-        ("leak_match", pa.string()),
-    ]
-)
 #: ``decisions.parquet``: the image's record, its scores, the keep flag and the reason.
 DECISION_SCHEMA = pa.schema(
     [(name, pa.string()) for name in "key aux_name query sha256 phash path caption".split()]
     + [("rank", pa.int64()), ("source_url", pa.string()), ("page_url", pa.string()), ("neighbor_of", pa.string())]
-    + [field_ for field_ in SCORE_SCHEMA if field_.name not in ("key", "targets")]
-    + [("leak_phash_distance", pa.int64()), ("keep", pa.bool_()), ("reason", pa.string())]
+    + [("caption_ok", pa.bool_()), ("similarity", pa.float64()), ("parent", pa.string())]
+    + [("leak_similarity", pa.float64()), ("leak_match", pa.string()), ("leak_phash_distance", pa.int64())]
+    + [("keep", pa.bool_()), ("reason", pa.string())]
 )
 DECISION_COLUMNS = DECISION_SCHEMA.names
-_SHARD = re.compile(r"part-(\d+)\.parquet$")
 
 
 # ---- references -------------------------------------------------------------------------------------------------
@@ -206,9 +192,9 @@ def score_and_decide(items: list[dict], args, target, out: str, retrieve_dir: st
     """The filter stage's work: references, the scoring pass over the images not scored yet, the decisions file.
 
     Example:
-        >>> reasons, timings = score_and_decide(items, args, target, "out/filter", "out/retrieve")  # doctest: +SKIP
-        >>> timings
-        {'references': 2.1, 'embed': 310.4, 'leak_check': 1.2, 'decisions': 3.3, 'total': 316.0}
+        >>> reasons, run = score_and_decide(items, args, target, "out/filter", "out/retrieve")  # doctest: +SKIP
+        >>> run
+        {'scored': 9200, 'timings_s': {'references': 2.1, 'embed': 310.4, 'leak_check': 1.2, 'decisions': 3.3, ...}}
 
     Args:
         items: the retrieved image records (current classes).
@@ -218,107 +204,38 @@ def score_and_decide(items: list[dict], args, target, out: str, retrieve_dir: st
         retrieve_dir: the retrieve stage's folder (the images).
 
     Returns:
-        The count of each reason, and seconds: ``references`` (prototypes and evaluation embeddings / hashes, cached
-        after the first run), ``embed`` (the scoring pass), ``leak_check`` (perceptual-hash and embedding leak
-        searches; the latter summed over the workers), ``decisions`` (with the perceptual-hash check) and ``total``.
+        The count of each reason, and ``scored`` (images scored by this run) with ``timings_s``: seconds of
+        ``references`` (prototypes and evaluation embeddings / hashes, cached after the first run), ``embed`` (the
+        scoring pass), ``leak_check`` (perceptual-hash and embedding leak searches; the latter summed over the
+        workers), ``decisions`` (with the perceptual-hash check) and ``total``.
     """
     started = time.perf_counter()
     refs = build_references(args, target, out)
     timings = {"references": time.perf_counter() - started}
-    # scores: Parquet shards, resumable shard by shard (a kill loses only the shards in flight)
-    folder = os.path.join(out, f"scores-{refs.scorer_id}")
-    store = ScoreStore(folder, legacy_jsonl=f"{folder}.jsonl")
-    todo = pending(items, store)
-    logger.info("filter: %d image(s), %d already scored, %d to score", len(items), len(items) - len(todo), len(todo))
-    start = time.perf_counter()
-    scored = score_items(todo, refs, args, retrieve_dir, store)
-    timings["embed"] = time.perf_counter() - start
-    del todo
-    store.load()
-    start = time.perf_counter()
-    reasons, leak_phash_seconds = write_decisions(items, store, args, out, refs.eval_hashes)
-    timings["decisions"] = time.perf_counter() - start
+    # scores: committed shard by shard (a kill loses only the shards in flight)
+    with open_scores(out, refs.scorer_id, args.shard_size) as store:
+        todo = pending(items, store)
+        logger.info(
+            "filter: %d image(s), %d already scored, %d to score", len(items), len(items) - len(todo), len(todo)
+        )
+        start = time.perf_counter()
+        scored = score_items(todo, refs, args, retrieve_dir, store)
+        timings["embed"] = time.perf_counter() - start
+        del todo
+        start = time.perf_counter()
+        reasons, leak_phash_seconds = write_decisions(items, store, args, out, refs.eval_hashes)
+        timings["decisions"] = time.perf_counter() - start
     timings["leak_check"] = leak_phash_seconds + scored["leak_embedding_s"]
     timings["total"] = time.perf_counter() - started
-    return reasons, {k: round(v, 3) for k, v in timings.items()}
+    return reasons, {"scored": scored["images"], "timings_s": {k: round(v, 3) for k, v in timings.items()}}
 
 
 # ---- the score store ----------------------------------------------------------------------------------------------
-class ScoreStore:
-    """The per-image scores of one scorer: Parquet shards ``part-NNNNNN.parquet`` under ``folder``, each written
-    whole (a temporary file and a rename); when a key is in several shards (scored again), the last shard wins.
-
-    Example:
-        >>> store = ScoreStore("out/filter/scores-0123abcd", legacy_jsonl="out/filter/scores-0123abcd.jsonl")
-        >>> store.write(store.next_index(), [{"key": "k1", "caption_ok": True}])  # doctest: +SKIP
-        >>> store.load(); store.get(["k1", "k2"])  # doctest: +SKIP
-        [{'key': 'k1', 'caption_ok': True, 'similarity': None, ...}, None]
-
-    Args:
-        folder: the store's folder (created).
-        legacy_jsonl: the JSONL score file of earlier versions; moved into a shard once, then removed.
-    """
-
-    def __init__(self, folder: str, legacy_jsonl: str | None = None):
-        self.folder = folder
-        os.makedirs(folder, exist_ok=True)
-        for torn in glob.glob(os.path.join(folder, "*.tmp")):  # a shard whose write a kill interrupted
-            os.remove(torn)
-        if legacy_jsonl and os.path.exists(legacy_jsonl):
-            self._migrate(legacy_jsonl)
-        self.load()
-
-    def shards(self) -> list[str]:
-        """The shard files, oldest first."""
-        found = [(int(m.group(1)), p) for p in os.listdir(self.folder) if (m := _SHARD.fullmatch(p))]
-        return [os.path.join(self.folder, p) for _, p in sorted(found)]
-
-    def next_index(self) -> int:
-        """The index of the next shard to write."""
-        shards = self.shards()
-        return int(_SHARD.search(shards[-1]).group(1)) + 1 if shards else 0
-
-    def write(self, index: int, rows: list[dict]) -> str:
-        """Write one shard whole (never half a file, even when killed); returns its path."""
-        path = os.path.join(self.folder, f"part-{index:06d}.parquet")
-        tmp = path + ".tmp"
-        pq.write_table(pa.Table.from_pylist(rows, schema=SCORE_SCHEMA), tmp)
-        os.replace(tmp, path)
-        return path
-
-    def load(self) -> None:
-        """Read every shard (a key's last shard wins); :meth:`get` answers from what was read."""
-        import pandas as pd
-
-        tables = [pq.read_table(p, schema=SCORE_SCHEMA) for p in self.shards()]
-        table = pa.concat_tables(tables) if tables else SCORE_SCHEMA.empty_table()
-        keys = table.column("key").to_pandas()
-        last = ~keys.duplicated(keep="last").to_numpy()
-        self.table = table.filter(pa.array(last)) if not last.all() else table
-        self.index = pd.Index(keys[last].to_numpy())
-
-    def __len__(self) -> int:
-        return self.table.num_rows
-
-    def get(self, keys: list[str]) -> list[dict | None]:
-        """The stored scores of ``keys`` (None for a key never scored)."""
-        positions = self.index.get_indexer(keys)
-        found = np.flatnonzero(positions >= 0)
-        rows = self.table.take(pa.array(positions[found])).to_pylist() if len(found) else []
-        out: list[dict | None] = [None] * len(keys)
-        for i, row in zip(found, rows):
-            out[i] = row
-        return out
-
-    def _migrate(self, path: str) -> None:
-        rows = [{k: r.get(k) for k in SCORE_SCHEMA.names} for r in read_jsonl(path) if r.get("key")]
-        if rows:
-            self.write(self.next_index(), rows)
-        os.remove(path)
-        logger.info(
-            "filter: %d score(s) of %s moved to %s (Parquet shards; the JSONL file is removed)",
-            len(rows), path, self.folder,
-        )  # fmt: skip
+def open_scores(out: str, scorer_id: str, shard_size: int) -> RecordStore:
+    """The scores of one scorer (``<out>/scores-<scorer_id>.sqlite``), one transaction per shard; the JSONL score
+    file of earlier versions (``scores-<scorer_id>.jsonl``) is imported once."""
+    path = os.path.join(out, f"scores-{scorer_id}")
+    return RecordStore(f"{path}.sqlite", columns=(), batch_size=shard_size, legacy_jsonl=f"{path}.jsonl")
 
 
 def chunks(items: list, size: int) -> Iterator[list]:
@@ -327,51 +244,54 @@ def chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def pending(items: list[dict], store: ScoreStore, chunk: int = 50_000) -> list[dict]:
+def pending(items: list[dict], store: RecordStore, chunk: int = 10_000) -> list[dict]:
     """The items to score: never scored, or scored for other targets (a new neighbor manifest; scores of earlier
     versions carry no targets and stand)."""
     todo = []
     for part in chunks(items, chunk):
-        for record, score in zip(part, store.get([r["key"] for r in part])):
-            if score is None or (score["targets"] is not None and score["targets"] != list(record["neighbor_of"])):
+        scores = store.get_many(r["key"] for r in part)
+        for record in part:
+            score = scores.get(record["key"])
+            if score is None or score.get("targets", record["neighbor_of"]) != list(record["neighbor_of"]):
                 todo.append(record)
     return todo
 
 
 # ---- the scoring pass -----------------------------------------------------------------------------------------------
-def score_items(todo: list[dict], refs: References, args, retrieve_dir: str, store: ScoreStore, on_shard=None) -> dict:
+def score_items(
+    todo: list[dict], refs: References, args, retrieve_dir: str, store: RecordStore, on_shard=None
+) -> dict:
     """Score ``todo`` in shards of ``args.shard_size`` images, in this process or in ``args.num_proc`` workers, and
-    write each shard to ``store`` as it completes.
+    commit each shard to ``store`` as it completes.
 
     Args:
         todo: the retrieved image records to score (:func:`pending`).
         refs: from :func:`build_references` (its embedder, when any, stays in this process).
         args: the filter settings (``num_proc``, ``shard_size``, the embedder's settings).
         retrieve_dir: the retrieve stage's folder (the images' paths are relative to it).
-        store: where the shards go.
-        on_shard: called with each written shard's path (progress reports).
+        store: where the scores go (:func:`open_scores`).
+        on_shard: called with the number of images of each shard once it is stored (progress, benchmarks).
 
     Returns:
         ``images`` and ``shards`` scored, ``leak_embedding_s`` (the embedding leak searches' seconds, summed over the
         workers).
     """
     stats = {"images": 0, "shards": 0, "leak_embedding_s": 0.0}
-    first = store.next_index()
-    jobs = ((first + n, batch) for n, batch in enumerate(chunks(todo, args.shard_size)))
+    shards = chunks(todo, args.shard_size)
     workers = resolve_num_proc(args.num_proc) if refs.embedder is not None else 1
     if workers > 1:
-        results = _in_workers(jobs, refs, args, retrieve_dir, workers)
+        results = _in_workers(shards, refs, args, retrieve_dir, workers)
     else:
-        results = ((index, *score_batch(batch, refs, retrieve_dir)) for index, batch in jobs)
+        results = (score_batch(batch, refs, retrieve_dir) for batch in shards)
     with tqdm(total=len(todo), desc=f"filter: score ({workers} process(es))", unit="img") as bar:
-        for index, rows, leak_seconds in results:
-            path = store.write(index, rows)
+        for rows, leak_seconds in results:
+            store.put_many(rows)  # one transaction: the shard is stored whole or not at all
             stats["images"] += len(rows)
             stats["shards"] += 1
             stats["leak_embedding_s"] += leak_seconds
             bar.update(len(rows))
             if on_shard is not None:
-                on_shard(path)
+                on_shard(len(rows))
     return stats
 
 
@@ -414,8 +334,8 @@ class _WorkerSpec:
 _WORKER: dict = {}
 
 
-def _in_workers(jobs, refs: References, args, retrieve_dir: str, workers: int):
-    """``(index, rows, leak_seconds)`` of each job, scored by ``workers`` spawned processes (at most two jobs each
+def _in_workers(shards, refs: References, args, retrieve_dir: str, workers: int):
+    """``(rows, leak_seconds)`` of each shard, scored by ``workers`` spawned processes (at most two jobs each
     queued, so memory stays flat whatever the number of images)."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -442,8 +362,8 @@ def _in_workers(jobs, refs: References, args, retrieve_dir: str, workers: int):
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(spec, ranks))
     try:
         queued = set()
-        for index, batch in jobs:
-            queued.add(pool.submit(_score_shard, index, batch))
+        for batch in shards:
+            queued.add(pool.submit(_score_shard, batch))
             if len(queued) >= 2 * workers:
                 done, queued = wait(queued, return_when=FIRST_COMPLETED)
                 yield from (future.result() for future in done)
@@ -475,10 +395,10 @@ def _init_worker(spec: _WorkerSpec, ranks) -> None:
         _WORKER["error"] = e
 
 
-def _score_shard(index: int, batch: list[dict]) -> tuple[int, list[dict], float]:
+def _score_shard(batch: list[dict]) -> tuple[list[dict], float]:
     if "error" in _WORKER:
         raise _WORKER["error"]
-    return (index, *score_batch(batch, _WORKER["refs"], _WORKER["retrieve_dir"]))
+    return score_batch(batch, _WORKER["refs"], _WORKER["retrieve_dir"])
 
 
 def _die_with_parent(parent: int) -> None:
@@ -494,7 +414,7 @@ def _die_with_parent(parent: int) -> None:
 
 # ---- decisions ----------------------------------------------------------------------------------------------------
 def write_decisions(
-    items: list[dict], store: ScoreStore, args, out: str, eval_hashes: np.ndarray, chunk: int = 20_000
+    items: list[dict], store: RecordStore, args, out: str, eval_hashes: np.ndarray, chunk: int = 20_000
 ) -> tuple[Counter, float]:
     """Decide keep or drop from the stored scores with the current thresholds and write ``decisions.parquet``
     ``chunk`` images at a time (memory flat in the number of images; written whole through a rename).
@@ -516,9 +436,11 @@ def write_decisions(
             near = leaks.distances(part)
             leak_seconds += time.perf_counter() - start
             rows = []
-            for record, score, distance in zip(part, store.get([r["key"] for r in part]), near):
-                if score is None:  # score_items writes every image's scores first
-                    raise RuntimeError(f"filter: no score stored for image {record['key']} in {store.folder}")
+            scores = store.get_many(r["key"] for r in part)
+            for record, distance in zip(part, near):
+                score = scores.get(record["key"])
+                if score is None:  # score_items stores every image's scores first
+                    raise RuntimeError(f"filter: no score stored for image {record['key']} in {store.path}")
                 score = {**score, "leak_phash_distance": distance}
                 keep, reason = decide(
                     score, args.gamma_low, args.gamma_high, args.leak_similarity,

@@ -533,9 +533,9 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
         context: has ``output_dir`` and ``target`` (train split for prototypes, other splits for the leak check).
 
     Returns:
-        ``images``, the count per reason (``kept`` or the reason for dropping) and ``timings_s`` (seconds of the
-        reference embeddings, the scoring pass, the leak checks, the decisions and the whole stage), also in
-        ``filter/summary.json``.
+        ``images``, the count per reason (``kept`` or the reason for dropping), ``scored`` (images scored by this
+        run; the others were scored before) and ``timings_s`` (seconds of the reference embeddings, the scoring pass,
+        the leak checks, the decisions and the whole stage), also in ``filter/summary.json``.
 
     Raises:
         StageError: nothing was retrieved, or no image passed the filters (the decisions are written first).
@@ -545,8 +545,8 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
     out = context.stage_dir("filter")
     _save_json(os.path.join(out, "config.json"), redact_mapping(dataclasses.asdict(args)))
     target = context.target if args.model_name_or_path or args.leak_check else None
-    reasons, timings = score_and_decide(items, args, target, out, os.path.join(context.output_dir, "retrieve"))
-    summary = {"images": len(items), **dict(reasons), "timings_s": timings}
+    reasons, run = score_and_decide(items, args, target, out, os.path.join(context.output_dir, "retrieve"))
+    summary = {"images": len(items), **dict(reasons), **run}
     _save_json(os.path.join(out, "summary.json"), summary)
     dropped = ", ".join(f"{v} {k}" for k, v in reasons.most_common() if k != "kept") or "none"
     logger.info("filter: %d image(s): %d kept, dropped: %s", len(items), reasons["kept"], dropped)
