@@ -1,7 +1,8 @@
 """Filters of step 2 of the method: caption match, prototype similarity window, and the leak check.
 
-Scores are kept apart from decisions: embeddings and similarities are computed once (``scores.jsonl``), and the
-keep/drop decision with its reason is recomputed from them on every run, so changing a threshold costs nothing.
+The pieces: the caption test, the image embedder (threaded decoding, autocast), prototypes, the exact chunked
+similarity search, the perceptual-hash leak index and the keep/drop rule. The filter stage's pass over the retrieved
+images (sharded, resumable, in several processes) and its stored scores are in :mod:`.scoring`.
 """
 
 from __future__ import annotations

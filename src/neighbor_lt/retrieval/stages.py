@@ -6,10 +6,10 @@ Files under ``output_dir``:
   an API twice; ``retrieve/urls.parquet``: every candidate URL (the hand-off to img2dataset);
   ``retrieve/downloads.jsonl``: one line per candidate with its outcome; ``retrieve/images/``: stored images;
   ``retrieve/dry_run.json``: with ``dry_run``, the requests and list price the searches would take (nothing sent).
-- ``filter/scores-<scorer>/part-*.parquet``: per-image scores, one shard per unit of work (a JSONL score file of
-  earlier versions is moved into a shard once); ``filter/decisions.parquet``: scores plus keep and reason;
+- ``filter/scores-<scorer>.sqlite``: per-image scores, committed shard by shard (a JSONL score file of earlier
+  versions is imported once); ``filter/decisions.parquet``: scores plus keep and reason;
   ``filter/prototypes-*.npz`` and ``filter/eval-*.npz``: cached prototypes and evaluation embeddings / hashes;
-  ``filter/summary.json``: counts per reason and the stage's ``timings_s``.
+  ``filter/summary.json``: counts per reason, ``scored`` and the stage's ``timings_s``.
 - ``aux_dataset/``: the published dataset (``data/train-*.parquet`` + README.md); ``build/summary.json``.
 
 Each stage logs a one-line summary and raises :class:`StageError` (``recipes/curate.py`` exits 1 with its message)
