@@ -349,7 +349,7 @@ class ConfigSchema:
         parts = dotted.split(".")
         spec, node, where = self.specs(), values, None
         for i, part in enumerate(parts):
-            if spec is not VALUE and _is_section(spec) or i == 0:
+            if i == 0 or _is_section(spec):
                 keys = section_keys(spec)
                 if part not in keys:
                     raise self._unknown(dotted, where, part, keys)

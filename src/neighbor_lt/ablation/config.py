@@ -9,7 +9,16 @@ import os
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from ..config_schema import ConfigError, ConfigSchema, Keys, build, pop_config_path, read_yaml_mapping
+from ..config_schema import (
+    ConfigError,
+    ConfigSchema,
+    Keys,
+    build,
+    pop_config_path,
+    read_yaml_mapping,
+    section_keys,
+    unknown_key_error,
+)
 from .variants import VARIANTS
 
 
@@ -138,6 +147,15 @@ def parse_config(argv: list[str]) -> AblationConfig:
         )
     if not config.seeds or not all(isinstance(s, int) for s in config.seeds):
         raise ConfigError(f"seeds must be a list of integers, got {config.seeds!r}")
+    if config.sweep is not None:
+        from .sweep import parse_sweep
+
+        key, _ = parse_sweep(config.sweep)
+        train_keys = section_keys(SCHEMA.specs()["train"])
+        if key not in train_keys:
+            raise unknown_key_error(
+                "train", [key], train_keys, dotted=True, hint="the sweep key is a train recipe key"
+            )
     config.config_path, config.argv = path, argv_given
     return config
 
