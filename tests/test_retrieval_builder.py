@@ -28,7 +28,7 @@ from neighbor_lt.retrieval.builder import (
     select_per_class,
     select_streaming,
 )
-from neighbor_lt.retrieval.filters import DECISION_COLUMNS
+from neighbor_lt.retrieval.scoring import DECISION_COLUMNS, DECISION_SCHEMA
 from neighbor_lt.retrieval.stages import run_build
 
 CLASSES = ["koi", "carp", "minnow"]
@@ -63,7 +63,7 @@ def make_run(folder: Path, per_class: int = 30, duplicates: int = 0, seed: int =
         )  # fmt: skip
     frame = pd.DataFrame(records, columns=DECISION_COLUMNS)
     (folder / "filter").mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(folder / "filter" / "decisions.parquet", index=False)
+    frame.to_parquet(folder / "filter" / "decisions.parquet", index=False, schema=DECISION_SCHEMA)
     manifest = {"version": 1, "backend": "static", "targets": [{"index": 0, "name": "goldfish"}, {"index": 1, "name": "tench"}],
                 "auxiliary": [{"name": n, "neighbor_of": TARGETS[n]} for n in CLASSES]}  # fmt: skip
     (folder / "neighbors").mkdir(exist_ok=True)
