@@ -63,3 +63,18 @@ def only_loopback(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", guarded)
     return contacted
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory) -> str:
+    """A folder with a tiny random DINOv2 (32 px, patch 8, 2 layers of width 32) and its image processor: the
+    filter and rank stages' image model in tests."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    path = tmp_path_factory.mktemp("dinov2")
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    Dinov2Model(config).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return str(path)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from retrieval_fixtures.targets import TARGETS, leaky_target
 
 from neighbor_lt.configs import ConfigError
 from neighbor_lt.curate import CurateContext
@@ -24,7 +24,6 @@ from neighbor_lt.retrieval.scoring import open_scores, write_decisions
 from neighbor_lt.retrieval.stages import FilterArguments, run_filter, run_retrieve
 
 HERE = Path(__file__).resolve().parent
-TARGETS = {2: "n01641577", 9: "n01774750", 26: "n02099601"}  # bullfrog, tarantula, golden retriever
 AUXILIARY = [
     {"name": "tailed frog", "neighbor_of": ["n01641577"]},
     {"name": "black widow", "neighbor_of": ["n01774750"]},
@@ -35,34 +34,12 @@ SECTION = {"gamma_low": None, "gamma_high": None, "leak_similarity": 0.99999, "b
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    path = tmp_path_factory.mktemp("dinov2")
-    config = Dinov2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
-    )
-    Dinov2Model(config).save_pretrained(path)
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def retrieved(tmp_path_factory, tiny_imagenet_dir):
     """A run folder after the retrieve stage (pool backend on the shared validation split: about 200 real images of 4
     auxiliary classes) and the saved target set (3 classes, one validation image planted from the pool: a leak)."""
     valid = str(tiny_imagenet_dir / "valid-00000-of-00001.parquet")
     rows = pq.read_table(valid).to_pydict()
-    features = Features({"image": Image(), "label": ClassLabel(names=list(TARGETS.values()))})
-    splits = {"train": {"image": [], "label": []}, "validation": {"image": [], "label": []}}
-    for new, old in enumerate(TARGETS):
-        where = [i for i, label in enumerate(rows["label"]) if label == old]
-        for split, chosen in (("train", where[:8]), ("validation", where[8:12])):
-            splits[split]["image"] += [rows["image"][i] for i in chosen]
-            splits[split]["label"] += [new] * len(chosen)
-    splits["validation"]["image"].append(rows["image"][rows["wnid"].index("n01644900")])  # a tailed frog
-    splits["validation"]["label"].append(0)
-    target = DatasetDict({k: Dataset.from_dict(v, features=features) for k, v in splits.items()})
+    target, _ = leaky_target(rows, train=8, validation=4)
     root = tmp_path_factory.mktemp("retrieved")
     target.save_to_disk(str(root / "target"))
     run = root / "run"
@@ -122,8 +99,8 @@ def assert_same_decisions(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert got["leak_match"].tolist() == expected["leak_match"].tolist()
 
 
-def test_killed_two_process_pass_resumes_without_loss_or_duplicates(retrieved, tiny_model, tmp_path):
-    section = {**SECTION, "model_name_or_path": tiny_model}
+def test_killed_two_process_pass_resumes_without_loss_or_duplicates(retrieved, tiny_dinov2, tmp_path):
+    section = {**SECTION, "model_name_or_path": tiny_dinov2}
     reference, context = copy_run(retrieved, tmp_path / "reference")
     summary = run_filter({**section, "num_proc": 1}, context)  # uninterrupted, one process
     expected = decisions(reference)
@@ -146,8 +123,8 @@ def test_killed_two_process_pass_resumes_without_loss_or_duplicates(retrieved, t
     assert resumed["kept"] == summary["kept"]
 
 
-def test_jsonl_scores_of_earlier_versions_are_moved_once(retrieved, tiny_model, tmp_path, caplog):
-    section = {**SECTION, "model_name_or_path": tiny_model, "num_proc": 1}
+def test_jsonl_scores_of_earlier_versions_are_moved_once(retrieved, tiny_dinov2, tmp_path, caplog):
+    section = {**SECTION, "model_name_or_path": tiny_dinov2, "num_proc": 1}
     run, context = copy_run(retrieved, tmp_path)
     run_filter(section, context)
     expected = decisions(run)
@@ -197,16 +174,16 @@ def test_bad_pass_settings_are_one_line(key, value, message):
     assert str(error.value) == message
 
 
-def test_precision_autocast(tiny_model, jpegs, tmp_path):
+def test_precision_autocast(tiny_dinov2, jpegs, tmp_path):
     assert autocast_dtype("auto", "cpu") is None and autocast_dtype("fp32", "cuda") is None
     paths = []
     for i, data in enumerate(jpegs[:6]):
         paths.append(tmp_path / f"{i}.jpg")
         paths[-1].write_bytes(data)
-    fp32 = ImageEmbedder(tiny_model, batch_size=4, device="cpu", decode_threads=2)
-    bf16 = ImageEmbedder(tiny_model, batch_size=4, device="cpu", precision="bf16")
+    fp32 = ImageEmbedder(tiny_dinov2, batch_size=4, device="cpu", decode_threads=2)
+    bf16 = ImageEmbedder(tiny_dinov2, batch_size=4, device="cpu", precision="bf16")
     assert fp32.key != bf16.key and bf16.key.endswith("|bf16") and fp32.precision == "fp32"
     a, b = fp32.embed(map(str, paths)), bf16.embed(map(str, paths))
     assert a.shape == b.shape == (6, 32) and np.all((a * b).sum(axis=1) > 0.98)
-    serial = ImageEmbedder(tiny_model, batch_size=4, device="cpu").embed(map(str, paths))
+    serial = ImageEmbedder(tiny_dinov2, batch_size=4, device="cpu").embed(map(str, paths))
     np.testing.assert_allclose(a, serial, atol=1e-6)  # decoding in threads changes nothing

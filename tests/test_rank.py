@@ -242,18 +242,6 @@ def test_rank_settings_and_the_default_stages(tmp_path):
         load_config(None, values={**base, "neighbors": neighbors_section(factor=0)})
 
 
-@pytest.fixture(scope="module")
-def tiny_dinov2(tmp_path_factory):
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    model = tmp_path_factory.mktemp("dinov2")
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                          image_size=32, patch_size=8)  # fmt: skip
-    Dinov2Model(config).save_pretrained(model)
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(model)
-    return str(model)
-
-
 def test_rank_with_a_tiny_dinov2(tmp_path, pool_file, tiny_dinov2):
     model = tiny_dinov2
     context = context_for(tmp_path, pool_file)

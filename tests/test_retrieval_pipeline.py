@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from datasets import load_dataset
+from retrieval_fixtures.targets import TARGETS, leaky_target
 
 from neighbor_lt.curate import CurateContext
 from neighbor_lt.retrieval import caption_matches, decide, render_dataset_card, select_per_class
 from neighbor_lt.retrieval.download import read_jsonl
 from neighbor_lt.retrieval.stages import StageError, run_build, run_filter, run_retrieve
 
-TARGETS = {2: "n01641577", 9: "n01774750", 26: "n02099601"}  # bullfrog, tarantula, golden retriever
 AUXILIARY = [
     {"name": "tailed frog", "neighbor_of": ["n01641577"], "wnid": "n01644900"},  # matched by id
     {"name": "black widow", "neighbor_of": ["n01774750"]},  # matched by name
@@ -31,36 +31,6 @@ AUXILIARY = [
 def valid_rows(tiny_imagenet_dir):
     table = pq.read_table(tiny_imagenet_dir / "valid-00000-of-00001.parquet")
     return table.to_pydict()
-
-
-@pytest.fixture(scope="module")
-def tiny_dinov2(tmp_path_factory):
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    path = tmp_path_factory.mktemp("dinov2")
-    config = Dinov2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
-    )
-    Dinov2Model(config).save_pretrained(path)
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return str(path)
-
-
-def make_target(rows) -> DatasetDict:
-    """3 target classes (10 train / 5 validation images each), plus one image of the 'tailed frog' pool class
-    planted in validation: the leak check must drop it from the auxiliary set."""
-    features = Features({"image": Image(), "label": ClassLabel(names=list(TARGETS.values()))})
-    splits = {"train": {"image": [], "label": []}, "validation": {"image": [], "label": []}}
-    for new, old in enumerate(TARGETS):
-        where = [i for i, label in enumerate(rows["label"]) if label == old]
-        for split, chosen in (("train", where[:10]), ("validation", where[10:15])):
-            splits[split]["image"] += [rows["image"][i] for i in chosen]
-            splits[split]["label"] += [new] * len(chosen)
-    leak = rows["wnid"].index("n01644900")
-    splits["validation"]["image"].append(rows["image"][leak])
-    splits["validation"]["label"].append(0)
-    target = DatasetDict({k: Dataset.from_dict(v, features=features) for k, v in splits.items()})
-    return target, rows["image"][leak]["bytes"]
 
 
 def test_caption_filter_and_decisions():
@@ -84,7 +54,7 @@ def test_select_per_class_caps_and_dedups():
 
 
 def test_pool_filter_build_chain(tmp_path, tiny_imagenet_dir, valid_rows, tiny_dinov2):
-    target, leaked_bytes = make_target(valid_rows)
+    target, leaked_bytes = leaky_target(valid_rows, train=10, validation=5)
     manifest = {
         "version": 1,
         "backend": "static",
