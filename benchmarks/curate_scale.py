@@ -403,10 +403,10 @@ def replay_checks(out: str, phash_distance: int, leak_distance: int) -> dict:
     over every retrieved image against the evaluation hashes the filter cached."""
     import pandas as pd
 
-    from neighbor_lt.retrieval.download import DedupIndex, read_jsonl
+    from neighbor_lt.retrieval.download import DedupIndex, read_downloads
     from neighbor_lt.retrieval.filters import leak_phash_distances
 
-    records = [r for r in read_jsonl(os.path.join(out, "retrieve", "downloads.jsonl")) if r.get("phash")]
+    records = [r for r in read_downloads(os.path.join(out, "retrieve")) if r.get("phash")]
     index = DedupIndex(phash_distance)
     start = time.perf_counter()
     for r in records:

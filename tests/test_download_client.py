@@ -8,7 +8,7 @@ import pytest
 from retrieval_fixtures.downloads import https_image_server, loopback_config, no_dns_resolver
 
 from neighbor_lt.retrieval import AddressGuard, Candidate, DownloadConfig, Downloader
-from neighbor_lt.retrieval.download import read_jsonl
+from neighbor_lt.retrieval.download import read_downloads
 
 
 def test_address_guard_rules():
@@ -30,7 +30,7 @@ def test_guard_is_on_by_default(server, tmp_path, only_loopback):
     ]
     before = server.requests.copy()
     Downloader(str(tmp_path), DownloadConfig(num_workers=2)).run(candidates)
-    assert [r["outcome"] for r in read_jsonl(tmp_path / "downloads.jsonl")] == ["blocked_address"] * 2
+    assert [r["outcome"] for r in read_downloads(tmp_path)] == ["blocked_address"] * 2
     assert server.requests == before  # refused before connecting, robots.txt included
     assert only_loopback == []
 
@@ -52,7 +52,7 @@ def test_bad_urls_are_recorded_and_never_stop_the_run(server, tmp_path, only_loo
     calls = []
     config = loopback_config(num_workers=num_workers)
     summary = Downloader(str(tmp_path), config, resolver=no_dns_resolver(calls)).run(candidates)
-    records = read_jsonl(tmp_path / "downloads.jsonl")
+    records = read_downloads(tmp_path)
     got = {r["source_url"]: r for r in records}
     assert len(records) == len(urls) == len(got)  # each URL recorded exactly once
     for url, outcome in bad.items():
@@ -101,7 +101,7 @@ def test_a_keep_alive_connection_the_server_dropped_is_reopened(jpegs, tmp_path)
         summary = Downloader(str(tmp_path), loopback_config(num_workers=1, max_retries=0)).run(candidates)
     finally:
         listener.close()
-    assert summary["ok"] == 3, read_jsonl(tmp_path / "downloads.jsonl")
+    assert summary["ok"] == 3, read_downloads(tmp_path)
     assert len(connections) == 4  # robots.txt and three images, each on its own connection
 
 
@@ -113,7 +113,7 @@ def test_https_goes_through_the_guard_and_verifies_the_certificate(jpegs, tmp_pa
         urls = [f"https://127.0.0.1:{server.port}/img/{i}.jpg" for i in range(33, 36)]
         candidates = [Candidate("goldfish", url, rank=i) for i, url in enumerate(urls)]
         refused = Downloader(str(tmp_path / "default"), loopback_config()).run(candidates)
-        records = read_jsonl(tmp_path / "default" / "downloads.jsonl")
+        records = read_downloads(tmp_path / "default")
         assert refused["ok"] == 0 and refused["robots_unreachable"] == 3
         assert "CERTIFICATE_VERIFY_FAILED" in records[0]["detail"]
         trusted = Downloader(str(tmp_path / "trusted"), loopback_config(ca_bundle=str(cert))).run(candidates)

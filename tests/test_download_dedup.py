@@ -2,7 +2,7 @@
 
 import threading
 
-from neighbor_lt.retrieval.download import DedupIndex, hamming
+from neighbor_lt.retrieval.download import DedupIndex, Downloader, hamming, open_downloads
 
 
 def test_same_bytes_or_a_near_perceptual_hash_is_a_duplicate_of_the_first():
@@ -33,11 +33,14 @@ def test_one_claim_wins_when_threads_race():
     assert winners.count(None) == 1
 
 
-def test_a_url_keeps_its_first_record_and_pool_rows_are_not_urls():
-    index = DedupIndex()
-    first = {"key": "a\thttp://x/1.jpg", "source_url": "http://x/1.jpg", "outcome": "http_error"}
-    index.remember_url(first)
-    index.remember_url({**first, "key": "b\thttp://x/1.jpg", "outcome": "ok"})
-    assert index.url_result("http://x/1.jpg") is first
-    index.remember_url({"key": "a\tpool://set#3", "source_url": "pool://set#3", "outcome": "ok"})
-    assert index.url_result("pool://set#3") is None and index.url_result("http://x/2.jpg") is None
+def test_a_url_keeps_its_first_record_and_pool_rows_are_not_urls(tmp_path):
+    downloader = Downloader(str(tmp_path))
+    assert downloader.url_result("http://x/1.jpg") is None  # no run: nothing recorded
+    with open_downloads(str(tmp_path)) as store:
+        downloader._store = store  # what a run holds open
+        first = {"key": "a\thttp://x/1.jpg", "source_url": "http://x/1.jpg", "outcome": "http_error"}
+        store.put(first)
+        store.put({**first, "key": "b\thttp://x/1.jpg", "outcome": "ok"})
+        assert downloader.url_result("http://x/1.jpg") == first
+        store.put({"key": "a\tpool://set#3", "source_url": "pool://set#3", "outcome": "ok"})
+        assert downloader.url_result("pool://set#3") is None and downloader.url_result("http://x/2.jpg") is None

@@ -8,11 +8,11 @@ import subprocess
 import time
 
 import pytest
-from retrieval_fixtures.downloads import download_command, loopback_config, outcomes, run_to_end
+from retrieval_fixtures.downloads import download_command, loopback_config, outcomes, recorded, run_to_end
 from retrieval_fixtures.server import ImageServer
 
 from neighbor_lt.retrieval import Candidate, Downloader
-from neighbor_lt.retrieval.download import read_jsonl
+from neighbor_lt.retrieval.download import read_downloads
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -47,7 +47,7 @@ def test_every_outcome(server, tmp_path, only_loopback, processes):
     start = server.requests.copy()  # the server is shared by the parametrized runs
     downloader = Downloader(str(tmp_path), config)
     summary = downloader.run(candidates)
-    records = read_jsonl(tmp_path / "downloads.jsonl")
+    records = read_downloads(tmp_path)
     got = outcomes(records)
     for path, expected in urls.items():
         assert got[path] == expected, (path, [r for r in records if r["source_url"].endswith(path)])
@@ -74,7 +74,7 @@ def test_every_outcome(server, tmp_path, only_loopback, processes):
         Candidate("koi", server.url("/img/1.jpg")),
     ]
     summary = Downloader(str(tmp_path), config).run(candidates + more)
-    records = read_jsonl(tmp_path / "downloads.jsonl")
+    records = read_downloads(tmp_path)
     assert len(records) == len(candidates) + 3 and summary["ok"] == 6
     assert [r["outcome"] for r in records[-3:]] == ["duplicate"] * 3
     assert (
@@ -88,26 +88,26 @@ def test_kill_midway_then_resume(jpegs, tmp_path, processes):
     try:
         candidates = [Candidate("fish", server.url(f"/delay/{i}.jpg"), rank=i) for i in range(40)]
         candidates += [Candidate("fish", server.url(f"/dup/{i}.jpg"), rank=40 + i) for i in range(8)]
-        command, env, manifest = download_command(tmp_path, candidates, processes)
+        command, env, out = download_command(tmp_path, candidates, processes)
         process = subprocess.Popen(command, env=env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
-            if manifest.exists() and manifest.read_text().count("\n") >= 8:
+            if recorded(out) >= 8:
                 break
             time.sleep(0.02)
         process.kill()
         process.wait()
-        first = read_jsonl(manifest)
+        first = read_downloads(out)
         assert 8 <= len(first) < len(candidates), "the run should have been killed midway"
 
         run_to_end(command, env)
-        records = read_jsonl(manifest)
+        records = read_downloads(out)
         keys = [r["key"] for r in records]
         assert len(keys) == len(set(keys)) == len(candidates)  # nothing lost, nothing twice
         ok = [r for r in records if r["outcome"] == "ok"]
         assert len(ok) == 40 and len({r["sha256"] for r in ok}) == 40
         assert sum(r["outcome"] == "duplicate" for r in records) == 8
-        stored = [p for p in (manifest.parent / "images").rglob("*") if p.is_file()]
+        stored = [p for p in (out / "images").rglob("*") if p.is_file()]
         assert sorted(p.name for p in stored) == sorted(r["sha256"] + ".jpg" for r in ok)
         assert records[: len(first)] == first  # earlier lines untouched
     finally:
@@ -129,7 +129,7 @@ def test_retry_failed_fetches_only_retryable_failures(jpegs, tmp_path, only_loop
         candidates = [Candidate("goldfish", url, rank=i) for i, url in enumerate(urls)]
         config = loopback_config(max_retries=1)
         first = Downloader(str(tmp_path), config).run(candidates)
-        got = {r["source_url"]: r["outcome"] for r in read_jsonl(tmp_path / "downloads.jsonl")}
+        got = {r["source_url"]: r["outcome"] for r in read_downloads(tmp_path)}
         assert got == {url: outcome for url, (outcome, _) in urls.items()}
         assert first["retryable"] == 3 and no_robots.requests["/img/3.jpg"] == 0
 
@@ -139,7 +139,7 @@ def test_retry_failed_fetches_only_retryable_failures(jpegs, tmp_path, only_loop
         assert main.requests == before_main and no_robots.requests == before_other
 
         second = Downloader(str(tmp_path), config).run(candidates, retry_failed=True)
-        records = read_jsonl(tmp_path / "downloads.jsonl")
+        records = read_downloads(tmp_path)
         assert len(records) == len(urls)  # one line per URL, the retried ones replaced
         assert {r["source_url"]: r["outcome"] for r in records} == {url: new for url, (_, new) in urls.items()}
         assert second["ok"] == 3 and second["retryable"] == 1 and second["total"] == len(urls)
@@ -163,11 +163,11 @@ def test_ctrl_c_drops_queued_urls_and_loses_nothing(jpegs, tmp_path, processes):
         # URL 3 (and every 8th after it) takes 3 s: at the interrupt a download is certainly in flight
         paths = [f"/slow/{i}.jpg" if i % 8 == 3 else f"/delay/{i}.jpg" for i in range(40)]
         candidates = [Candidate("fish", server.url(p), rank=i) for i, p in enumerate(paths)]
-        command, env, manifest = download_command(tmp_path, candidates, processes)
+        command, env, out = download_command(tmp_path, candidates, processes)
         process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
-            if manifest.exists() and manifest.read_text().count("\n") >= 4:
+            if recorded(out) >= 4:
                 break
             time.sleep(0.02)
         assert process.poll() is None, "the run ended before the interrupt"
@@ -178,19 +178,19 @@ def test_ctrl_c_drops_queued_urls_and_loses_nothing(jpegs, tmp_path, processes):
         assert process.returncode == 130, stderr[-2000:]
         assert "interrupted" in stderr
         after = [path for when, path in list(server.log) if when > interrupted and path != "/robots.txt"]
-        first = read_jsonl(manifest)
+        first = read_downloads(out)
         left = len(candidates) - len(first)
         # 4 workers may each have been taking the next URL as the signal came (twice that for a slow hand-over);
         # without the stop every one of the ~30 URLs left would be requested
         assert len(after) <= 8 < left, after
         assert 4 <= len(first) < len(candidates)
         # every stored file has its line and every ok line its file
-        stored = sorted(p.name for p in (manifest.parent / "images").rglob("*") if p.is_file())
+        stored = sorted(p.name for p in (out / "images").rglob("*") if p.is_file())
         assert stored == sorted(r["sha256"] + ".jpg" for r in first if r["outcome"] == "ok")
         assert all(r["outcome"] == "ok" for r in first) and not any("/slow/3.jpg" in r["key"] for r in first)
 
         run_to_end(command, env)
-        records = read_jsonl(manifest)
+        records = read_downloads(out)
         keys = [r["key"] for r in records]
         assert len(keys) == len(set(keys)) == len(candidates)  # nothing lost, nothing twice
         assert records[: len(first)] == first
@@ -208,18 +208,18 @@ def test_a_url_refused_by_a_setting_is_fetched_once_the_setting_allows_it(server
     before = server.requests.copy()
     strict = loopback_config(allowed_networks=[])
     first = Downloader(str(tmp_path), strict).run(candidates)
-    records = read_jsonl(tmp_path / "downloads.jsonl")
+    records = read_downloads(tmp_path)
     assert first["blocked_address"] == 3 and first["retryable"] == 0 and server.requests == before
     assert all("retrieve.download.allowed_networks" in r["detail"] for r in records)
 
     assert Downloader(str(tmp_path), strict).run(candidates) == first  # the same settings: nothing asked again
     assert Downloader(str(tmp_path), strict).run(candidates, retry_failed=True) == first  # checked again, refused
-    assert len(read_jsonl(tmp_path / "downloads.jsonl")) == len(urls) and server.requests == before
+    assert len(read_downloads(tmp_path)) == len(urls) and server.requests == before
 
     with caplog.at_level("INFO", logger="neighbor_lt.retrieval.download"):
         allowed = Downloader(str(tmp_path), loopback_config()).run(candidates)  # 127.0.0.1/32 allowed now
     assert "3 URL(s) the address guard refused under other settings will be checked again" in caplog.text
-    records = {r["source_url"]: r for r in read_jsonl(tmp_path / "downloads.jsonl")}
+    records = {r["source_url"]: r for r in read_downloads(tmp_path)}
     assert len(records) == len(urls) and allowed["ok"] == 2 and allowed["blocked_address"] == 1
     assert records[urls[2]]["detail"].startswith("address 169.254.169.254 is not public")  # still refused: private
     assert all(server.requests[f"/img/{i}.jpg"] - before[f"/img/{i}.jpg"] == 1 for i in (26, 27))

@@ -6,7 +6,7 @@ from retrieval_fixtures.downloads import loopback_config
 from retrieval_fixtures.server import resolve_without_dns
 
 from neighbor_lt.retrieval import Candidate, Downloader
-from neighbor_lt.retrieval.download import read_jsonl
+from neighbor_lt.retrieval.download import read_downloads
 from neighbor_lt.secrets import register_secret
 
 
@@ -26,9 +26,10 @@ def test_download_processes_fetch_each_url_once_and_record_every_outcome(server,
     before = server.requests.copy()
     config = loopback_config(num_processes=2)
     summary = Downloader(str(tmp_path), config, resolver=resolve_without_dns).run(candidates)
-    assert "process-canary-5150" not in (tmp_path / "downloads.jsonl").read_text()
+    assert all(b"process-canary-5150" not in p.read_bytes() for p in tmp_path.glob("downloads.sqlite*"))
+    assert "process-canary-5150" not in repr(read_downloads(tmp_path))
     candidates.pop()
-    records = [r for r in read_jsonl(tmp_path / "downloads.jsonl") if r["aux_name"] != "carp"]
+    records = [r for r in read_downloads(tmp_path) if r["aux_name"] != "carp"]
     assert len(records) == len({r["key"] for r in records}) == len(candidates)
     by_key = {r["key"]: r for r in records}
     assert all(by_key[f"goldfish\t{url}"]["outcome"] == "ok" for url in good)

@@ -9,7 +9,7 @@ from retrieval_fixtures.downloads import https_image_server, loopback_config, no
 from retrieval_fixtures.proxy import ConnectProxy
 
 from neighbor_lt.retrieval import Candidate, Downloader, get_search_backend
-from neighbor_lt.retrieval.download import read_jsonl
+from neighbor_lt.retrieval.download import read_downloads
 from neighbor_lt.secrets import redact
 
 
@@ -53,7 +53,7 @@ def test_http_goes_through_http_proxy(server, proxy, ports, tmp_path, monkeypatc
     before = server.requests.copy()
     config = loopback_config(num_workers=2, num_processes=processes)
     summary = Downloader(str(tmp_path), config).run(candidates(server.url(p) for p in paths))
-    assert summary["ok"] == 4, read_jsonl(tmp_path / "downloads.jsonl")
+    assert summary["ok"] == 4, read_downloads(tmp_path)
     assert all(server.requests[p] - before[p] == 1 for p in paths)
     assert f"GET {server.url('/robots.txt')} HTTP/1.1" in proxy.requests  # absolute URIs, sent to the proxy
     assert all(r.startswith(f"GET http://127.0.0.1:{server.port}/") for r in proxy.requests)
@@ -70,14 +70,14 @@ def test_https_goes_through_a_connect_tunnel_with_proxy_credentials(jpegs, tmp_p
         urls = [f"https://127.0.0.1:{server.port}/img/{i}.jpg" for i in range(3)]
         config = loopback_config(num_workers=1, ca_bundle=str(cert))
         summary = Downloader(str(tmp_path / "out"), config).run(candidates(urls))
-        assert summary["ok"] == 3, read_jsonl(tmp_path / "out" / "downloads.jsonl")
+        assert summary["ok"] == 3, read_downloads(tmp_path / "out")
         assert proxy.requests == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1"]  # one tunnel, kept alive, TLS inside
         assert set(ports) == {proxy.port}
         assert secret not in redact(f"proxy {secret} said no")  # the proxy's password is redacted everywhere
 
         proxy_env(monkeypatch, HTTPS_PROXY=f"http://me:wrong@127.0.0.1:{proxy.port}")
         refused = Downloader(str(tmp_path / "refused"), config).run(candidates(urls))
-        detail = read_jsonl(tmp_path / "refused" / "downloads.jsonl")[0]["detail"]
+        detail = read_downloads(tmp_path / "refused")[0]["detail"]
         assert refused["robots_unreachable"] == 3 and "the proxy refused CONNECT" in detail and "407" in detail
     finally:
         server.stop()
@@ -103,7 +103,7 @@ def test_the_guard_through_a_proxy_checks_what_it_can_resolve_here(server, proxy
     urls = ["http://10.1.2.3/x.jpg", "http://intranet.example/y.jpg", server.url("/to-private/1"),
             "http://dead-domain.invalid/z.jpg"]  # fmt: skip
     Downloader(str(tmp_path), loopback_config(), resolver=resolve).run(candidates(urls))
-    got = {r["source_url"]: r for r in read_jsonl(tmp_path / "downloads.jsonl")}
+    got = {r["source_url"]: r for r in read_downloads(tmp_path)}
     assert [got[u]["outcome"] for u in urls[:3]] == ["blocked_address"] * 3
     assert not any("10." in r or "intranet" in r or "192.168" in r for r in proxy.requests)
     assert got[urls[3]]["outcome"] == "robots_unreachable" and "502" in got[urls[3]]["detail"]

@@ -18,7 +18,7 @@ from neighbor_lt.neighbors import rank
 from neighbor_lt.neighbors.manifest import load_manifest
 from neighbor_lt.neighbors.stage import run as run_neighbors
 from neighbor_lt.retrieval import render_dataset_card
-from neighbor_lt.retrieval.download import read_jsonl
+from neighbor_lt.retrieval.download import read_downloads
 from neighbor_lt.retrieval.stages import run_build, run_filter, run_retrieve
 
 COLOURS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30), "navy": (20, 20, 120)}
@@ -141,7 +141,7 @@ def test_a_visually_closer_candidate_wins_over_a_name_closer_one(tmp_path, pool_
 
     # the retrieve stage reuses the probes (no second fetch) and its records carry the final neighbor_of
     summary = run_retrieve(context.sections["retrieve"], context)
-    records = read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")
+    records = read_downloads(tmp_path / "retrieve")
     assert {r["aux_name"] for r in records} == {"ambulance", "yacht"} and summary["ok"] == 12
     assert sum(bool(r.get("reused")) for r in records) == 8  # 4 probes of each kept class, 2 more fetched
     assert {tuple(r["neighbor_of"]) for r in records} == {("fire engine",), ("ocean liner",)}
@@ -165,11 +165,11 @@ def test_a_resumed_run_does_no_new_work(tmp_path, pool_file, colour_embedder):
     first = rank.run(RANK, context)
     embedded = colour_embedder.calls
     assert embedded == 10 + 20  # 10 target images, 4 probes of each of the 5 candidates in the pool
-    lines = (tmp_path / "rank" / "probes" / "downloads.jsonl").read_text()
+    lines = read_downloads(tmp_path / "rank" / "probes")
     stamp = os.stat(tmp_path / "neighbors" / "neighbors.json").st_mtime_ns
     again = rank.run(RANK, context)
     assert colour_embedder.calls == embedded  # nothing embedded, prototypes and probe embeddings from the cache
-    assert (tmp_path / "rank" / "probes" / "downloads.jsonl").read_text() == lines  # nothing fetched
+    assert read_downloads(tmp_path / "rank" / "probes") == lines  # nothing fetched
     assert os.stat(tmp_path / "neighbors" / "neighbors.json").st_mtime_ns == stamp and kept(again) == kept(first)
 
     # another score or floor costs nothing either; a floor drops a candidate even if its target ends up short
@@ -195,13 +195,13 @@ def test_an_embedder_that_cannot_load_keeps_the_name_ranked_neighbors(tmp_path, 
     assert all(r["score"] is None for r in entry["candidates"]) and entry["candidates"][0]["kept"]
     assert "did not run" in (tmp_path / "rank" / "report.md").read_text()
     # the probes were fetched before the model failed: a rerun with a working model fetches nothing again
-    lines = (tmp_path / "rank" / "probes" / "downloads.jsonl").read_text()
+    lines = read_downloads(tmp_path / "rank" / "probes")
     rank.load_embedder, real = (lambda args: ColourEmbedder()), rank.load_embedder
     try:
         assert kept(rank.run(RANK, context))["fire engine"] == ["ambulance"]
     finally:
         rank.load_embedder = real
-    assert (tmp_path / "rank" / "probes" / "downloads.jsonl").read_text() == lines
+    assert read_downloads(tmp_path / "rank" / "probes") == lines
 
 
 def test_a_pool_without_the_candidates_or_a_target_without_images(tmp_path, pool_file, colour_embedder):
@@ -312,7 +312,7 @@ def test_web_probes_are_searched_and_fetched_once(tmp_path, tiny_imagenet_dir, c
     assert server.requests["/res/v1/images/search"] == searches  # the retrieve stage searched nothing again
     fetched = {p: n for p, n in server.requests.items() if p.startswith("/img/")}
     assert max(fetched.values()) == 1 and len(fetched) == 5 * 4 + 2 * 2  # the 2 kept classes' other 2 images
-    records = read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")
+    records = read_downloads(tmp_path / "retrieve")
     assert summary["ok"] == 12 and sum(bool(r.get("reused")) for r in records) == 8
     assert {r["aux_name"] for r in records} == set(kept(manifest)["fire engine"] + kept(manifest)["ocean liner"])
 
@@ -324,7 +324,7 @@ def test_the_filter_follows_the_current_manifest(tmp_path, pool_file, colour_emb
     context = context_for(tmp_path, pool_file)
     run_neighbors(neighbors_section(), context)
     run_retrieve(context.sections["retrieve"], context)
-    assert {r["aux_name"] for r in read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")} == {"school bus"}
+    assert {r["aux_name"] for r in read_downloads(tmp_path / "retrieve")} == {"school bus"}
     rank.run(RANK, context)
     run_retrieve(context.sections["retrieve"], context)
     summary = run_filter({"model_name_or_path": None, "leak_check": False}, context)
@@ -377,5 +377,5 @@ def test_the_command_line_runs_rank_when_the_yaml_has_its_section(tmp_path, pool
     assert yaml.safe_load((tmp_path / "out" / "curate_config.yaml").read_text())["rank"]["probe_images"] == 3
     card = (tmp_path / "out" / "aux_dataset" / "README.md").read_text()
     assert "## Neighbors ranked by how they look" in card
-    records = read_jsonl(tmp_path / "out" / "retrieve" / "downloads.jsonl")
+    records = read_downloads(tmp_path / "out" / "retrieve")
     assert len(records) == 10 and sum(bool(r.get("reused")) for r in records) == 6

@@ -13,7 +13,7 @@ from datasets import load_dataset
 from neighbor_lt.curate import CurateContext
 from neighbor_lt.retrieval import get_search_backend
 from neighbor_lt.retrieval.captions import CaptionSearch
-from neighbor_lt.retrieval.download import read_jsonl
+from neighbor_lt.retrieval.download import read_downloads
 from neighbor_lt.retrieval.search import name_in_text
 from neighbor_lt.retrieval.stages import StageError, run_build, run_filter, run_retrieve
 
@@ -189,8 +189,8 @@ def test_captions_retrieve_filter_build_load(server, tmp_path, monkeypatch):
     summary = run_retrieve(section, context)
     assert passes == [20]  # one pass over the shards for all three names
     assert summary["total"] == 8 and summary["ok"] == 7 and summary["http_error"] == 1
-    assert run_retrieve(section, context)["total"] == 8 and passes == [20]  # resumed from searches.jsonl
-    records = read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")
+    assert run_retrieve(section, context)["total"] == 8 and passes == [20]  # resumed from searches.sqlite
+    records = read_downloads(tmp_path / "retrieve")
     urls = pd.read_parquet(tmp_path / "retrieve" / "urls.parquet")  # the img2dataset hand-off keeps the provenance
     assert set(urls["page_url"]) == {r["page_url"] for r in records}
     by_url = {r["source_url"]: r for r in records if r["aux_name"] == "koi"}

@@ -14,7 +14,7 @@ from retrieval_fixtures.targets import TARGETS, leaky_target
 
 from neighbor_lt.curate import CurateContext
 from neighbor_lt.retrieval import caption_matches, decide, render_dataset_card, select_per_class
-from neighbor_lt.retrieval.download import read_jsonl
+from neighbor_lt.retrieval.download import read_downloads
 from neighbor_lt.retrieval.stages import StageError, run_build, run_filter, run_retrieve
 
 AUXILIARY = [
@@ -78,7 +78,7 @@ def test_pool_filter_build_chain(tmp_path, tiny_imagenet_dir, valid_rows, tiny_d
     }
     summary = run_retrieve(retrieve, context)
     assert summary["total"] == 200 and summary["ok"] + summary["duplicate"] == 200
-    records = read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")
+    records = read_downloads(tmp_path / "retrieve")
     assert {r["aux_name"] for r in records} == {"tailed frog", "black widow", "scorpion", "Labrador retriever"}
     assert all(r["source_url"].startswith("pool://") for r in records)
     assert run_retrieve(retrieve, context)["total"] == 200  # resumed, nothing added

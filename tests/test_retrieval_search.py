@@ -11,7 +11,8 @@ from retrieval_fixtures.server import ImageServer, load_jpegs
 
 from neighbor_lt.curate import CurateContext
 from neighbor_lt.retrieval import get_search_backend
-from neighbor_lt.retrieval.download import read_jsonl
+from neighbor_lt.retrieval.download import read_downloads
+from neighbor_lt.retrieval.searches import open_searches
 from neighbor_lt.retrieval.stages import StageError, run_retrieve
 
 RESULTS = {
@@ -86,12 +87,12 @@ def test_web_retrieve_stage_caches_searches_and_hands_off_to_img2dataset(server,
     }
     summary = run_retrieve(section, context)
     assert summary["ok"] == 13 and summary["not_image"] == 1 and summary["total"] == 14
-    records = read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")
+    records = read_downloads(tmp_path / "retrieve")
     assert {tuple(r["neighbor_of"]) for r in records} == {("tench",)}
     api_calls = server.requests["/customsearch/v1"]
     assert run_retrieve(section, context)["total"] == 14  # resumed: no new search, no new download
     assert server.requests["/customsearch/v1"] == api_calls
-    assert len(read_jsonl(tmp_path / "retrieve" / "downloads.jsonl")) == 14
+    assert len(read_downloads(tmp_path / "retrieve")) == 14
 
     # the same URL list through img2dataset (what runs on Spark / Ray at web scale), then ingested
     from img2dataset import download
@@ -110,7 +111,7 @@ def test_web_retrieve_stage_caches_searches_and_hands_off_to_img2dataset(server,
     (other / "neighbors" / "neighbors.json").write_text(json.dumps(manifest))
     ingest = run_retrieve({"img2dataset_dir": str(i2d)}, CurateContext(str(other)))
     assert ingest["ok"] == 13 and ingest["not_image"] == 1  # the same validation as our own downloader
-    ingested = read_jsonl(other / "retrieve" / "downloads.jsonl")
+    ingested = read_downloads(other / "retrieve")
     assert {r["aux_name"] for r in ingested} == {"goldfish", "axolotl"}
     assert {tuple(r["neighbor_of"]) for r in ingested} == {("tench",)}
     assert {r.get("sha256") for r in ingested if r["outcome"] == "ok"} == {
@@ -164,7 +165,8 @@ def test_zero_results_are_recorded_and_asked_again_with_retry_failed(server, tmp
     with caplog.at_level("INFO"):
         summary = run_retrieve(section, context)
     assert summary["ok"] == 1 and summary["not_image"] == 1
-    searches = {r["aux_name"]: r for r in read_jsonl(tmp_path / "retrieve" / "searches.jsonl")}
+    with open_searches(str(tmp_path / "retrieve")) as cache:
+        searches = {r["aux_name"]: r for r in cache.iter()}
     assert searches["unicorn"]["status"] == "empty" and searches["unicorn"]["candidates"] == []
     assert "1 with zero results ('unicorn')" in caplog.text and "--retry_failed" in caplog.text
     calls = server.requests["/search.json"]

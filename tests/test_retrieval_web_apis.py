@@ -13,9 +13,9 @@ from test_retrieval_search import LOOPBACK, leaks, run_curate, write_manifest
 
 from neighbor_lt.curate import CurateContext
 from neighbor_lt.retrieval import search
-from neighbor_lt.retrieval.download import read_jsonl
 from neighbor_lt.retrieval.pricing import describe_estimate, estimate_search_cost
 from neighbor_lt.retrieval.search import SearchError, get_search_backend
+from neighbor_lt.retrieval.searches import open_searches
 from neighbor_lt.retrieval.stages import StageError, run_retrieve
 
 MANY = [(f"/many/{i}.jpg", f"/page/{i}", f"Goldfish photo {i}") for i in range(250)]
@@ -138,7 +138,8 @@ def test_images_per_class_sizes_the_searches_and_the_dry_run_prices_them_first(s
     assert json.loads((tmp_path / "retrieve" / "dry_run.json").read_text())["requests"] == 6
 
     assert run_retrieve({**section, "dry_run": False}, context) == {"candidates": 120 + 3 + 3}
-    searches = {r["aux_name"]: r for r in read_jsonl(tmp_path / "retrieve" / "searches.jsonl")}
+    with open_searches(str(tmp_path / "retrieve")) as cache:
+        searches = {r["aux_name"]: r for r in cache.iter()}
     assert len(searches["goldfish"]["candidates"]) == 120
     asked = server.requests["/search.json"]
     again = run_retrieve({**section, "images_per_class": 800}, context)  # cached classes are not priced again

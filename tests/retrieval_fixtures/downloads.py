@@ -49,14 +49,24 @@ def no_dns_resolver(calls):
 
 
 def download_command(tmp_path, candidates, processes: int) -> tuple[list[str], dict, Path]:
-    """The command (and environment) that runs the downloader on ``candidates`` in a child process, and its
-    ``downloads.jsonl``."""
+    """The command (and environment) that runs the downloader on ``candidates`` in a child process, and its output
+    folder."""
     spec = tmp_path / "candidates.json"
     spec.write_text(json.dumps([{"query": c.query, "image_url": c.image_url, "rank": c.rank} for c in candidates]))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, str(RUN_DOWNLOAD), str(spec), str(out), f"processes={processes}"]
-    return command, env, out / "downloads.jsonl"
+    return command, env, out
+
+
+def recorded(folder: Path) -> int:
+    """How many records a (running) downloader has committed in ``folder``."""
+    from neighbor_lt.retrieval.download import DOWNLOADS, open_downloads
+
+    if not (folder / DOWNLOADS).exists():
+        return 0
+    with open_downloads(str(folder)) as store:
+        return store.count()
 
 
 def run_to_end(command, env) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ A target keeps its name-ranked neighbors (``ranking.status: name_ranked``, with 
 the embedder does not load, the probes cannot be fetched at all, the target has no training image, or none of its
 candidates got a usable probe image. A candidate without probe images is dropped (it would get no auxiliary image
 either) with that reason. Nothing is fetched or embedded twice: probe downloads resume from
-``rank/probes/downloads.jsonl``, embeddings are cached in ``rank/embeddings-<model>.npz`` and the prototypes in
+``rank/probes/downloads.sqlite``, embeddings are cached in ``rank/embeddings-<model>.npz`` and the prototypes in
 ``rank/prototypes-<model>.npz``, so changing ``score`` or ``min_score`` costs nothing.
 
 Outputs besides the manifest: ``rank/report.csv``, ``rank/report.md`` (per target, its candidates with name distance
@@ -146,13 +146,13 @@ def fetch_probes(candidates: dict, args: RankArguments, context: CurateContext, 
     """Search every candidate class with the ``retrieve:`` backend and store its first ``probe_images`` images.
 
     Returns:
-        ``(probes, problems)``: auxiliary name -> its usable probe records (``downloads.jsonl`` lines), and auxiliary
-        name -> why it has none.
+        ``(probes, problems)``: auxiliary name -> its usable probe records (of ``downloads.sqlite``), and
+        auxiliary name -> why it has none.
 
     Raises:
         StageError: the search backend cannot start, or no candidate class has any search result.
     """
-    from neighbor_lt.retrieval.download import DownloadConfig, Downloader, read_jsonl
+    from neighbor_lt.retrieval.download import DownloadConfig, Downloader, open_downloads
     from neighbor_lt.retrieval.search import search_backend_class
     from neighbor_lt.retrieval.stages import search_all, search_backend
     from neighbor_lt.secrets import redact
@@ -178,19 +178,20 @@ def fetch_probes(candidates: dict, args: RankArguments, context: CurateContext, 
         downloader.run([h for group in chosen.values() for h in group], desc="probe images")
     finally:
         downloader.close()
-    records = {r["key"]: r for r in read_jsonl(os.path.join(probe_dir, "downloads.jsonl"))}
     probes, problems = {}, {}
+    store = open_downloads(probe_dir)
     for entry in aux:
         name = entry["name"]
         group = chosen.get(name, [])
         keys = [f"{name}\t{h.image_url if h.image_bytes is not None else redact(h.image_url)}" for h in group]
-        found = [records[k] for k in keys if k in records]
+        found = list(store.get_many(keys).values())
         probes[name] = [r for r in found if r["outcome"] == "ok"]
         if not group:
             problems[name] = "no search result (not in the pool, or its search failed: see the log)"
         elif not probes[name]:
             outcomes = Counter(r["outcome"] for r in found) or Counter({"not fetched": len(group)})
             problems[name] = f"none of its {len(group)} probe image(s) usable ({dict(outcomes)})"
+    store.close()
     return probes, problems
 
 

@@ -72,7 +72,7 @@ class SearchBackend:
     #: reads a local collection and returns the image bytes: nothing to download, and it takes ``exclude_names`` (the
     #: target classes it must never return)
     local: bool = False
-    #: its answers are kept in ``retrieve/searches.jsonl`` so that a rerun never asks twice (a paid or remote source)
+    #: its answers are kept in ``retrieve/searches.sqlite`` so that a rerun never asks twice (a paid or remote source)
     cacheable: bool = True
     #: answers come in pages, one request each: ``page_size`` results per request, at most ``max_results`` per query
     pages: bool = False

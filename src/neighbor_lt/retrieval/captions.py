@@ -96,7 +96,7 @@ class CaptionSearch(SearchBackend):
         memory_limit: DuckDB memory limit (e.g. ``"3GB"``); larger intermediate results spill to a temp folder.
     """
 
-    # not a local image collection (its URLs are downloaded), cached in searches.jsonl, no paging: one pass answers
+    # not a local image collection (its URLs are downloaded), cached in searches.sqlite, no paging: one pass answers
     # every name
     local, cacheable, pages = False, True, False
 

@@ -259,6 +259,17 @@ class RecordStore:
             found.update((key, json.loads(record)) for key, record in rows)
         return found
 
+    def present(self, keys: Iterable[str]) -> set[str]:
+        """Those of ``keys`` that have a record (their records are not read)."""
+        found = set()
+        for chunk in _chunked([str(k) for k in keys], _IN_CHUNK):
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT key FROM records WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+            found.update(key for (key,) in rows)
+        return found
+
     def __contains__(self, key: str) -> bool:
         with self._lock:
             return self._db.execute("SELECT 1 FROM records WHERE key = ?", (str(key),)).fetchone() is not None

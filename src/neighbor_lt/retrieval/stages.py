@@ -2,9 +2,11 @@
 
 Files under ``output_dir``:
 
-- ``retrieve/searches.jsonl``: one line per searched auxiliary class (web and URL backends), so reruns never query
-  an API twice; ``retrieve/urls.parquet``: every candidate URL (the hand-off to img2dataset);
-  ``retrieve/downloads.jsonl``: one line per candidate with its outcome; ``retrieve/images/``: stored images;
+- ``retrieve/searches.sqlite``: one record per searched auxiliary class (web and URL backends), so reruns never
+  query an API twice; ``retrieve/urls.parquet``: every candidate URL (the hand-off to img2dataset);
+  ``retrieve/downloads.sqlite``: one record per candidate with its outcome; ``retrieve/images/``: stored images
+  (both record stores, :mod:`~neighbor_lt.retrieval.records_store`, read in chunks; the ``.jsonl`` logs of earlier
+  versions are migrated into them once and kept as ``*.jsonl.migrated``);
   ``retrieve/dry_run.json``: with ``dry_run``, the requests and list price the searches would take (nothing sent).
 - ``filter/scores-<scorer>.sqlite``: per-image scores, committed shard by shard (a JSONL score file of earlier
   versions is imported once); ``filter/decisions.parquet``: scores plus keep and reason;
@@ -28,12 +30,12 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..configs import ConfigError, from_dict
 from ..curate import CurateContext, StageError, check_backend_options
-from ..extras import missing_extra_message
 from ..files import write_json_atomic
 from ..neighbors.manifest import ManifestError, default_manifest_path, load_manifest
 from ..secrets import install_log_redaction, redact, redact_mapping
@@ -49,21 +51,23 @@ from .builder import (
 )
 from .card import class_counts, count_stages, curation_card
 from .download import (
+    DOWNLOADS,
     OUTCOMES,
     DownloadConfig,
     Downloader,
-    JsonlWriter,
-    candidate_to_dict,
+    has_downloads,
+    iter_downloads,
     iter_img2dataset,
-    read_jsonl,
+    open_downloads,
 )
 from .pricing import describe_estimate, estimate_search_cost
 from .scoring import check_pass_settings, score_and_decide
-from .search import Candidate, SearchError, get_search_backend, search_backend_class
+from .search import get_search_backend, search_backend_class
+from .searches import open_searches, search_all
 
 logger = logging.getLogger(__name__)
 
-#: The rank stage's probe folder under ``<output_dir>/rank``: a retrieve folder (searches.jsonl, downloads.jsonl,
+#: The rank stage's probe folder under ``<output_dir>/rank``: a retrieve folder (searches.sqlite, downloads.sqlite,
 #: images/) whose searches and images the retrieve stage reuses.
 PROBE_DIR = "probes"
 
@@ -318,7 +322,7 @@ def run_retrieve(section: RetrieveArguments | dict, context: CurateContext) -> d
         backend = search_backend(args, manifest, context)
         candidates, searches = search_all(backend, args, aux, out, reuse_dir=probes)
         if args.search_only:
-            return {"candidates": len(candidates)}
+            return {"candidates": searches["candidates"]}
         summary = downloader.run(candidates, desc=f"retrieve ({args.backend})", retry_failed=args.retry_failed)
         summary = _report_downloads(summary, f"retrieve ({args.backend})", args.retry_failed)
         if searches["failed"] or searches["not_sent"]:
@@ -374,7 +378,7 @@ def _report_downloads(summary: dict, desc: str, retried: bool) -> dict:
     if summary["ok"] == 0:
         what = f"all {summary['total']} candidate(s) failed ({detail})" if summary["total"] else "no candidate"
         raise StageError(
-            f"{desc}: no image retrieved: {what}; see retrieve/downloads.jsonl{'; ' + blocked if blocked else ''}"
+            f"{desc}: no image retrieved: {what}; see retrieve/downloads.sqlite{'; ' + blocked if blocked else ''}"
         )
     if blocked:
         logger.warning("%s: %s", desc, blocked)
@@ -389,7 +393,8 @@ def _report_downloads(summary: dict, desc: str, retried: bool) -> dict:
 
 def _dry_run(args: RetrieveArguments, aux: list[dict], out: str) -> dict:
     """Price the searches (classes not in the search cache) and the downloads; nothing is sent."""
-    cached = {r["aux_name"] for r in read_jsonl(os.path.join(out, "searches.jsonl"))}
+    with open_searches(out) as cache:
+        cached = cache.present(a["name"] for a in aux)
     todo = [a for a in aux if a["name"] not in cached]
     estimate = estimate_search_cost(args.backend, len(todo), args.results_per_query, args.backend_kwargs)
     estimate["cached"] = len(aux) - len(todo)
@@ -402,122 +407,6 @@ def _dry_run(args: RetrieveArguments, aux: list[dict], out: str) -> dict:
             args.backend, estimate["candidates_per_query"], args.results_per_query,
         )  # fmt: skip
     return estimate
-
-
-def _prefetch(backend, args: RetrieveArguments, aux: list[dict], cached: dict) -> None:
-    """A backend with ``prefetch`` (``captions``) answers every query still to ask in one pass over its source."""
-    if not hasattr(backend, "prefetch"):
-        return
-    todo = {
-        args.query_template.format(name=e["name"]): e for e in aux
-        if cached.get(e["name"]) is None or (args.retry_failed and not cached[e["name"]]["candidates"])
-    }  # fmt: skip
-    try:
-        if todo:
-            backend.prefetch(todo, args.results_per_query)
-    except Exception as e:  # one failed pass must not turn into a pass per query
-        raise StageError(redact(f"search ({args.backend}): {type(e).__name__}: {e}")) from None
-
-
-def search_all(
-    backend, args: RetrieveArguments, aux: list[dict], out: str, reuse_dir: str | None = None
-) -> tuple[list[Candidate], Counter]:
-    """Run every query once; web results are cached in searches.jsonl (pool hits carry bytes and are recomputed).
-
-    A failed search is not cached (the next run asks again); a search with zero results is cached as ``empty`` and
-    asked again with ``retry_failed``. A cached search's hits take the manifest's current ``neighbor_of``. With
-    ``reuse_dir`` (the rank stage's probes), its cached searches answer too. Returns the candidates and counts (ok,
-    empty, failed, not_sent, cached).
-    """
-    from tqdm.auto import tqdm
-
-    cache_path = os.path.join(out, "searches.jsonl")
-    cacheable = getattr(backend, "cacheable", True)
-    cached = {r["aux_name"]: r for r in read_jsonl(cache_path)} if cacheable else {}
-    if cacheable and reuse_dir:
-        for record in read_jsonl(os.path.join(reuse_dir, "searches.jsonl")):
-            cached.setdefault(record["aux_name"], record)
-    writer = JsonlWriter(cache_path) if cacheable else None
-    candidates, stats = [], Counter()
-    errors: dict[str, list[str]] = {}  # distinct error message -> the queries that got it
-    empty, consecutive = [], 0
-    _prefetch(backend, args, aux, cached)
-    try:
-        for position, entry in enumerate(tqdm(aux, desc=f"search ({args.backend})", unit="query")):
-            name = entry["name"]
-            neighbor_of = list(entry.get("neighbor_of") or [])
-            query = args.query_template.format(name=name)
-            previous = cached.get(name)
-            if previous is not None and (previous["candidates"] or not args.retry_failed):
-                hits = [
-                    Candidate(**{**c, "aux_name": name, "neighbor_of": neighbor_of}) for c in previous["candidates"]
-                ]
-                stats["cached"] += 1
-            else:
-                try:
-                    hits = backend.search(query, max_results=args.results_per_query, wnid=entry.get("wnid"))
-                except ImportError as e:  # a missing extra fails every query alike: one line naming it, once
-                    raise StageError(f"retrieve: {missing_extra_message(e) or e}") from None
-                except Exception as e:  # one failing query must not stop the others; it is retried on the next run
-                    message = redact(e if isinstance(e, SearchError) else f"{type(e).__name__}: {e}")
-                    if message not in errors:  # each distinct error once, with the API's own words
-                        logger.error("search %r failed: %s", query, message)
-                    errors.setdefault(message, []).append(name)
-                    stats["failed"] += 1
-                    consecutive += 1
-                    limit = args.max_consecutive_search_errors
-                    if getattr(e, "fatal", False) or (limit and consecutive >= limit):  # a bad key, no quota left
-                        stats["not_sent"] = len(aux) - position - 1
-                        logger.error(
-                            "%d searches failed in a row: %d query(ies) not sent (fix the key / quota / endpoint, "
-                            "then rerun the stage)", consecutive, stats["not_sent"],
-                        )  # fmt: skip
-                        break
-                    continue
-                consecutive = 0
-                for hit in hits:
-                    hit.aux_name, hit.neighbor_of = name, neighbor_of
-                if writer:
-                    writer.write(
-                        {"aux_name": name, "query": query, "status": "ok" if hits else "empty",
-                         "candidates": [candidate_to_dict(h) for h in hits]}
-                    )  # fmt: skip
-            stats["ok" if hits else "empty"] += 1
-            if not hits:
-                empty.append(name)
-            candidates.extend(hits)
-    finally:
-        if writer:
-            writer.close()
-    shown = ", ".join(repr(n) for n in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-    logger.info(
-        "search (%s): %d query(ies): %d with results, %d with zero results%s, %d failed%s (%d from the cache); "
-        "%d candidate(s)",
-        args.backend, len(aux), stats["ok"], stats["empty"], f" ({shown})" if empty else "", stats["failed"],
-        f", {stats['not_sent']} not sent" if stats["not_sent"] else "", stats["cached"], len(candidates),
-    )  # fmt: skip
-    if empty and cacheable:
-        logger.warning("%d search(es) returned zero results; ask them again with --retry_failed", len(empty))
-    if stats["failed"] and not stats["ok"] + stats["empty"]:
-        reasons = "; ".join(errors)
-        raise StageError(
-            f"search ({args.backend}): all {stats['failed'] + stats['not_sent']} search(es) failed "
-            f"({stats['not_sent']} not sent): {reasons}"[:1000]
-        )
-    if not candidates:
-        raise StageError(
-            f"search ({args.backend}): no candidate for any of the {len(aux)} auxiliary class(es) "
-            f"({stats['empty']} with zero results, {stats['failed']} failed)"
-        )
-    if cacheable:
-        import pandas as pd
-
-        rows = [{**candidate_to_dict(c), "url": c.image_url} for c in candidates]
-        for row in rows:
-            row["neighbor_of"] = json.dumps(row["neighbor_of"])
-        frame = pd.DataFrame(rows, columns=["url", "caption", "aux_name", "neighbor_of", "page_url", "rank", "query"])
-        frame.to_parquet(os.path.join(out, "urls.parquet"), index=False)
-    return candidates, stats
 
 
 # ---- filter -----------------------------------------------------------------------------------------------------
@@ -559,38 +448,53 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
 
 
 def _retrieved_items(context: CurateContext) -> list[dict]:
-    """The ``ok`` records of ``retrieve/downloads.jsonl`` (a key's last line wins) of the current classes."""
-    manifest_path = os.path.join(context.output_dir, "retrieve", "downloads.jsonl")
-    if not os.path.exists(manifest_path):
-        raise StageError(f"filter: {manifest_path} not found: run the retrieve stage first")
-    records = {r["key"]: r for r in read_jsonl(manifest_path)}  # a key's last line wins (retried URLs)
-    items = _current_classes([r for r in records.values() if r["outcome"] == "ok"], context)
+    """The ``ok`` records of ``retrieve/downloads.sqlite`` (one per key) of the current classes."""
+    folder = os.path.join(context.output_dir, "retrieve")
+    if not has_downloads(folder):
+        raise StageError(f"filter: {os.path.join(folder, DOWNLOADS)} not found: run the retrieve stage first")
+    items = [item for chunk in iter_retrieved(context) for item in chunk]
     if not items:
+        with open_downloads(folder) as store:
+            total = store.count()
         raise StageError(
-            f"filter: no retrieved image to filter ({len(records)} record(s) in {manifest_path}, none ok): "
-            "rerun the retrieve stage"
+            f"filter: no retrieved image to filter ({total} record(s) in {os.path.join(folder, DOWNLOADS)}, none ok "
+            "of the current classes): rerun the retrieve stage"
         )
     return items
 
 
-def _current_classes(items: list[dict], context: CurateContext) -> list[dict]:
-    """The retrieved images of the auxiliary classes the neighbor manifest holds now, with its ``neighbor_of``.
+def iter_retrieved(context: CurateContext, chunk_size: int = 10_000) -> Iterator[list[dict]]:
+    """The retrieved (``ok``) images of the auxiliary classes the neighbor manifest holds now, with its
+    ``neighbor_of``, read from ``retrieve/downloads.sqlite`` ``chunk_size`` records at a time.
 
-    ``retrieve/downloads.jsonl`` keeps the images of every earlier manifest (a rerun of the neighbors or rank stage
-    may drop or re-pair classes); the filter, and so the dataset, follows the current one.
+    The downloads keep the images of every earlier manifest (a rerun of the neighbors or rank stage may drop or
+    re-pair classes); the filter, and so the dataset, follows the current one. Nothing is yielded when the retrieve
+    stage has not run.
+
+    Example:
+        >>> for chunk in iter_retrieved(context, chunk_size=2048):  # doctest: +SKIP
+        ...     scores = score_batch(chunk, refs, retrieve_dir, "embed")
+
+    Args:
+        context: has ``output_dir``.
+        chunk_size: records read per chunk (a chunk may hold fewer after the class filter, never an empty one).
     """
     path, manifest = current_manifest(context)
-    if manifest is None or not isinstance(manifest.get("auxiliary"), list):
-        return items
-    current = {a["name"]: list(a.get("neighbor_of") or []) for a in manifest["auxiliary"] if isinstance(a, dict)}
-    kept = [{**r, "neighbor_of": current[r["aux_name"]]} for r in items if r.get("aux_name") in current]
-    if len(kept) < len(items):
-        gone = sorted({r.get("aux_name") for r in items if r.get("aux_name") not in current})
+    current = None
+    if manifest is not None and isinstance(manifest.get("auxiliary"), list):
+        current = {a["name"]: list(a.get("neighbor_of") or []) for a in manifest["auxiliary"] if isinstance(a, dict)}
+    gone: Counter = Counter()
+    for chunk in iter_downloads(os.path.join(context.output_dir, "retrieve"), "ok", chunk_size):
+        if current is not None:
+            gone.update(r.get("aux_name") for r in chunk if r.get("aux_name") not in current)
+            chunk = [{**r, "neighbor_of": current[r["aux_name"]]} for r in chunk if r.get("aux_name") in current]
+        if chunk:
+            yield chunk
+    if gone:
         logger.info(
             "filter: %d retrieved image(s) of %d class(es) no longer in %s left out (e.g. %s)",
-            len(items) - len(kept), len(gone), path, ", ".join(map(repr, gone[:3])),
+            gone.total(), len(gone), path, ", ".join(map(repr, sorted(gone, key=str)[:3])),
         )  # fmt: skip
-    return kept
 
 
 # ---- build ------------------------------------------------------------------------------------------------------

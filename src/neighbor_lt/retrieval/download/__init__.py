@@ -1,8 +1,10 @@
 """A polite, guarded, resumable image downloader.
 
-Every candidate URL gets exactly one line in ``downloads.jsonl`` (its outcome, hashes and stored file); images are
-stored once, by SHA-256, under ``images/``. A rerun skips every URL that already has a line, so killing the process at
-any point and starting it again loses nothing and duplicates nothing.
+Every candidate URL gets exactly one record in ``downloads.sqlite`` (its outcome, hashes and stored file; a
+:class:`~neighbor_lt.retrieval.records_store.RecordStore`, read with :func:`iter_downloads`); images are stored once, by
+SHA-256, under ``images/``. A rerun skips every URL that already has a record, so killing the process at any point and
+starting it again loses nothing and duplicates nothing (a batch of records not yet committed is redone). A
+``downloads.jsonl`` of an earlier version is migrated into the store once.
 
 Outcomes: ``ok``, ``http_error``, ``timeout``, ``network_error``, ``dns_error`` (the name does not resolve),
 ``bad_url`` (malformed URL, invalid port, unsupported scheme), ``robots_unreachable`` (robots.txt answered 5xx or could
@@ -14,8 +16,8 @@ fetches those again and nothing else.
 
 Ctrl-C stops the run within about a second: queued URLs are dropped, downloads still in flight get ``stop_grace``
 seconds to finish and be recorded, the rest are abandoned with nothing written for them. An image file is written only
-together with its record (a file left by ``kill -9`` between the two is removed on the next run), so a rerun resumes
-with nothing lost and nothing twice.
+together with its record (a file whose record ``kill -9`` left uncommitted is removed on the next run), so a rerun
+resumes with nothing lost and nothing twice.
 
 Speed: one Python process is CPU-bound at a few hundred images per second, so ``num_processes`` download processes
 (default: one per CPU core, at most 4, for 200 URLs or more) fetch, validate and hash in parallel, with
@@ -37,8 +39,9 @@ resolve, and leaves the names only the proxy resolves to the proxy.
 
 The parts, one concern each: :mod:`.config` (settings, outcomes), :mod:`.client` (HTTP/1.1 connections and the
 address guard), :mod:`.robots` (robots.txt, X-Robots-Tag), :mod:`.limits` (per-host limits), :mod:`.images`
-(validation), :mod:`.dedup` (hashes and the dedup index), :mod:`.records` (the JSONL log), :mod:`.downloader` (the
-loop over candidates), :mod:`.processes` (the download processes), :mod:`.img2dataset` (ingesting its output).
+(validation), :mod:`.dedup` (hashes and the dedup index), :mod:`.records` (the record store's folder helpers),
+:mod:`.downloader` (the loop over candidates), :mod:`.processes` (the download processes), :mod:`.img2dataset`
+(ingesting its output).
 """
 
 from .client import AddressGuard, BlockedAddress, DnsError
@@ -47,9 +50,19 @@ from .dedup import DedupIndex, hamming, perceptual_hash
 from .downloader import Downloader
 from .images import decode_image
 from .img2dataset import iter_img2dataset
-from .records import JsonlWriter, candidate_to_dict, read_jsonl
+from .records import (
+    DOWNLOADS,
+    JsonlWriter,
+    candidate_to_dict,
+    has_downloads,
+    iter_downloads,
+    open_downloads,
+    read_downloads,
+    read_jsonl,
+)
 
 __all__ = [
+    "DOWNLOADS",
     "OUTCOMES",
     "RETRYABLE_OUTCOMES",
     "AddressGuard",
@@ -62,8 +75,12 @@ __all__ = [
     "candidate_to_dict",
     "decode_image",
     "hamming",
+    "has_downloads",
     "is_retryable",
+    "iter_downloads",
     "iter_img2dataset",
+    "open_downloads",
     "perceptual_hash",
+    "read_downloads",
     "read_jsonl",
 ]

@@ -35,8 +35,8 @@ def perceptual_hash(image: Image.Image) -> str:
 
 
 class DedupIndex:
-    """What a run has seen, shared by its threads: image SHA-256 and perceptual hash -> the first record's key, and
-    URL -> its first record (a URL found by several queries is fetched once).
+    """What a run has seen, shared by its threads: image SHA-256 and perceptual hash -> the first record's key (a URL
+    found by several queries is found in the record store instead: :meth:`~.downloader.Downloader.url_result`).
 
     Near perceptual hashes are looked up through a multi-index (:class:`~neighbor_lt.retrieval.hamming.HammingIndex`),
     not a scan of every kept hash; the answer is the scan's: an equal hash first, else the earliest kept hash within
@@ -53,7 +53,6 @@ class DedupIndex:
         self._phash: dict[str, str] = {}
         self._near = HammingIndex(min(phash_distance, 63)) if phash_distance > 0 else None
         self._near_keys: list[str] = []  # HammingIndex id -> the key of that hash's first record
-        self._urls: dict[str, dict] = {}  # redacted URL -> its first record
 
     def add_stored(self, record: dict) -> None:
         """Index an ``ok`` record of an earlier run (its image is the first of its hashes unless one came before)."""
@@ -86,14 +85,3 @@ class DedupIndex:
             return self._near_keys[0] if self._near_keys else None
         first = self._near.first_within(int(phash, 16))
         return None if first is None else self._near_keys[first]
-
-    def remember_url(self, record: dict) -> None:
-        """Keep ``record`` as its URL's result unless the URL has one (a local pool's rows are not URLs)."""
-        if not record["source_url"].startswith("pool://"):
-            with self.lock:
-                self._urls.setdefault(record["source_url"], record)
-
-    def url_result(self, url: str) -> dict | None:
-        """The first record of ``url``, or None when it was not fetched yet."""
-        with self.lock:
-            return self._urls.get(url)

@@ -22,21 +22,30 @@ from tqdm.auto import tqdm
 
 from ...secrets import redactor
 from ..proxies import parse_proxy
+from ..records_store import RecordStore
 from ..search import Candidate
 from .client import AddressGuard, BlockedAddress, Connections, DnsError, HttpError, HttpTimeout, Response, url_problem
-from .config import OUTCOMES, DownloadConfig, guard_settings, is_refetched, is_retryable
+from .config import (
+    OUTCOMES,
+    RETRYABLE_OUTCOMES,
+    SETTING_OUTCOMES,
+    DownloadConfig,
+    guard_settings,
+    is_refetched,
+    is_retryable,
+)
 from .dedup import DedupIndex, perceptual_hash
 from .images import decode_image
 from .limits import HostLimiters, Stopped
 from .processes import process_count, run_processes
-from .records import JsonlWriter, atomic_write, read_jsonl
+from .records import DOWNLOADS, atomic_write, has_downloads, open_downloads
 from .robots import RobotsRules, RobotsUnreachable, opted_out
 
 logger = logging.getLogger(__name__)
 
 
 class Downloader:
-    """Fetch, validate, deduplicate and store candidate images; one manifest line per candidate.
+    """Fetch, validate, deduplicate and store candidate images; one record per candidate in ``downloads.sqlite``.
 
     Example:
         >>> from neighbor_lt.retrieval import Candidate, DownloadConfig, Downloader
@@ -46,7 +55,8 @@ class Downloader:
         >>> dl.run(candidates, retry_failed=True)  # doctest: +SKIP  # timeouts, 5xx, DNS errors ... fetched again
 
     Args:
-        output_dir: folder of ``downloads.jsonl``, ``images/`` and ``download_summary.json``.
+        output_dir: folder of ``downloads.sqlite`` (:func:`~.records.open_downloads`; an earlier version's
+            ``downloads.jsonl`` is migrated into it once), ``images/`` and ``download_summary.json``.
         config: a :class:`DownloadConfig`.
         resolver: ``getaddrinfo``-compatible name resolver (default ``socket.getaddrinfo``; tests inject one).
         reuse_dir: another downloader's folder (the rank stage's probes): a candidate with an ``ok`` record there
@@ -64,7 +74,7 @@ class Downloader:
     ):
         self.output_dir = output_dir
         self.config = config = config or DownloadConfig()
-        self.manifest_path = os.path.join(output_dir, "downloads.jsonl")
+        self.manifest_path = os.path.join(output_dir, DOWNLOADS)
         self.guard = AddressGuard(config.block_private_addresses, config.allowed_networks, resolver)
         self._local = threading.local()
         self._connections: list[Connections] = []
@@ -83,58 +93,68 @@ class Downloader:
         self._guard_settings = guard_settings(config)
         self._redact = redactor()  # the secrets known now; renewed by run()
         self._throttled_elsewhere: Counter = Counter()  # host -> seconds held back in the download processes
-        self._commit_lock = threading.Lock()  # an image file and its manifest line are written together
-        self._writer: JsonlWriter | None = None
+        self._commit_lock = threading.Lock()  # an image file and its record are written together
+        self._store: RecordStore | None = None  # open during a run (in the process that writes)
+        self._writing = False
         self.reuse_dir = reuse_dir
-        self._reuse: dict[str, dict] = {}
-        if reuse_dir:
-            manifest = os.path.join(reuse_dir, "downloads.jsonl")
-            self._reuse = {r["key"]: r for r in read_jsonl(manifest) if r.get("outcome") == "ok" and r.get("path")}
+        self._reuse = open_downloads(reuse_dir) if reuse_dir and has_downloads(reuse_dir) else None
 
     # ---- resumption -------------------------------------------------------------------------------------------
-    def load_records(self, retry_failed: bool = False) -> dict[str, dict]:
-        """Records already in the manifest, by key (a key's last line wins); also rebuilds the dedup indexes.
+    def _resume(self, store: RecordStore, retry_failed: bool = False) -> None:
+        """Prepare a run on the records already in ``store``: take out those fetched again, index the stored images.
 
         With ``retry_failed``, the records of retryable failures (:func:`is_retryable`) and of refused addresses are
-        taken out of the manifest (rewritten atomically), so their URLs are fetched again; refused addresses also
-        whenever the guard's settings changed since (:func:`is_refetched`). Image files without a record (left by
-        ``kill -9`` between writing a file and its line) are removed.
+        deleted, so their URLs are fetched again; refused addresses also whenever the guard's settings changed since
+        (:func:`is_refetched`). Image files without a record (left by ``kill -9`` before their batch was committed)
+        are removed. Records are read in chunks: memory holds the dedup index's hashes, not the records.
         """
-        lines = read_jsonl(self.manifest_path)
-        records = {}
-        for record in lines:
-            records[record["key"]] = record
         guard = guard_settings(self.config)
-        refetch = [key for key, record in records.items() if is_refetched(record, retry_failed, guard)]
-        for key in refetch:
-            del records[key]
-        if refetch or (retry_failed and len(lines) != len(records)):
-            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records.values())
-            atomic_write(self.manifest_path, text.encode())
+        asked = [*RETRYABLE_OUTCOMES, "http_error", *SETTING_OUTCOMES] if retry_failed else list(SETTING_OUTCOMES)
+        refetch = [
+            record["key"] for chunk in store.chunks(outcome=asked) for record in chunk
+            if is_refetched(record, retry_failed, guard)
+        ]  # fmt: skip
+        store.delete(refetch)
         if retry_failed:
             logger.info("retry_failed: %d failed URL(s) will be fetched again", len(refetch))
         elif refetch:
             logger.info("%d URL(s) the address guard refused under other settings will be checked again", len(refetch))
-        for record in records.values():
-            if record["outcome"] == "ok":
+        for chunk in store.chunks(outcome="ok"):
+            for record in chunk:
                 self.seen.add_stored(record)
-        self._remove_orphans(records)
-        return records
+        self._remove_orphans(store)
 
-    def _remove_orphans(self, records: dict[str, dict]) -> None:
+    def _remove_orphans(self, store: RecordStore, chunk: int = 500) -> None:
         root = os.path.join(self.output_dir, "images")
         if not os.path.isdir(root):
             return
-        keep = {os.path.normpath(os.path.join(self.output_dir, r["path"])) for r in records.values() if r.get("path")}
         removed = 0
+
+        def check(paths: list[str]) -> int:
+            kept = {r["path"] for r in store.iter(path=paths)}
+            orphans = [p for p in paths if p not in kept]
+            for path in orphans:
+                os.remove(os.path.join(self.output_dir, path))
+            return len(orphans)
+
+        batch: list[str] = []
         for folder, _, files in os.walk(root):
-            for name in files:
-                path = os.path.normpath(os.path.join(folder, name))
-                if path not in keep:
-                    os.remove(path)
-                    removed += 1
+            for name in files:  # a record's path is relative to the output folder
+                batch.append(os.path.relpath(os.path.join(folder, name), self.output_dir))
+                if len(batch) >= chunk:
+                    removed += check(batch)
+                    batch = []
+        removed += check(batch)
         if removed:
-            logger.info("removed %d image file(s) without a manifest line (left by an interrupted run)", removed)
+            logger.info("removed %d image file(s) without a record (left by an interrupted run)", removed)
+
+    def url_result(self, url: str) -> dict | None:
+        """The first record of ``url`` in this run's store (any class), or None: not fetched yet, a local pool's row,
+        or a download process (which has no store)."""
+        store = self._store
+        if store is None or url.startswith("pool://"):
+            return None
+        return store.first(source_url=url)
 
     # ---- HTTP -------------------------------------------------------------------------------------------------
     @property
@@ -291,7 +311,7 @@ class Downloader:
             result = reused
         elif candidate.image_bytes is not None:
             result = {"outcome": "ok", "data": candidate.image_bytes}
-        elif (previous := self.seen.url_result(record["source_url"])) is not None:  # found by another query
+        elif (previous := self.url_result(record["source_url"])) is not None:  # found by another query
             result = {"outcome": "duplicate" if previous["outcome"] == "ok" else previous["outcome"]}
             result["detail"] = f"same URL as {previous['key']}"
             result.update({k: previous[k] for k in ("status", "guard") if k in previous})
@@ -329,8 +349,9 @@ class Downloader:
 
     def _reused(self, key: str) -> dict | None:
         """The stored image of ``key`` in ``reuse_dir`` as a fetch result (its record's fields), or None."""
-        previous = self._reuse.get(key)
-        path = os.path.join(self.reuse_dir, previous["path"]) if previous else None
+        previous = self._reuse.get(key) if self._reuse is not None else None
+        ok = previous is not None and previous.get("outcome") == "ok" and previous.get("path")
+        path = os.path.join(self.reuse_dir, previous["path"]) if ok else None
         if path is None or not os.path.isfile(path):
             return None
         with open(path, "rb") as f:
@@ -339,26 +360,31 @@ class Downloader:
         return {"outcome": "ok", "data": data, **{k: previous[k] for k in fields if k in previous}, "reused": True}
 
     def _commit(self, prepared: tuple[dict, bytes | None] | None) -> None:
-        """Deduplicate a candidate, then write its image file and its manifest line together; dropped once the run
-        has stopped."""
+        """Deduplicate a candidate, then write its image file and its record together; dropped once the run has
+        stopped."""
         if prepared is None:
             return
         record, data = prepared
         with self._commit_lock:
-            if self._writer is None:
+            if not self._writing:
                 return
             data = self._dedup(record, data)
-            self.seen.remember_url(record)
             if data is not None:
                 atomic_write(os.path.join(self.output_dir, record["path"]), data)
-            self._writer.write(record)
+            self._store.put(record)
 
     # ---- a run --------------------------------------------------------------------------------------------------
     def run(
-        self, candidates: Iterable[Candidate], desc: str = "download", retry_failed: bool = False
+        self,
+        candidates: Iterable[Candidate],
+        desc: str = "download",
+        retry_failed: bool = False,
+        chunk_size: int = 20_000,
     ) -> dict[str, int]:
-        """Process every candidate that has no manifest line yet; returns counts per outcome over the whole manifest.
+        """Process every candidate that has no record yet; returns counts per outcome over the whole store.
 
+        Candidates are read ``chunk_size`` at a time (a generator is never materialised), those already recorded
+        are skipped, and each chunk is downloaded before the next is read, so memory follows the chunk, not the run.
         Ctrl-C (KeyboardInterrupt) stops it within about ``stop_grace`` seconds: what finished is recorded, the
         rest is not, and the KeyboardInterrupt is raised again for the caller.
 
@@ -367,42 +393,74 @@ class Downloader:
             {'ok': 812, 'http_error': 40, 'duplicate': 25, ..., 'retryable': 31, 'total': 900}
 
         Args:
-            candidates: :class:`Candidate` objects (their ``aux_name`` + URL is the resumption key).
+            candidates: :class:`Candidate` objects (their ``aux_name`` + URL is the resumption key), any iterable.
             desc: progress-bar label.
             retry_failed: fetch again the URLs whose record is a retryable failure (:func:`is_retryable`).
+            chunk_size: candidates read and downloaded at a time.
         """
         self._redact = redactor()  # secrets registered since construction (a search backend's key) are known now
-        done = self.load_records(retry_failed)
-        for record in done.values():
-            self.seen.remember_url(record)
-        todo, keys = [], set(done)
-        for candidate in candidates:
-            key = f"{candidate.aux_name}\t{self.source_url(candidate)}"
-            if key not in keys:
-                keys.add(key)
-                todo.append(candidate)
-        logger.info("%s: %d candidate(s) already in %s, %d to do", desc, len(done), self.manifest_path, len(todo))
-        self._stop.clear()
-        self._writer = JsonlWriter(self.manifest_path)
+        store = self._store = open_downloads(self.output_dir)
         try:
-            with tqdm(total=len(todo), desc=desc, unit="img") as bar:
-                if self.config.num_workers <= 1 or all(c.image_bytes is not None for c in todo):
-                    for candidate in todo:
-                        self._commit(self._prepare(candidate))
-                        bar.update()
-                elif (processes := process_count(self.config, self.guard, todo)) > 1:
-                    run_processes(self, todo, bar, processes)
-                else:
-                    self._run_threads(todo, bar)
+            self._resume(store, retry_failed)
+            logger.info("%s: %d record(s) already in %s", desc, store.count(), self.manifest_path)
+            self._stop.clear()
+            self._writing = True
+            total = len(candidates) if hasattr(candidates, "__len__") else None
+            done = 0
+            with tqdm(total=total, desc=desc, unit="img") as bar:
+                for todo, skipped in self._todo_chunks(candidates, store, chunk_size):
+                    bar.update(skipped)
+                    done += len(todo)
+                    self._run_chunk(todo, bar)
+            logger.info("%s: %d candidate(s) downloaded or settled in this run", desc, done)
         except KeyboardInterrupt:
             logger.warning("%s: interrupted; what finished is recorded, rerun to resume", desc)
             raise
         finally:
             self._stop.set()
-            with self._commit_lock:  # from here on, a late worker writes nothing (no file without its line)
-                writer, self._writer = self._writer, None
-                writer.close()
-        return self.summary()
+            with self._commit_lock:  # from here on, a late worker writes nothing (no file without its record)
+                self._writing = False
+                store.flush()
+        try:
+            return self.summary()
+        finally:
+            self._store = None
+            store.close()
+
+    def _todo_chunks(self, candidates: Iterable[Candidate], store: RecordStore, size: int):
+        """``(candidates without a record, how many were skipped)`` per ``size`` candidates read; a chunk is read
+        after the previous one was recorded, so a key repeated in a later chunk is found in the store."""
+        chunk: dict[str, Candidate] = {}
+        read = 0
+        for candidate in candidates:
+            chunk.setdefault(f"{candidate.aux_name}\t{self.source_url(candidate)}", candidate)
+            read += 1
+            if read >= size:
+                yield self._not_recorded(chunk, store, read)
+                chunk, read = {}, 0
+        if read:
+            yield self._not_recorded(chunk, store, read)
+
+    @staticmethod
+    def _not_recorded(chunk: dict[str, Candidate], store: RecordStore, read: int) -> tuple[list[Candidate], int]:
+        recorded = store.present(chunk)
+        todo = [candidate for key, candidate in chunk.items() if key not in recorded]
+        return todo, read - len(todo)
+
+    def _run_chunk(self, todo: list[Candidate], bar) -> None:
+        """Download ``todo``: in this thread, on threads, or in download processes."""
+        if not todo:
+            return
+        if self.config.num_workers <= 1 or all(c.image_bytes is not None for c in todo):
+            for candidate in todo:
+                if self._stop.is_set():
+                    return
+                self._commit(self._prepare(candidate))
+                bar.update()
+        elif (processes := process_count(self.config, self.guard, todo)) > 1:
+            run_processes(self, todo, bar, processes)
+        else:
+            self._run_threads(todo, bar)
 
     def _run_threads(self, todo: list[Candidate], bar) -> None:
         """Process ``todo`` on ``num_workers`` daemon threads (they never hold up the interpreter's exit)."""
@@ -453,13 +511,19 @@ class Downloader:
             raise errors[0]
 
     def summary(self) -> dict[str, int]:
-        """Counts per outcome over the whole manifest (one per key), the number of retryable failures and the seconds
+        """Counts per outcome over the whole store (one per key), the number of retryable failures and the seconds
         the per-host rate limit held requests back; also written to ``download_summary.json``."""
-        records = {r["key"]: r for r in read_jsonl(self.manifest_path)}
-        counts = Counter(r["outcome"] for r in records.values())
-        summary = {outcome: counts.get(outcome, 0) for outcome in OUTCOMES}
-        summary["retryable"] = sum(is_retryable(r) for r in records.values())
-        summary["total"] = len(records)
+        store = self._store or open_downloads(self.output_dir)
+        try:
+            counts = store.count_by("outcome")
+            summary = {outcome: counts.get(outcome, 0) for outcome in OUTCOMES}
+            summary["retryable"] = sum(counts.get(outcome, 0) for outcome in RETRYABLE_OUTCOMES) + sum(
+                is_retryable(r) for chunk in store.chunks(outcome="http_error") for r in chunk
+            )
+            summary["total"] = store.count()
+        finally:
+            if store is not self._store:
+                store.close()
         waited = Counter(self.limiters.waited())
         with self._lock:
             waited.update(self._throttled_elsewhere)

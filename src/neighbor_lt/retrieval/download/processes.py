@@ -70,7 +70,7 @@ def run_processes(downloader, todo: list[Candidate], bar, processes: int) -> Non
     leaders = 0
     for candidate in todo:
         url = downloader.source_url(candidate)
-        if downloader.seen.url_result(url) is not None:  # a previous run fetched it: settled without a request
+        if downloader.url_result(url) is not None:  # a previous run fetched it: settled without a request
             downloader._commit(downloader._prepare(candidate))
             bar.update()
         elif url in waiting:
@@ -110,7 +110,7 @@ def run_processes(downloader, todo: list[Candidate], bar, processes: int) -> Non
         downloader._commit(prepared)
         bar.update()
         url = prepared[0]["source_url"]
-        if downloader.seen.url_result(url) is not None:  # committed: its followers are settled without a request
+        if downloader.url_result(url) is not None:  # committed: its followers are settled without a request
             for follower in waiting.pop(url, ()):
                 downloader._commit(downloader._prepare(follower))
                 bar.update()
