@@ -80,3 +80,9 @@ def test_curate_scale_benchmark_runs(tiny_imagenet_dir, tmp_path):
         assert run["counts"]["filter"]["leak_phash"] == planted["leak"] > 0
         assert run["counts"]["build"]["images"] == run["counts"]["filter"]["kept"]
     assert "| 200 | filter |" in stdout and "- peak RSS at 200:" in stdout
+
+
+@pytest.mark.slow
+def test_record_store_benchmark_runs():
+    stdout = run_benchmark("record_store.py", "--sizes", "2000", "6000")
+    assert "| 6,000 |" in stdout and "bytes per stored (ok) image" in stdout

@@ -248,3 +248,21 @@ def test_retrieve_stage_names_the_setting_and_a_rerun_with_it_fetches(server, tm
     assert server.requests == before
     section["download"] = {"num_workers": 2, "allowed_networks": ["127.0.0.1/32"], "requests_per_second_per_host": 0}
     assert run_retrieve(section, CurateContext(str(tmp_path)))["ok"] == 3
+
+
+def test_candidates_stream_in_chunks_and_a_key_repeated_in_a_later_chunk_is_settled_once(jpegs, tmp_path):
+    server = ImageServer(jpegs).start()
+    try:
+        paths = [f"/img/{i}.jpg" for i in range(7)] + ["/img/2.jpg", "/dup/3.jpg", "/img/0.jpg"]
+
+        def candidates():  # a generator: never a list in the downloader
+            for rank, path in enumerate(paths):
+                yield Candidate("fish", server.url(path), rank=rank)
+
+        summary = Downloader(str(tmp_path), loopback_config()).run(candidates(), chunk_size=3)
+        records = read_downloads(tmp_path)
+        assert summary["total"] == len(records) == len({r["key"] for r in records}) == 8  # 7 URLs + the copy
+        assert summary["ok"] == 7 and summary["duplicate"] == 1
+        assert sum(n for p, n in server.requests.items() if p.startswith(("/img/", "/dup/"))) == 8  # each URL once
+    finally:
+        server.stop()

@@ -1,27 +1,29 @@
-"""The downloader's JSONL log: a torn last line (a killed writer) is skipped on reading and cut before appending."""
+"""A downloader folder's records: read in chunks by outcome, nothing from a folder without records, and the JSONL log
+of an earlier version migrated on first use."""
 
 import json
-import threading
 
-from neighbor_lt.retrieval.download import JsonlWriter, read_jsonl
+from neighbor_lt.retrieval.download import has_downloads, iter_downloads, open_downloads, read_downloads
 
 
-def test_a_torn_last_line_is_skipped_then_cut_and_threads_write_whole_lines(tmp_path):
-    path = tmp_path / "log" / "downloads.jsonl"
-    assert read_jsonl(path) == []
-    writer = JsonlWriter(str(path))
-    writer.write({"key": "a", "caption": "ünïcode"})
-    writer.close()
-    with open(path, "a") as f:
-        f.write('{"key": "b", "outc')  # killed mid-line
-    assert read_jsonl(path) == [{"key": "a", "caption": "ünïcode"}]
-    writer = JsonlWriter(str(path))
-    threads = [threading.Thread(target=writer.write, args=({"key": f"t{i}", "pad": "x" * 5000},)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    writer.close()
-    lines = path.read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 9 and all(json.loads(line) for line in lines)  # no torn or interleaved line
-    assert sorted(r["key"] for r in read_jsonl(path)) == ["a"] + [f"t{i}" for i in range(8)]
+def test_records_of_a_folder_come_in_chunks_by_outcome(tmp_path):
+    assert not has_downloads(str(tmp_path)) and list(iter_downloads(str(tmp_path))) == []
+    with open_downloads(str(tmp_path)) as store:
+        store.put_many(
+            {"key": f"fish\thttp://x/{i}.jpg", "source_url": f"http://x/{i}.jpg", "caption": "ünïcode",
+             "outcome": "ok" if i % 4 else "timeout", "path": f"images/{i}.jpg" if i % 4 else None}
+            for i in range(10)
+        )  # fmt: skip
+    assert has_downloads(str(tmp_path))
+    chunks = list(iter_downloads(str(tmp_path), chunk_size=3))
+    assert [len(c) for c in chunks] == [3, 3, 1] and {r["outcome"] for c in chunks for r in c} == {"ok"}
+    assert [len(c) for c in iter_downloads(str(tmp_path), outcome=["timeout"])] == [3]
+    assert [r["caption"] for r in read_downloads(str(tmp_path))] == ["ünïcode"] * 10
+
+
+def test_a_jsonl_log_of_an_earlier_version_is_read_through_the_store(tmp_path):
+    lines = [{"key": "a", "outcome": "timeout", "source_url": "http://x/a"}, {"key": "a", "outcome": "ok"}]
+    (tmp_path / "downloads.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"key": "b", "outc')
+    assert has_downloads(str(tmp_path))
+    assert [r["outcome"] for r in read_downloads(str(tmp_path))] == ["ok"]  # a key's last line wins, torn line out
+    assert (tmp_path / "downloads.jsonl.migrated").exists() and not (tmp_path / "downloads.jsonl").exists()

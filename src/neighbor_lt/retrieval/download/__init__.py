@@ -52,13 +52,11 @@ from .images import decode_image
 from .img2dataset import iter_img2dataset
 from .records import (
     DOWNLOADS,
-    JsonlWriter,
     candidate_to_dict,
     has_downloads,
     iter_downloads,
     open_downloads,
     read_downloads,
-    read_jsonl,
 )
 
 __all__ = [
@@ -71,7 +69,6 @@ __all__ = [
     "DnsError",
     "DownloadConfig",
     "Downloader",
-    "JsonlWriter",
     "candidate_to_dict",
     "decode_image",
     "hamming",
@@ -82,5 +79,4 @@ __all__ = [
     "open_downloads",
     "perceptual_hash",
     "read_downloads",
-    "read_jsonl",
 ]

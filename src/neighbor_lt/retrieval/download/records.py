@@ -3,7 +3,6 @@ writes, candidates as JSON."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -72,42 +71,6 @@ def iter_downloads(folder: str, outcome: str | list[str] | None = "ok", chunk_si
 def read_downloads(folder: str) -> list[dict]:
     """Every record of a downloader folder as a list (insertion order): for small folders and tests."""
     return [record for chunk in iter_downloads(folder, outcome=None) for record in chunk]
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """Read a JSONL file, ignoring a torn last line left by a killed writer."""
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                logger.warning("%s: skipping a torn line", path)
-    return records
-
-
-class JsonlWriter:
-    """Append-only JSONL log, one flushed line per record, safe to share between threads."""
-
-    def __init__(self, path: str):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if os.path.exists(path) and os.path.getsize(path):
-            with open(path, "rb+") as f:  # drop a torn last line so the next record starts on its own line
-                data = f.read()
-                if not data.endswith(b"\n"):
-                    f.truncate(data.rfind(b"\n") + 1)
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115
-        self.lock = threading.Lock()
-
-    def write(self, record: dict) -> None:
-        with self.lock:
-            self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def atomic_write(path: str, data: bytes) -> None:
