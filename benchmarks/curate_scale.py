@@ -12,7 +12,7 @@ Each size is a whole curation run through the product's command line (``neighbor
 - LAION-like caption metadata (one Parquet file, N rows, N / classes per class): the ``captions`` search backend
   finds every class in one pass; every URL points at the loopback server;
 - the server (aiohttp, its own process, 127.0.0.1 only) answers ``/img/<i>.jpg`` with a distinct 64x64 JPEG made on
-  the fly: a Tiny-ImageNet training image plus a smooth random pattern (so perceptual hashes differ between URLs),
+  the fly: a Tiny-ImageNet training image turned or mirrored and blended with another (perceptual hashes differ),
   except for planted cases: ``--dup_rate`` of the URLs serve the bytes of URL i-1 (SHA-256 duplicate), as many serve
   URL i-1 re-encoded at a lower quality (a perceptual-hash near-duplicate) and ``--leak_rate`` serve a target
   validation image (a leak the filter must drop);
@@ -59,7 +59,7 @@ JSON_PATH = os.path.join(HERE, "results", "curate_scale.json")
 HOST = "127.0.0.1"  # the only address the server binds to and the stages fetch from
 STAGES = ("retrieve", "filter", "build")
 FILLER = "a the of photo image picture stock free new best close up view my our in on with and hd".split()
-BASE_IMAGES, PATTERNS, SIDE = 4000, 320, 64  # distinct images: BASE_IMAGES x PATTERNS (1.28M)
+BASE_IMAGES, SIDE = 4000, 64
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------------
@@ -202,10 +202,13 @@ def planted(i: int, dup_rate: float, leak_rate: float, seed: int) -> str:
 
 
 class Images:
-    """Distinct small JPEGs by index: base image ``i % BASE_IMAGES`` plus smooth pattern ``i // BASE_IMAGES``."""
+    """Distinct small JPEGs by index: a Tiny-ImageNet training image (``i % BASE_IMAGES``) turned or mirrored
+    (``i // BASE_IMAGES % 8``) and blended with another one; about 0.1% of them land within 4 bits of another's
+    perceptual hash, as near-duplicates do on the web."""
 
-    def __init__(self, seed: int):
-        from download import load_jpegs
+    def __init__(self):
+        import pyarrow.parquet as pq
+        from download import load_jpegs  # benchmarks/download.py
         from PIL import Image
 
         self.bases = np.stack(
@@ -213,27 +216,19 @@ class Images:
                 np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((SIDE, SIDE)))
                 for b in load_jpegs(BASE_IMAGES)
             ]
-        ).astype(np.int16)
-        rng = np.random.default_rng(seed)
-        fields = rng.normal(0, 45, size=(PATTERNS, 4, 4)).astype(np.float32)
-        self.patterns = np.stack(
-            [np.asarray(Image.fromarray(f).resize((SIDE, SIDE), Image.Resampling.BICUBIC)) for f in fields]
-        ).astype(np.int16)[..., None]
-        import pyarrow.parquet as pq
-
-        self.leaks = [
-            row["bytes"]
-            for row in pq.read_table(os.path.join(DATA, "valid-00000-of-00001.parquet"), columns=["image"])
-            .column("image")
-            .to_pylist()
-        ]
+        )
+        valid = pq.read_table(os.path.join(DATA, "valid-00000-of-00001.parquet"), columns=["image"])
+        self.leaks = [row["bytes"] for row in valid.column("image").to_pylist()]
 
     def jpeg(self, i: int, quality: int = 90) -> bytes:
         from PIL import Image
 
-        pixels = self.bases[i % len(self.bases)] + self.patterns[(i // len(self.bases)) % len(self.patterns)]
+        first, turn = i % BASE_IMAGES, (i // BASE_IMAGES) % 8
+        second = (first + 1 + (i // BASE_IMAGES // 8) * 7919) % BASE_IMAGES
+        pixels = np.rot90(self.bases[first], turn % 4)
+        pixels = pixels[:, ::-1] if turn >= 4 else pixels
         out = io.BytesIO()
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=quality)
+        Image.fromarray((0.6 * pixels + 0.4 * self.bases[second]).astype(np.uint8)).save(out, "JPEG", quality=quality)
         return out.getvalue()
 
     def serve(self, i: int, dup_rate: float, leak_rate: float, seed: int) -> bytes:
@@ -253,7 +248,7 @@ def serve(args) -> None:
 
     from aiohttp import web
 
-    images = Images(args.seed)
+    images = Images()
 
     async def image(request):
         body = images.serve(int(request.match_info["index"]), args.dup_rate, args.leak_rate, args.seed)
@@ -480,7 +475,8 @@ def machine() -> str:
         (ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
          if ln.startswith("Model name")), platform.processor(),
     )  # fmt: skip
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    threads = f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else ""
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}{threads}"
 
 
 def save_run(path: str, run: dict) -> list[dict]:
