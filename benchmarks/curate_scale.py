@@ -12,7 +12,7 @@ Each size is a whole curation run through the product's command line (``neighbor
 - LAION-like caption metadata (one Parquet file, N rows, N / classes per class): the ``captions`` search backend
   finds every class in one pass; every URL points at the loopback server;
 - the server (aiohttp, its own process, 127.0.0.1 only) answers ``/img/<i>.jpg`` with a distinct 64x64 JPEG made on
-  the fly: a Tiny-ImageNet training image turned or mirrored and blended with another (perceptual hashes differ),
+  the fly: a mosaic of four Tiny-ImageNet training images chosen by a hash of i (perceptual hashes differ),
   except for planted cases: ``--dup_rate`` of the URLs serve the bytes of URL i-1 (SHA-256 duplicate), as many serve
   URL i-1 re-encoded at a lower quality (a perceptual-hash near-duplicate) and ``--leak_rate`` serve a target
   validation image (a leak the filter must drop);
@@ -202,18 +202,18 @@ def planted(i: int, dup_rate: float, leak_rate: float, seed: int) -> str:
 
 
 class Images:
-    """Distinct small JPEGs by index: a Tiny-ImageNet training image (``i % BASE_IMAGES``) turned or mirrored
-    (``i // BASE_IMAGES % 8``) and blended with another one; about 0.1% of them land within 4 bits of another's
-    perceptual hash, as near-duplicates do on the web."""
+    """Distinct small JPEGs by index: a 2x2 mosaic of Tiny-ImageNet training images (32x32 each), four of
+    ``BASE_IMAGES`` chosen by a hash of the index; no two of 20,000 in a row are within 4 bits of perceptual hash."""
 
     def __init__(self):
         import pyarrow.parquet as pq
         from download import load_jpegs  # benchmarks/download.py
         from PIL import Image
 
-        self.bases = np.stack(
+        half = SIDE // 2
+        self.tiles = np.stack(
             [
-                np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((SIDE, SIDE)))
+                np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((half, half)))
                 for b in load_jpegs(BASE_IMAGES)
             ]
         )
@@ -223,12 +223,11 @@ class Images:
     def jpeg(self, i: int, quality: int = 90) -> bytes:
         from PIL import Image
 
-        first, turn = i % BASE_IMAGES, (i // BASE_IMAGES) % 8
-        second = (first + 1 + (i // BASE_IMAGES // 8) * 7919) % BASE_IMAGES
-        pixels = np.rot90(self.bases[first], turn % 4)
-        pixels = pixels[:, ::-1] if turn >= 4 else pixels
+        digest = hashlib.blake2b(str(i).encode(), digest_size=16).digest()
+        a, b, c, d = (self.tiles[int.from_bytes(digest[k : k + 4], "big") % len(self.tiles)] for k in (0, 4, 8, 12))
         out = io.BytesIO()
-        Image.fromarray((0.6 * pixels + 0.4 * self.bases[second]).astype(np.uint8)).save(out, "JPEG", quality=quality)
+        mosaic = np.concatenate([np.concatenate([a, b], 1), np.concatenate([c, d], 1)], 0)
+        Image.fromarray(mosaic).save(out, "JPEG", quality=quality)
         return out.getvalue()
 
     def serve(self, i: int, dup_rate: float, leak_rate: float, seed: int) -> bytes:
