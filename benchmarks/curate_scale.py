@@ -50,6 +50,8 @@ import time
 
 import numpy as np
 
+from neighbor_lt.results_md import add_results_arguments, record_benchmark
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "tiny-imagenet-200")
@@ -470,12 +472,15 @@ def run_size(n: int, args) -> dict:
 
 # ---- results -----------------------------------------------------------------------------------------------------
 def machine() -> str:
+    """The CPU model (``lscpu``) with the shared machine line, and the torch threads when set."""
+    from neighbor_lt.results_md import machine_line
+
     model = next(
         (ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
          if ln.startswith("Model name")), platform.processor(),
     )  # fmt: skip
     threads = f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else ""
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}{threads}"
+    return f"{model}, {machine_line(torch_version=False)}, Python {platform.python_version()}{threads}"
 
 
 def save_run(path: str, run: dict) -> list[dict]:
@@ -575,8 +580,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results_json", default=JSON_PATH, help="where the runs are kept (one entry per size)")
     parser.add_argument("--keep", action="store_true", help="keep the run folders under benchmarks/.cache")
-    parser.add_argument("--machine_note", default="")
-    parser.add_argument("--no_append", action="store_true", help="print only; leave RESULTS.md alone")
+    add_results_arguments(parser)
     parser.add_argument("--_serve", help=argparse.SUPPRESS)  # internal: the image server process
     parser.add_argument("--_stage", help=argparse.SUPPRESS)  # internal: one stage in a child process
     parser.add_argument("--_config", help=argparse.SUPPRESS)
@@ -595,16 +599,13 @@ def main():
         runs = save_run(args.results_json, run_size(n, args))
     text = report(runs)
     print(text)
-    if not args.no_append:
-        from neighbor_lt.results_md import append_benchmark
-
-        loads = f"load average before {load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f}, after " + (
-            " / ".join(f"{v:.2f}" for v in os.getloadavg())
-        )
-        append_benchmark(
-            RESULTS, "Curation at scale: retrieve -> filter -> build", "benchmarks/curate_scale.py", sys.argv[1:],
-            f"{machine()}, nice {os.nice(0)}; {loads}", text, args.machine_note,
-        )  # fmt: skip
+    loads = f"load average before {load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f}, after " + (
+        " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    )
+    title = "Curation at scale: retrieve -> filter -> build"
+    record_benchmark(
+        args, RESULTS, title, "benchmarks/curate_scale.py", f"{machine()}, nice {os.nice(0)}; {loads}", text
+    )
 
 
 if __name__ == "__main__":
