@@ -130,3 +130,24 @@ def test_a_jsonl_log_is_migrated_once_and_kept(tmp_path, caplog):
 def test_bad_column_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match="cannot be a column name"):
         RecordStore(str(tmp_path / "s.sqlite"), columns=("outcome; DROP TABLE records",))
+
+
+def _open_and_count(path: str, legacy: str, counts) -> None:
+    with RecordStore(path, legacy_jsonl=legacy) as store:
+        counts.put(store.count())
+
+
+def test_processes_opening_a_store_at_once_migrate_its_jsonl_once(tmp_path):
+    legacy = tmp_path / "downloads.jsonl"
+    legacy.write_text("".join(json.dumps({"key": f"k{i}", "outcome": "ok"}) + "\n" for i in range(20_000)))
+    context = multiprocessing.get_context("spawn")
+    counts = context.Queue()
+    args = (str(tmp_path / "downloads.sqlite"), str(legacy), counts)
+    workers = [context.Process(target=_open_and_count, args=args) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert [counts.get() for _ in workers] == [20_000] * 3  # none saw a partial import
+    assert not legacy.exists() and (tmp_path / "downloads.jsonl.migrated").exists()

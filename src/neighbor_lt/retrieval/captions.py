@@ -277,12 +277,13 @@ class CaptionSearch(SearchBackend):
     def search(
         self, query: str, max_results: int = 100, synonyms: list[str] | None = None, **hints
     ) -> list[Candidate]:
-        """The candidates of one query: from the last :meth:`search_many` pass when it covered the query, else a
-        pass for this query alone (prefer :meth:`search_many` for many names)."""
+        """The candidates of one query: from the last :meth:`search_many` pass when it covered the query (handed over
+        once: a million hits are not held for the whole download), else a pass for this query alone (prefer
+        :meth:`search_many` for many names)."""
         if query not in self._hits:
             entry = {"name": query, "synonyms": synonyms or [], "wnid": hints.get("wnid")}
             self.search_many({query: self.terms_of(entry)}, max_results)
-        return self._hits[query][:max_results]
+        return self._hits.pop(query)[:max_results]
 
     def prefetch(self, entries: dict[str, dict], max_results: int) -> None:
         """Answer every query of ``entries`` (query -> manifest entry) in one pass; :meth:`search` then reads it."""

@@ -130,24 +130,38 @@ class RecordStore:
         return wanted <= names
 
     def _migrate(self, legacy: str) -> None:
-        """Import ``legacy`` (in batches; marked done in the same transaction as its last batch), then rename it."""
+        """Import ``legacy`` in one transaction with its done-marker (a process that opens the store meanwhile waits,
+        then finds it done), then rename it."""
         marker = f"migrated:{os.path.basename(legacy)}"
+        count = None
         with self._lock:
-            done = self._db.execute("SELECT value FROM meta WHERE name = ?", (marker,)).fetchone()
-            if done is None:
-                count = 0
-                for record in iter_jsonl(legacy):
-                    if isinstance(record, dict) and self.key in record:
-                        self._write(record)
-                        count += 1
-                self._begin()
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (marker, str(count)))
-                self.flush()
-                logger.info(
-                    "%s: %d record(s) migrated into %s (the JSONL is kept as %s.migrated)",
-                    legacy, count, self.path, os.path.basename(legacy),
-                )  # fmt: skip
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                done = self._db.execute("SELECT value FROM meta WHERE name = ?", (marker,)).fetchone()
+                if done is None and os.path.exists(legacy):
+                    count, rows = 0, []
+                    for record in iter_jsonl(legacy):
+                        if isinstance(record, dict) and self.key in record:
+                            rows.append(self._row(record))
+                            count += 1
+                        if len(rows) >= 10_000:
+                            self._db.executemany(self._insert, rows)
+                            rows = []
+                    self._db.executemany(self._insert, rows)
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (marker, str(count)))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if count is not None:
+            logger.info(
+                "%s: %d record(s) migrated into %s (the JSONL is kept as %s.migrated)",
+                legacy, count, self.path, os.path.basename(legacy),
+            )  # fmt: skip
+        try:
             os.replace(legacy, legacy + ".migrated")
+        except FileNotFoundError:  # another process renamed it
+            pass
 
     # ---- writing ----------------------------------------------------------------------------------------------
     def _begin(self) -> None:

@@ -97,7 +97,7 @@ class Downloader:
         self._store: RecordStore | None = None  # open during a run (in the process that writes)
         self._writing = False
         self.reuse_dir = reuse_dir
-        self._reuse = open_downloads(reuse_dir) if reuse_dir and has_downloads(reuse_dir) else None
+        self._reuse: RecordStore | None = None  # reuse_dir's records, opened on first use
 
     # ---- resumption -------------------------------------------------------------------------------------------
     def _resume(self, store: RecordStore, retry_failed: bool = False) -> None:
@@ -349,6 +349,9 @@ class Downloader:
 
     def _reused(self, key: str) -> dict | None:
         """The stored image of ``key`` in ``reuse_dir`` as a fetch result (its record's fields), or None."""
+        if self._reuse is None and self.reuse_dir and has_downloads(self.reuse_dir):
+            with self._lock:
+                self._reuse = self._reuse or open_downloads(self.reuse_dir)
         previous = self._reuse.get(key) if self._reuse is not None else None
         ok = previous is not None and previous.get("outcome") == "ok" and previous.get("path")
         path = os.path.join(self.reuse_dir, previous["path"]) if ok else None
@@ -541,8 +544,11 @@ class Downloader:
         return summary
 
     def close(self) -> None:
-        """Close every thread's idle keep-alive connections."""
+        """Close every thread's idle keep-alive connections (and ``reuse_dir``'s records)."""
         with self._lock:
             connections, self._connections = self._connections, []
+            reuse, self._reuse = self._reuse, None
         for pool in connections:
             pool.close()
+        if reuse is not None:
+            reuse.close()
