@@ -86,3 +86,14 @@ def test_curate_scale_benchmark_runs(tiny_imagenet_dir, tmp_path):
 def test_record_store_benchmark_runs():
     stdout = run_benchmark("record_store.py", "--sizes", "2000", "6000")
     assert "| 6,000 |" in stdout and "bytes per stored (ok) image" in stdout
+
+
+@pytest.mark.slow
+def test_filter_embed_benchmark_runs(tiny_imagenet_dir):
+    stdout = run_benchmark(
+        "filter_embed.py", "--images", "96", "--procs", "1", "2", "--shard_size", "16", "--batch_size", "16",
+        "--image_size", "32", "--eval_images", "50",
+    )  # fmt: skip
+    assert "| 1 | " in stdout and "| 2 | " in stdout and "Target (2 processes >= 1.6x one process" in stdout
+    runs = [json.loads(line) for line in stdout.splitlines() if line.startswith('{"num_proc"')]
+    assert [r["num_proc"] for r in runs] == [1, 2] and all(r["images_per_s"] > 0 for r in runs)

@@ -6,9 +6,10 @@ committed transaction per shard of ``shard_size`` images), and the keep/drop dec
 from them on every run, so changing a threshold costs nothing. A killed pass loses at most the shards in flight; the
 rerun scores only the images the store lacks, so nothing is lost and nothing is scored twice.
 
-The pass runs in this process (``num_proc: 1``) or in ``num_proc`` worker processes started through
+The pass runs in this process (``num_proc: 1``) or in this one and ``num_proc - 1`` worker processes started through
 ``torch.multiprocessing`` (spawn, so CUDA works in them): each loads the model once, on its own GPU when there are
-several, decodes and preprocesses in threads, and sends its shard's scores back; only this process writes the store.
+several, decodes and preprocesses in threads, and sends its shard's scores back; only this process writes the store,
+and it scores shards too, from the start (while the workers import and load their model).
 The prototypes and evaluation embeddings reach the workers as shared-memory tensors, not one copy each.
 ``datasets.map(num_proc=...)`` was the other engine at hand, but a killed map keeps nothing of its unfinished jobs,
 and it has no per-worker state to hold a loaded model.
@@ -247,6 +248,8 @@ def chunks(items: list, size: int) -> Iterator[list]:
 def pending(items: list[dict], store: RecordStore, chunk: int = 10_000) -> list[dict]:
     """The items to score: never scored, or scored for other targets (a new neighbor manifest; scores of earlier
     versions carry no targets and stand)."""
+    if not len(store):  # a first run: no lookups
+        return list(items)
     todo = []
     for part in chunks(items, chunk):
         scores = store.get_many(r["key"] for r in part)
@@ -335,8 +338,9 @@ _WORKER: dict = {}
 
 
 def _in_workers(shards, refs: References, args, retrieve_dir: str, workers: int):
-    """``(rows, leak_seconds)`` of each shard, scored by ``workers`` spawned processes (at most two jobs each
-    queued, so memory stays flat whatever the number of images)."""
+    """``(rows, leak_seconds)`` of each shard, scored by ``workers - 1`` spawned processes and by this one, whose
+    model is loaded already: it scores while they start (their imports and model load are not idle time) and
+    whenever each of them has two shards queued (so memory stays flat whatever the number of images)."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     import torch
@@ -351,26 +355,33 @@ def _in_workers(shards, refs: References, args, retrieve_dir: str, workers: int)
         embedder={"model_name_or_path": embedder.name, "pooling": embedder.pooling, "precision": args.precision,
                   "batch_size": embedder.batch_size, "trust_remote_code": args.trust_remote_code,
                   "decode_threads": args.decode_threads},
-        devices=worker_devices(args.device, workers), threads=max(1, cores // workers), scorer_id=refs.scorer_id,
+        devices=worker_devices(args.device, workers)[1:], threads=max(1, cores // workers), scorer_id=refs.scorer_id,
         index=refs.index, prototypes=shared(refs.prototypes), eval_embeddings=shared(refs.eval_embeddings),
         eval_refs=refs.eval_refs, retrieve_dir=retrieve_dir, parent=os.getpid(),
     )  # fmt: skip
     context = mp.get_context("spawn")
     ranks = context.Queue()
-    for rank in range(workers):
+    for rank in range(workers - 1):
         ranks.put(rank)
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(spec, ranks))
+    pool = ProcessPoolExecutor(workers - 1, mp_context=context, initializer=_init_worker, initargs=(spec, ranks))
+    threads = torch.get_num_threads()
+    if torch.device(embedder.device).type == "cpu":  # this process's share of the cores while the pass runs
+        torch.set_num_threads(spec.threads)
     try:
         queued = set()
         for batch in shards:
-            queued.add(pool.submit(_score_shard, batch))
-            if len(queued) >= 2 * workers:
-                done, queued = wait(queued, return_when=FIRST_COMPLETED)
-                yield from (future.result() for future in done)
+            if len(queued) < 2 * (workers - 1):
+                queued.add(pool.submit(_score_shard, batch))
+            else:
+                yield score_batch(batch, refs, retrieve_dir)
+            done = {future for future in queued if future.done()}
+            queued -= done
+            yield from (future.result() for future in done)
         while queued:
             done, queued = wait(queued, return_when=FIRST_COMPLETED)
             yield from (future.result() for future in done)
     finally:
+        torch.set_num_threads(threads)
         pool.shutdown(wait=True, cancel_futures=True)
 
 
