@@ -17,7 +17,7 @@ and it has no per-worker state to hold a loaded model.
 Example:
     >>> refs = build_references(args, target, "out/filter")  # doctest: +SKIP
     >>> store = open_scores("out/filter", refs.scorer_id, args.shard_size)  # doctest: +SKIP
-    >>> score_items(pending(items, store), refs, args, "out/retrieve", store)  # doctest: +SKIP
+    >>> score_items(pending(item_chunks, store, 2048), refs, args, "out/retrieve", store)  # doctest: +SKIP
     {'images': 9200, 'shards': 5, 'leak_embedding_s': 0.4}
 """
 
@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -189,42 +189,41 @@ def check_pass_settings(args) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def score_and_decide(items: list[dict], args, target, out: str, retrieve_dir: str) -> tuple[Counter, dict]:
-    """The filter stage's work: references, the scoring pass over the images not scored yet, the decisions file.
+def score_and_decide(item_chunks: Callable[[], Iterable[list[dict]]], args, target, out: str, retrieve_dir: str):
+    """The filter stage's work: references, the scoring pass over the images not scored yet, the decisions file;
+    the images are read twice, in chunks (memory flat in their number).
 
     Example:
-        >>> reasons, run = score_and_decide(items, args, target, "out/filter", "out/retrieve")  # doctest: +SKIP
+        >>> reasons, run = score_and_decide(lambda: iter_retrieved(context), args, target, "out/filter",
+        ...                                 "out/retrieve")  # doctest: +SKIP
         >>> run
         {'scored': 9200, 'timings_s': {'references': 2.1, 'embed': 310.4, 'leak_check': 1.2, 'decisions': 3.3, ...}}
 
     Args:
-        items: the retrieved image records (current classes).
+        item_chunks: returns the retrieved image records (current classes) in chunks, afresh at each call.
         args: the filter settings.
         target: the target set (prototypes, leak check), or None when neither runs.
         out: the filter stage's folder.
         retrieve_dir: the retrieve stage's folder (the images).
 
     Returns:
-        The count of each reason, and ``scored`` (images scored by this run) with ``timings_s``: seconds of
-        ``references`` (prototypes and evaluation embeddings / hashes, cached after the first run), ``embed`` (the
-        scoring pass), ``leak_check`` (perceptual-hash and embedding leak searches; the latter summed over the
-        workers), ``decisions`` (with the perceptual-hash check) and ``total``.
+        The count of each reason (a Counter), and ``scored`` (images scored by this run) with ``timings_s``:
+        seconds of ``references`` (prototypes and evaluation embeddings / hashes, cached after the first run),
+        ``embed`` (the scoring pass), ``leak_check`` (perceptual-hash and embedding leak searches; the latter summed
+        over the workers), ``decisions`` (with the perceptual-hash check) and ``total``.
     """
     started = time.perf_counter()
     refs = build_references(args, target, out)
     timings = {"references": time.perf_counter() - started}
     # scores: committed shard by shard (a kill loses only the shards in flight)
     with open_scores(out, refs.scorer_id, args.shard_size) as store:
-        todo = pending(items, store)
-        logger.info(
-            "filter: %d image(s), %d already scored, %d to score", len(items), len(items) - len(todo), len(todo)
-        )
+        logger.info("filter: %d image(s) scored before", len(store))
         start = time.perf_counter()
-        scored = score_items(todo, refs, args, retrieve_dir, store)
+        scored = score_items(pending(item_chunks(), store, args.shard_size), refs, args, retrieve_dir, store)
         timings["embed"] = time.perf_counter() - start
-        del todo
+        logger.info("filter: %d image(s) scored now", scored["images"])
         start = time.perf_counter()
-        reasons, leak_phash_seconds = write_decisions(items, store, args, out, refs.eval_hashes)
+        reasons, leak_phash_seconds = write_decisions(item_chunks(), store, args, out, refs.eval_hashes)
         timings["decisions"] = time.perf_counter() - start
     timings["leak_check"] = leak_phash_seconds + scored["leak_embedding_s"]
     timings["total"] = time.perf_counter() - started
@@ -245,30 +244,32 @@ def chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def pending(items: list[dict], store: RecordStore, chunk: int = 10_000) -> list[dict]:
-    """The items to score: never scored, or scored for other targets (a new neighbor manifest; scores of earlier
-    versions carry no targets and stand)."""
-    if not len(store):  # a first run: no lookups
-        return list(items)
-    todo = []
-    for part in chunks(items, chunk):
-        scores = store.get_many(r["key"] for r in part)
+def pending(item_chunks: Iterable[list[dict]], store: RecordStore, shard_size: int) -> Iterator[list[dict]]:
+    """Shards of ``shard_size`` images to score: never scored, or scored for other targets (a new neighbor manifest;
+    scores of earlier versions carry no targets and stand). Read as the pass goes, so it never holds more than a
+    chunk and a shard."""
+    shard = []
+    for part in item_chunks:
+        scores = store.get_many(r["key"] for r in part) if len(store) else {}
         for record in part:
             score = scores.get(record["key"])
             if score is None or score.get("targets", record["neighbor_of"]) != list(record["neighbor_of"]):
-                todo.append(record)
-    return todo
+                shard.append(record)
+                if len(shard) == shard_size:
+                    yield shard
+                    shard = []
+    if shard:
+        yield shard
 
 
 # ---- the scoring pass -----------------------------------------------------------------------------------------------
-def score_items(
-    todo: list[dict], refs: References, args, retrieve_dir: str, store: RecordStore, on_shard=None
-) -> dict:
-    """Score ``todo`` in shards of ``args.shard_size`` images, in this process or in ``args.num_proc`` workers, and
-    commit each shard to ``store`` as it completes.
+def score_items(shards: Iterable[list[dict]], refs: References, args, retrieve_dir: str, store: RecordStore,
+                on_shard=None) -> dict:  # fmt: skip
+    """Score ``shards`` of images, in this process or in ``args.num_proc`` processes, and commit each shard to
+    ``store`` as it completes.
 
     Args:
-        todo: the retrieved image records to score (:func:`pending`).
+        shards: lists of retrieved image records (:func:`pending`, or :func:`chunks` of a list).
         refs: from :func:`build_references` (its embedder, when any, stays in this process).
         args: the filter settings (``num_proc``, ``shard_size``, the embedder's settings).
         retrieve_dir: the retrieve stage's folder (the images' paths are relative to it).
@@ -280,13 +281,12 @@ def score_items(
         workers).
     """
     stats = {"images": 0, "shards": 0, "leak_embedding_s": 0.0}
-    shards = chunks(todo, args.shard_size)
     workers = resolve_num_proc(args.num_proc) if refs.embedder is not None else 1
     if workers > 1:
         results = _in_workers(shards, refs, args, retrieve_dir, workers)
     else:
         results = (score_batch(batch, refs, retrieve_dir) for batch in shards)
-    with tqdm(total=len(todo), desc=f"filter: score ({workers} process(es))", unit="img") as bar:
+    with tqdm(desc=f"filter: score ({workers} process(es))", unit="img") as bar:
         for rows, leak_seconds in results:
             store.put_many(rows)  # one transaction: the shard is stored whole or not at all
             stats["images"] += len(rows)
@@ -425,10 +425,10 @@ def _die_with_parent(parent: int) -> None:
 
 # ---- decisions ----------------------------------------------------------------------------------------------------
 def write_decisions(
-    items: list[dict], store: RecordStore, args, out: str, eval_hashes: np.ndarray, chunk: int = 20_000
+    item_chunks: Iterable[list[dict]], store: RecordStore, args, out: str, eval_hashes: np.ndarray
 ) -> tuple[Counter, float]:
-    """Decide keep or drop from the stored scores with the current thresholds and write ``decisions.parquet``
-    ``chunk`` images at a time (memory flat in the number of images; written whole through a rename).
+    """Decide keep or drop from the stored scores with the current thresholds and write ``decisions.parquet`` one
+    chunk of images at a time (memory flat in the number of images; written whole through a rename).
 
     The perceptual-hash leak distance is recomputed here from ``eval_hashes`` (one multi-index, built once) and
     recorded only when it is within ``args.leak_phash_distance``.
@@ -442,7 +442,7 @@ def write_decisions(
     leaks = PhashLeakIndex(eval_hashes, args.leak_phash_distance)
     leak_seconds = time.perf_counter() - start
     with pq.ParquetWriter(tmp, DECISION_SCHEMA) as writer:
-        for part in chunks(items, chunk):
+        for part in item_chunks:
             start = time.perf_counter()
             near = leaks.distances(part)
             leak_seconds += time.perf_counter() - start

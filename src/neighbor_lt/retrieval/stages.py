@@ -430,18 +430,21 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
         StageError: nothing was retrieved, or no image passed the filters (the decisions are written first).
     """
     args = _arguments(section, FilterArguments, "filter")
-    items = _retrieved_items(context)
+    if next(iter_retrieved(context), None) is None:
+        _retrieved_items(context)  # nothing to filter: raises its one-line error
     out = context.stage_dir("filter")
     _save_json(os.path.join(out, "config.json"), redact_mapping(dataclasses.asdict(args)))
     target = context.target if args.model_name_or_path or args.leak_check else None
-    reasons, run = score_and_decide(items, args, target, out, os.path.join(context.output_dir, "retrieve"))
-    summary = {"images": len(items), **dict(reasons), **run}
+    retrieve_dir = os.path.join(context.output_dir, "retrieve")
+    reasons, run = score_and_decide(lambda: iter_retrieved(context), args, target, out, retrieve_dir)
+    images = sum(reasons.values())
+    summary = {"images": images, **dict(reasons), **run}
     _save_json(os.path.join(out, "summary.json"), summary)
     dropped = ", ".join(f"{v} {k}" for k, v in reasons.most_common() if k != "kept") or "none"
-    logger.info("filter: %d image(s): %d kept, dropped: %s", len(items), reasons["kept"], dropped)
+    logger.info("filter: %d image(s): %d kept, dropped: %s", images, reasons["kept"], dropped)
     if not reasons["kept"]:
         raise StageError(
-            f"filter: no image passed the filters ({len(items)} scored; dropped: {dropped}); "
+            f"filter: no image passed the filters ({images} scored; dropped: {dropped}); "
             "see filter/decisions.parquet and loosen the thresholds"
         )
     return summary
