@@ -87,9 +87,8 @@ def files_of(folder: Path) -> dict:
 @pytest.mark.parametrize("selection", ["random", "rank", "similarity"])
 def test_streaming_selection_matches_the_in_memory_one(tmp_path, selection):
     frame = make_run(tmp_path, per_class=40, duplicates=6)
-    batches = lambda columns: kept_decisions(str(tmp_path), columns, batch_size=16)  # noqa: E731
-    selector = ClassSelector(5, selection, seed=3)
-    groups, kept, fingerprint = select_streaming(batches, ["aux_name", "sha256"], selector)
+    batches = lambda columns, only=None: kept_decisions(str(tmp_path), columns, batch_size=16, only=only)  # noqa: E731
+    groups, kept = select_streaming(batches, ClassSelector(5, selection, seed=3))
     assert kept == int(frame["keep"].sum())
     by_ordinal = frame["sha256"].tolist()
     got = {name: {by_ordinal[o] for o in ordinals} for name, ordinals in groups.items()}

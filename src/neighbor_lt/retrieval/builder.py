@@ -104,7 +104,9 @@ def decision_files(output_dir: str) -> list[str]:
     return files
 
 
-def kept_decisions(output_dir: str, columns: list[str], batch_size: int = 8192) -> Iterator[dict[str, list]]:
+def kept_decisions(
+    output_dir: str, columns: list[str], batch_size: int = 8192, only: np.ndarray | None = None
+) -> Iterator[dict[str, list]]:
     """The kept images of the filter's decisions (the one reader of ``filter/decisions.parquet``), in batches: column
     -> values (``neighbor_of`` a list, a missing similarity None), plus ``ordinal``, each row's position among all
     decisions, the same on every call.
@@ -112,13 +114,24 @@ def kept_decisions(output_dir: str, columns: list[str], batch_size: int = 8192) 
     Example:
         >>> next(kept_decisions("outputs/curate", ["aux_name", "sha256"]))  # doctest: +SKIP
         {'aux_name': ['koi', ...], 'sha256': ['9f2c...', ...], 'ordinal': [0, 2, ...]}
+
+    Args:
+        output_dir: the curation folder.
+        columns: the columns to read.
+        batch_size: rows read at a time.
+        only: sorted ordinals: only these rows (the others are never turned into Python objects).
     """
     import pyarrow.parquet as pq
 
     offset = 0
     for path in decision_files(output_dir):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=[*columns, "keep"]):
-            keep = np.flatnonzero(batch.column("keep").fill_null(False).to_numpy(zero_copy_only=False))
+            keep = batch.column("keep").fill_null(False).to_numpy(zero_copy_only=False)
+            if only is not None:
+                ordinals = np.arange(offset, offset + batch.num_rows)
+                at = np.minimum(np.searchsorted(only, ordinals), max(len(only) - 1, 0))
+                keep = keep & (only[at] == ordinals) if len(only) else np.zeros_like(keep)
+            keep = np.flatnonzero(keep)
             rows = {name: batch.column(name).take(keep).to_pylist() for name in columns}
             if "neighbor_of" in rows:
                 rows["neighbor_of"] = [json.loads(v) if v else [] for v in rows["neighbor_of"]]
@@ -127,6 +140,16 @@ def kept_decisions(output_dir: str, columns: list[str], batch_size: int = 8192) 
             rows["ordinal"] = (offset + keep).tolist()
             offset += batch.num_rows
             yield rows
+
+
+def decisions_digest(output_dir: str) -> str:
+    """A hash of the decision files' bytes: what a built set, or a half-written one, was built from."""
+    digest = hashlib.sha256()
+    for path in decision_files(output_dir):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def decision_counts(output_dir: str) -> tuple[int, Counter]:
@@ -240,27 +263,24 @@ def select_per_class(
     return {name: [items[n] for n in refs] for name, refs in selector.groups(min_per_class).items()}
 
 
-Batches = Callable[[list[str]], Iterator[dict[str, list]]]
+Batches = Callable[..., Iterator[dict[str, list]]]
 
 
-def select_streaming(batches: Batches, columns: list[str], selector: ClassSelector, min_per_class: int = 1):
-    """Cap each class over batches of kept images read twice at most (thrice when there are exact duplicates).
+def select_streaming(batches: Batches, selector: ClassSelector, min_per_class: int = 1):
+    """Cap each class over batches of kept images, read once (three times when there are exact duplicates).
 
     Args:
-        batches: ``batches(columns)`` yields column -> values dicts with ``aux_name``, ``sha256``, ``rank``,
-            ``similarity`` and ``ordinal`` (a row's position, the same on every call); every call starts over.
-        columns: the columns fingerprinted (the content the set is built from).
+        batches: ``batches(columns, only=None)`` yields column -> values dicts with ``ordinal`` (a row's position,
+            the same on every call), as :func:`kept_decisions`; every call starts over.
         selector: an empty :class:`ClassSelector`.
         min_per_class: classes with fewer images are left out.
 
     Returns:
-        ``(groups, kept, fingerprint)``: class -> selected ordinals, how many kept images were read, and a hash of
-        their ``columns``.
+        ``(groups, kept)``: class -> selected ordinals, and how many kept images were read.
     """
     narrow = ["aux_name", "sha256", "rank", "similarity"]
-    digest, kept, buckets = hashlib.sha256(), 0, []
-    for batch in batches(list(dict.fromkeys([*narrow, *columns]))):
-        digest.update(json.dumps([batch[c] for c in columns], default=str).encode())
+    kept, buckets = 0, []
+    for batch in batches(narrow):
         kept += len(batch["ordinal"])
         buckets.append(np.fromiter((hash(s) for s in batch["sha256"]), np.int64, len(batch["sha256"])))
         for row in zip(batch["aux_name"], batch["sha256"], batch["rank"], batch["similarity"], batch["ordinal"]):
@@ -284,7 +304,7 @@ def select_streaming(batches: Batches, columns: list[str], selector: ClassSelect
                 ):
                     if row[-1] not in losers:
                         selector.add(*row)
-    return selector.groups(min_per_class), kept, digest.hexdigest()
+    return selector.groups(min_per_class), kept
 
 
 def write_selected(batches: Batches, columns: list[str], groups: dict[str, list[int]], writer) -> Iterator[tuple]:
@@ -301,7 +321,7 @@ def write_selected(batches: Batches, columns: list[str], groups: dict[str, list[
     labels = np.concatenate([np.full(len(groups[n]), k, np.int64) for k, n in enumerate(names)])
     order = np.argsort(ordinals)
     ordinals, labels = ordinals[order], labels[order]
-    for batch in batches(columns):
+    for batch in batches(columns, only=ordinals):
         found = np.asarray(batch["ordinal"], np.int64)
         at = np.minimum(np.searchsorted(ordinals, found), len(ordinals) - 1)
         for i in np.flatnonzero(ordinals[at] == found):

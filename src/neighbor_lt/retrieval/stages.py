@@ -45,6 +45,7 @@ from .builder import (
     ClassSelector,
     decision_counts,
     decision_files,
+    decisions_digest,
     kept_decisions,
     select_streaming,
     write_selected,
@@ -535,26 +536,27 @@ def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[st
     out = context.stage_dir("build")
     dataset_dir = os.path.join(context.output_dir, "aux_dataset")
     batches = functools.partial(kept_decisions, context.output_dir)
+    manifest = current_manifest(context)[1] or {}
+    order = [a["name"] for a in manifest.get("auxiliary", [])]  # the label order
+    content = [decisions_digest(context.output_dir), order, dataclasses.asdict(args)]
+    fingerprint = hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()
+    previous = _load_json(os.path.join(out, "summary.json"), {})
+    if previous.get("fingerprint") == fingerprint and os.path.exists(os.path.join(dataset_dir, "README.md")):
+        logger.info("build: %s is up to date", dataset_dir)
+        return previous
     selector = ClassSelector(args.max_images_per_class, args.selection, args.seed)
-    groups, num_kept, content = select_streaming(batches, _BUILD_COLUMNS, selector, args.min_images_per_class)
+    groups, num_kept = select_streaming(batches, selector, args.min_images_per_class)
     decided, reasons = decision_counts(context.output_dir)
     if not num_kept:
         raise StageError(
             f"build: no image passed the filters ({decided} decided, see {decision_files(context.output_dir)[0]}); "
             "the previous aux_dataset, if any, is left untouched"
         )
-    fingerprint = hashlib.sha256(json.dumps([content, dataclasses.asdict(args)], default=str).encode()).hexdigest()
-    previous = _load_json(os.path.join(out, "summary.json"), {})
-    if previous.get("fingerprint") == fingerprint and os.path.exists(os.path.join(dataset_dir, "README.md")):
-        logger.info("build: %s is up to date", dataset_dir)
-        return previous
     if not groups:
         raise StageError(
             f"build: no auxiliary class has min_images_per_class={args.min_images_per_class} image(s) "
             f"({num_kept} kept image(s)); the previous aux_dataset, if any, is left untouched"
         )
-    manifest = current_manifest(context)[1] or {}
-    order = [a["name"] for a in manifest.get("auxiliary", [])]
     groups = dict(sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
     num_images = sum(len(g) for g in groups.values())
     writer = AuxDatasetWriter(
