@@ -10,7 +10,8 @@
 3. The report (:mod:`.report`): mean +- sd per group, train vs evaluation accuracy, paired per-class tests of (c)
    against the others, the bars, a chart, ``summary.json`` and optionally a section appended to a results file.
 
-The configuration (:mod:`.config`) is a YAML file with dotted command-line overrides.
+The configuration (:mod:`.config`) is a YAML file with dotted command-line overrides, read by the front-end train and
+curate share (:mod:`neighbor_lt.config_schema`) into an :class:`AblationConfig`, every key checked before any work.
 
 Example:
     >>> from neighbor_lt import ablation

@@ -14,6 +14,7 @@ from ..config_schema import (
     ConfigSchema,
     Keys,
     build,
+    parse_value,
     pop_config_path,
     read_yaml_mapping,
     section_keys,
@@ -148,8 +149,6 @@ def parse_config(argv: list[str]) -> AblationConfig:
     if not config.seeds or not all(isinstance(s, int) for s in config.seeds):
         raise ConfigError(f"seeds must be a list of integers, got {config.seeds!r}")
     if config.sweep is not None:
-        from .sweep import parse_sweep
-
         key, _ = parse_sweep(config.sweep)
         train_keys = section_keys(SCHEMA.specs()["train"])
         if key not in train_keys:
@@ -158,6 +157,43 @@ def parse_config(argv: list[str]) -> AblationConfig:
             )
     config.config_path, config.argv = path, argv_given
     return config
+
+
+def parse_sweep(spec) -> tuple[str, list]:
+    """``"key=v1,v2,..."`` or ``{key: [v1, v2, ...]}`` -> ``(key, [values])`` (at least two distinct values).
+
+    Raises:
+        ConfigError: not that shape, fewer than two values, or a repeated value.
+    """
+    if isinstance(spec, dict) and len(spec) == 1:
+        key, values = next(iter(spec.items()))
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+    elif isinstance(spec, str) and "=" in spec:
+        key, _, text = spec.partition("=")
+        values = [_number(parse_value(v.strip())) for v in text.split(",") if v.strip()]
+    else:
+        raise ConfigError(f"sweep must be 'KEY=V1,V2,...' (e.g. lambda_s=0.01,0.1,0.3,1), got {spec!r}")
+    key = str(key).strip()
+    if key.startswith("train."):
+        key = key[len("train.") :]
+    if not key or "." in key:
+        raise ConfigError(
+            f"sweep key {key!r}: sweep a training recipe key (lambda_s, max_aux_per_class, ...); curation keys "
+            "(curate.neighbors.k) need one ablation per value (--curate.SECTION.KEY V --output_dir DIR)"
+        )
+    if len(values) < 2 or len(set(map(repr, values))) != len(values):
+        raise ConfigError(f"sweep {key}: give at least two distinct values, got {values!r}")
+    return key, values
+
+
+def _number(value):
+    """YAML reads ``1e-4`` as text; a sweep value that is a number is one."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 AUX_SETS = ("neighbors", "random", "visual")

@@ -20,49 +20,11 @@ import os
 
 import numpy as np
 
-from ..config_schema import ConfigError, parse_value
 from ..files import write_json_atomic
 from ..metrics import ACCURACY_KEYS as GROUPS
-from .config import AblationConfig
+from .config import AblationConfig, parse_sweep
 
 logger = logging.getLogger(__name__)
-
-
-def parse_sweep(spec) -> tuple[str, list]:
-    """``"key=v1,v2,..."`` or ``{key: [v1, v2, ...]}`` -> ``(key, [values])`` (at least two distinct values).
-
-    Raises:
-        ConfigError: not that shape, fewer than two values, or a repeated value.
-    """
-    if isinstance(spec, dict) and len(spec) == 1:
-        key, values = next(iter(spec.items()))
-        values = list(values) if isinstance(values, (list, tuple)) else [values]
-    elif isinstance(spec, str) and "=" in spec:
-        key, _, text = spec.partition("=")
-        values = [_number(parse_value(v.strip())) for v in text.split(",") if v.strip()]
-    else:
-        raise ConfigError(f"sweep must be 'KEY=V1,V2,...' (e.g. lambda_s=0.01,0.1,0.3,1), got {spec!r}")
-    key = str(key).strip()
-    if key.startswith("train."):
-        key = key[len("train.") :]
-    if not key or "." in key:
-        raise ConfigError(
-            f"sweep key {key!r}: sweep a training recipe key (lambda_s, max_aux_per_class, ...); curation keys "
-            "(curate.neighbors.k) need one ablation per value (--curate.SECTION.KEY V --output_dir DIR)"
-        )
-    if len(values) < 2 or len(set(map(repr, values))) != len(values):
-        raise ConfigError(f"sweep {key}: give at least two distinct values, got {values!r}")
-    return key, values
-
-
-def _number(value):
-    """YAML reads ``1e-4`` as text; a sweep value that is a number is one."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def sweep_dir(output_dir: str, key: str) -> str:
