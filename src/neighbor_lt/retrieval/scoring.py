@@ -248,9 +248,9 @@ def pending(item_chunks: Iterable[list[dict]], store: RecordStore, shard_size: i
     """Shards of ``shard_size`` images to score: never scored, or scored for other targets (a new neighbor manifest;
     scores of earlier versions carry no targets and stand). Read as the pass goes, so it never holds more than a
     chunk and a shard."""
-    shard = []
+    shard, scored_before = [], len(store) > 0  # a first run needs no lookups (the pass writes only new keys)
     for part in item_chunks:
-        scores = store.get_many(r["key"] for r in part) if len(store) else {}
+        scores = store.get_many(r["key"] for r in part) if scored_before else {}
         for record in part:
             score = scores.get(record["key"])
             if score is None or score.get("targets", record["neighbor_of"]) != list(record["neighbor_of"]):
