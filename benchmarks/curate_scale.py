@@ -181,6 +181,7 @@ def curate_yaml(run_dir: str, n: int, args) -> dict:
             "gamma_high": None,
             "leak_similarity": 0.99999,  # a random model's embeddings are all alike: only near-copies count
             "leak_phash_distance": 4,
+            "num_proc": args.filter_num_proc,
         },
         "build": {"max_images_per_class": per_class, "rows_per_shard": 5000},
     }
@@ -460,6 +461,11 @@ def run_size(n: int, args) -> dict:
         "counts": counts,
         "planted": {k: planted_kinds.count(k) for k in ("duplicate", "near", "leak")},
         "replayed_checks": replay_checks(out, 4, 4),
+        "settings": {
+            "workers": args.workers,
+            "filter_num_proc": args.filter_num_proc,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        },  # fmt: skip
         "setup_s": setup,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
@@ -517,10 +523,11 @@ def targets(runs: list[dict]) -> list[str]:
             lines.append(f"- {name}: time ratio: no run at {big['candidates'] // 10:,} candidates to compare with")
             continue
         ratio = big["stages"][name]["wall_s"] / small["stages"][name]["wall_s"]
+        cpu = big["stages"][name]["cpu_s"] / small["stages"][name]["cpu_s"]
         verdict = "met" if ratio <= 12 else "NOT met"
         lines.append(
             f"- {name}: time at {big['candidates']:,} = {ratio:.1f}x time at {small['candidates']:,} (target <= 12x): "
-            f"{verdict}"
+            f"{verdict} (CPU time {cpu:.1f}x, less sensitive to the load)"
         )
     peak = max(s["peak_rss_mb"] for s in big["stages"].values())
     lines.append(
@@ -534,6 +541,16 @@ def targets(runs: list[dict]) -> list[str]:
             f"- {what} at {big['candidates']:,}: {seconds or 0:.2f} s = {100 * (share or 0):.1f}% of the {name} stage "
             f"(target < 10%), {source}: {verdict}"
         )
+    if len(runs) >= 2:  # the memory trend, for sizes not run: linear in the candidates from the two largest runs
+        a, b = runs[-2], runs[-1]
+        for name in STAGES:
+            ra, rb = a["stages"][name]["peak_rss_mb"], b["stages"][name]["peak_rss_mb"]
+            slope = (rb - ra) / (b["candidates"] - a["candidates"])
+            lines.append(
+                f"- {name}: peak RSS grows {1000 * slope:.2f} MB per 1,000 candidates from {a['candidates']:,} to "
+                f"{b['candidates']:,}; linear extrapolation to {10 * b['candidates']:,}: "
+                f"{rb + slope * 9 * b['candidates']:,.0f} MB (not measured)"
+            )
     return lines
 
 
@@ -575,6 +592,7 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="candidate counts")
     parser.add_argument("--classes", type=int, default=1000, help="auxiliary classes (must divide every size)")
     parser.add_argument("--workers", type=int, default=32, help="download threads (retrieve.download.num_workers)")
+    parser.add_argument("--filter_num_proc", type=int, default=None, help="filter.num_proc (empty: the default)")
     parser.add_argument("--dup_rate", type=float, default=0.01, help="share of URLs planted as duplicates (and near)")
     parser.add_argument("--leak_rate", type=float, default=0.001, help="share of URLs serving a validation image")
     parser.add_argument("--seed", type=int, default=0)
