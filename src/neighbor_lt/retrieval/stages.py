@@ -12,7 +12,8 @@ Files under ``output_dir``:
   versions is imported once); ``filter/decisions.parquet``: scores plus keep and reason;
   ``filter/prototypes-*.npz`` and ``filter/eval-*.npz``: cached prototypes and evaluation embeddings / hashes;
   ``filter/summary.json``: counts per reason, ``scored`` and the stage's ``timings_s``.
-- ``aux_dataset/``: the published dataset (``data/train-*.parquet`` + README.md); ``build/summary.json``.
+- ``aux_dataset/``: the published dataset (``data/train-*.parquet`` or, with ``build.format: webdataset``,
+  ``data/train-*.tar``, + README.md), written in ``aux_dataset.tmp/`` first; ``build/summary.json``.
 
 Each stage logs a one-line summary and raises :class:`StageError` (``recipes/curate.py`` exits 1 with its message)
 when it produced nothing usable: every search failed, no image was retrieved, none passed the filters, none was kept

@@ -36,12 +36,13 @@ def iter_img2dataset(folder: str) -> Iterable[Candidate]:
         )  # fmt: skip
 
     for path in sorted(glob.glob(os.path.join(folder, "*.parquet"))):
-        table = pq.read_table(path)
-        if "jpg" not in table.column_names:
+        shard = pq.ParquetFile(path)
+        if "jpg" not in shard.schema_arrow.names:
             continue  # the metadata table of the "files" / "webdataset" formats
-        for row in table.to_pylist():
-            if row.get("status", "success") == "success" and row.get("jpg"):
-                yield make(row, row.pop("jpg"))
+        for batch in shard.iter_batches(batch_size=256):  # a shard holds up to number_sample_per_shard images
+            for row in batch.to_pylist():
+                if row.get("status", "success") == "success" and row.get("jpg"):
+                    yield make(row, row.pop("jpg"))
     for path in sorted(glob.glob(os.path.join(folder, "*", "*.json"))):
         with open(path) as f:
             meta = json.load(f)
