@@ -28,7 +28,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from neighbor_lt.results_md import add_results_arguments, machine_line, record_benchmark
-from neighbor_lt.retrieval.scoring import build_references, chunks, open_scores, score_items
+from neighbor_lt.retrieval.filters import batched
+from neighbor_lt.retrieval.scoring import build_references, open_scores, score_items
 from neighbor_lt.retrieval.stages import FilterArguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def time_pass(items: list[dict], refs, settings, retrieve_dir: str, out: str) ->
     with open_scores(out, refs.scorer_id, settings.shard_size) as store:
         start = time.perf_counter()
         stats = score_items(
-            chunks(items, settings.shard_size),
+            batched(items, settings.shard_size),
             refs,
             settings,
             retrieve_dir,

@@ -18,9 +18,9 @@ from retrieval_fixtures.targets import TARGETS, leaky_target
 
 from neighbor_lt.configs import ConfigError
 from neighbor_lt.curate import CurateContext
-from neighbor_lt.retrieval.filters import ImageEmbedder, autocast_dtype
+from neighbor_lt.retrieval.filters import ImageEmbedder, autocast_dtype, batched
 from neighbor_lt.retrieval.records_store import RecordStore
-from neighbor_lt.retrieval.scoring import chunks, open_scores, write_decisions
+from neighbor_lt.retrieval.scoring import open_scores, write_decisions
 from neighbor_lt.retrieval.stages import FilterArguments, run_filter, run_retrieve
 
 HERE = Path(__file__).resolve().parent
@@ -154,7 +154,7 @@ def test_decisions_are_the_same_in_chunks(retrieved, tmp_path):
     args = FilterArguments(model_name_or_path=None)
     hashes = np.concatenate([np.load(p)["array"] for p in sorted(run.glob("filter/eval-phash-*.npz"))])
     with open_scores(str(run / "filter"), scorer, 16) as store:
-        small = chunks(_retrieved_items(context), 7)
+        small = batched(_retrieved_items(context), 7)
         reasons, _ = write_decisions(small, store, args, str(run / "filter"), hashes)
     pd.testing.assert_frame_equal(decisions(run), whole)
     assert sum(reasons.values()) == len(whole) and reasons["leak_phash"] >= 1

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -159,7 +159,7 @@ class ImageEmbedder:
             desc: the progress bar's label.
             progress: show a progress bar.
         """
-        batches = _batched(images, self.batch_size)
+        batches = batched(images, self.batch_size)
         chunks = []
         with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
             for pixel_values in _prefetched(self._prepare, batches, self.decode_threads):
@@ -168,7 +168,8 @@ class ImageEmbedder:
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
-def _batched(items: Iterable, size: int):
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """``items`` in consecutive lists of ``size`` (the last one shorter), read as they come."""
     batch = []
     for item in items:
         batch.append(item)

@@ -43,6 +43,7 @@ from .filters import (
     PRECISIONS,
     ImageEmbedder,
     PhashLeakIndex,
+    batched,
     cached_array,
     caption_matches,
     compute_prototypes,
@@ -238,28 +239,21 @@ def open_scores(out: str, scorer_id: str, shard_size: int) -> RecordStore:
     return RecordStore(f"{path}.sqlite", columns=(), batch_size=shard_size, legacy_jsonl=f"{path}.jsonl")
 
 
-def chunks(items: list, size: int) -> Iterator[list]:
-    """``items`` in consecutive slices of ``size``."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def pending(item_chunks: Iterable[list[dict]], store: RecordStore, shard_size: int) -> Iterator[list[dict]]:
     """Shards of ``shard_size`` images to score: never scored, or scored for other targets (a new neighbor manifest;
     scores of earlier versions carry no targets and stand). Read as the pass goes, so it never holds more than a
     chunk and a shard."""
-    shard, scored_before = [], len(store) > 0  # a first run needs no lookups (the pass writes only new keys)
-    for part in item_chunks:
-        scores = store.get_many(r["key"] for r in part) if scored_before else {}
-        for record in part:
-            score = scores.get(record["key"])
-            if score is None or score.get("targets", record["neighbor_of"]) != list(record["neighbor_of"]):
-                shard.append(record)
-                if len(shard) == shard_size:
-                    yield shard
-                    shard = []
-    if shard:
-        yield shard
+    scored_before = len(store) > 0  # a first run needs no lookups (the pass writes only new keys)
+
+    def todo():
+        for part in item_chunks:
+            scores = store.get_many(r["key"] for r in part) if scored_before else {}
+            for record in part:
+                score = scores.get(record["key"])
+                if score is None or score.get("targets", record["neighbor_of"]) != list(record["neighbor_of"]):
+                    yield record
+
+    return batched(todo(), shard_size)
 
 
 # ---- the scoring pass -----------------------------------------------------------------------------------------------
@@ -269,7 +263,8 @@ def score_items(shards: Iterable[list[dict]], refs: References, args, retrieve_d
     ``store`` as it completes.
 
     Args:
-        shards: lists of retrieved image records (:func:`pending`, or :func:`chunks` of a list).
+        shards: lists of retrieved image records (:func:`pending`, or
+            :func:`~neighbor_lt.retrieval.filters.batched` of a list).
         refs: from :func:`build_references` (its embedder, when any, stays in this process).
         args: the filter settings (``num_proc``, ``shard_size``, the embedder's settings).
         retrieve_dir: the retrieve stage's folder (the images' paths are relative to it).
