@@ -180,6 +180,10 @@ def test_webdataset_shards_are_plain_webdataset_tars(tmp_path):
     assert names[0].split(".")[0] == sample["sha256"] and set(sample) >= {"neighbor_of", "source_url", "similarity"}
     streamed = load_dataset(str(tmp_path / "aux_dataset"), split="train", streaming=True)
     assert sum(1 for _ in streamed) == 12
+    # the card declares the features: a rebuild of the same folder is read afresh, not from datasets' cache
+    assert len(load_dataset(str(tmp_path / "aux_dataset"), split="train")) == 12
+    run_build({"max_images_per_class": 2, "format": "webdataset"}, CurateContext(str(tmp_path)))
+    assert len(load_dataset(str(tmp_path / "aux_dataset"), split="train")) == 6
 
 
 def test_bad_build_settings_are_one_line_errors(tmp_path):
