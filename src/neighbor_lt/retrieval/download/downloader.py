@@ -404,6 +404,15 @@ class Downloader:
         self._redact = redactor()  # secrets registered since construction (a search backend's key) are known now
         store = self._store = open_downloads(self.output_dir)
         try:
+            self._download(store, candidates, desc, retry_failed, chunk_size)
+            return self.summary()
+        finally:
+            self._store = None  # a late worker of an interrupted run finds no store (and writes nothing)
+            store.close()
+
+    def _download(self, store: RecordStore, candidates, desc: str, retry_failed: bool, chunk_size: int) -> None:
+        """The body of :meth:`run` on its open store."""
+        try:
             self._resume(store, retry_failed)
             logger.info("%s: %d record(s) already in %s", desc, store.count(), self.manifest_path)
             self._stop.clear()
@@ -424,11 +433,6 @@ class Downloader:
             with self._commit_lock:  # from here on, a late worker writes nothing (no file without its record)
                 self._writing = False
                 store.flush()
-        try:
-            return self.summary()
-        finally:
-            self._store = None
-            store.close()
 
     def _todo_chunks(self, candidates: Iterable[Candidate], store: RecordStore, size: int):
         """``(candidates without a record, how many were skipped)`` per ``size`` candidates read; a chunk is read
