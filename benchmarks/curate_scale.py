@@ -246,9 +246,8 @@ class Images:
 
 def serve(args) -> None:
     """aiohttp server on 127.0.0.1: writes its port to ``args._serve`` and runs until killed."""
-    import asyncio
-
     from aiohttp import web
+    from download import run_app
 
     images = Images()
 
@@ -262,38 +261,16 @@ def serve(args) -> None:
     app = web.Application()
     app.add_routes([web.get(r"/img/{index:\d+}.jpg", image), web.get("/robots.txt", robots)])
 
-    async def main():
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, HOST, 0, backlog=1024)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        with open(args._serve + ".tmp", "w") as f:
-            f.write(str(port))
-        os.replace(args._serve + ".tmp", args._serve)
-        await asyncio.Event().wait()
-
-    try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+    run_app(app, args._serve)
 
 
 def start_server(args, run_dir: str) -> tuple[subprocess.Popen, int]:
+    from download import start_process
+
     port_file = os.path.join(run_dir, "port")
     cmd = [sys.executable, os.path.abspath(__file__), "--_serve", port_file, "--seed", str(args.seed),
            "--dup_rate", str(args.dup_rate), "--leak_rate", str(args.leak_rate)]  # fmt: skip
-    process = subprocess.Popen(cmd)
-    deadline = time.monotonic() + 300
-    while not os.path.exists(port_file):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise SystemExit("the benchmark's image server did not start")
-        time.sleep(0.2)
-    with open(port_file) as f:
-        return process, int(f.read())
+    return start_process(cmd, port_file, timeout=300)  # the server decodes its 4,000 tiles first
 
 
 # ---- one stage in a child process --------------------------------------------------------------------------------

@@ -109,15 +109,24 @@ def serve(args) -> None:
         [web.get(r"/img/{index:\d+}.jpg", image), web.get("/robots.txt", robots), web.get("/__reset", reset)]
     )
 
+    run_app(app, args.serve)
+
+
+def run_app(app, port_file: str) -> None:
+    """Serve the aiohttp ``app`` on 127.0.0.1, on a free port written to ``port_file``, until killed."""
+    import asyncio
+
+    from aiohttp import web
+
     async def main():
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, HOST, 0, backlog=1024)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        with open(args.serve + ".tmp", "w") as f:
+        with open(port_file + ".tmp", "w") as f:
             f.write(str(port))
-        os.replace(args.serve + ".tmp", args.serve)
+        os.replace(port_file + ".tmp", port_file)
         await asyncio.Event().wait()
 
     try:
@@ -132,8 +141,13 @@ def start_server(args, workdir):
     port_file = os.path.join(workdir, "port")
     cmd = [sys.executable, os.path.abspath(__file__), "--serve", port_file, "--num-images", str(args.num_images),
            "--latency", str(args.latency), "--error-rate", str(args.error_rate), "--seed", str(args.seed)]  # fmt: skip
+    return start_process(cmd, port_file)
+
+
+def start_process(cmd: list[str], port_file: str, timeout: float = 120) -> tuple[subprocess.Popen, int]:
+    """Start a server process (:func:`run_app`) and wait for the port it writes to ``port_file``."""
     process = subprocess.Popen(cmd)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while not os.path.exists(port_file):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
