@@ -50,6 +50,7 @@ import time
 
 import numpy as np
 
+from neighbor_lt.neighbors.manifest import MANIFEST_NAME
 from neighbor_lt.results_md import add_results_arguments, record_benchmark
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -162,7 +163,7 @@ def curate_yaml(run_dir: str, n: int, args) -> dict:
                 "synonyms": False,
                 "plurals": False,
             },  # fmt: skip
-            "neighbor_manifest": os.path.join(run_dir, "neighbors.json"),
+            "neighbor_manifest": os.path.join(run_dir, MANIFEST_NAME),
             "images_per_class": per_class,
             # one host serves every URL here, where the web has many: no per-host rate limit, every worker on it
             "download": {
@@ -409,7 +410,7 @@ def run_size(n: int, args) -> dict:
     server, port = start_server(args, run_dir)
     try:
         setup = time.perf_counter()
-        write_manifest(os.path.join(run_dir, "neighbors.json"), names, targets, args.seed)
+        write_manifest(os.path.join(run_dir, MANIFEST_NAME), names, targets, args.seed)
         write_captions(os.path.join(run_dir, "captions.parquet"), n, names, port, args.seed)
         config = os.path.join(run_dir, "curate.yaml")
         with open(config, "w") as f:
