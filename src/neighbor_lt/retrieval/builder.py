@@ -93,14 +93,12 @@ def decision_files(output_dir: str) -> list[str]:
     """The filter's decisions: ``filter/decisions.parquet``, a file or a folder of Parquet shards.
 
     Raises:
-        StageError: there is none (the filter stage has not run).
+        FileNotFoundError: there is none (the filter stage has not run); the build stage reports it as its error.
     """
-    from ..curate import StageError
-
     path = os.path.join(output_dir, "filter", "decisions.parquet")
     files = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(path, "*.parquet")))
     if not files:
-        raise StageError(f"build: {path} not found: run the filter stage first")
+        raise FileNotFoundError(f"build: {path} not found: run the filter stage first")
     return files
 
 

@@ -539,7 +539,10 @@ def run_build(section: BuildArguments | dict, context: CurateContext) -> dict[st
     batches = functools.partial(kept_decisions, context.output_dir)
     manifest = current_manifest(context)[1] or {}
     order = [a["name"] for a in manifest.get("auxiliary", [])]  # the label order
-    content = [decisions_digest(context.output_dir), order, dataclasses.asdict(args)]
+    try:
+        content = [decisions_digest(context.output_dir), order, dataclasses.asdict(args)]
+    except FileNotFoundError as e:  # no decisions: the filter stage has not run
+        raise StageError(str(e)) from None
     fingerprint = hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()
     previous = _load_json(os.path.join(out, "summary.json"), {})
     if previous.get("fingerprint") == fingerprint and os.path.exists(os.path.join(dataset_dir, "README.md")):
