@@ -358,3 +358,23 @@ def test_sweep_trains_each_value_on_the_development_split_and_plots(tmp_path, mo
     calls.clear()
     recipe.main(argv)  # resumable: nothing is trained twice
     assert calls == []
+
+
+def test_curation_lock_makes_a_second_process_wait(tmp_path):
+    """Two ablations on one output folder curate it one at a time: the lock is held across processes."""
+    import subprocess
+    import sys
+
+    from neighbor_lt.ablation.curation import curation_lock
+
+    probe = (
+        "import fcntl, sys\n"
+        "h = open(sys.argv[1], 'w')\n"
+        "try:\n    fcntl.flock(h, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+        "except BlockingIOError:\n    print('held')\n"
+    )
+    lock_file = str(tmp_path / ".curate.lock")
+    with curation_lock(str(tmp_path)):
+        inside = subprocess.run([sys.executable, "-c", probe, lock_file], capture_output=True, text=True, check=True)
+    after = subprocess.run([sys.executable, "-c", probe, lock_file], capture_output=True, text=True, check=True)
+    assert (inside.stdout.strip(), after.stdout.strip()) == ("held", "free")

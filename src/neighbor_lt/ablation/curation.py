@@ -3,8 +3,10 @@ each curated in this process by :func:`neighbor_lt.curate.run`; or sets curated 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import fcntl
 import logging
 import os
 import time
@@ -22,6 +24,29 @@ logger = logging.getLogger(__name__)
 CURATE_STAGES = ("neighbors", "retrieve", "filter", "build")
 #: The summary key of each set's statistics.
 STATS_KEYS = {"neighbors": "manifest", "random": "control", "visual": "visual_manifest"}
+
+
+@contextlib.contextmanager
+def curation_lock(folder: str):
+    """Hold ``<folder>/.curate.lock`` exclusively: ablations started side by side (other variants, other seeds) on
+    one output folder curate it one at a time, and the later ones find it up to date (two curations of one folder at
+    once overwrote each other's files).
+
+    Example:
+        >>> with curation_lock("outputs/ablate/curate/neighbors"):  # doctest: +SKIP
+        ...     run_curate(...)
+    """
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".curate.lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another process is curating %s: waiting for it to finish", folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run_curate(config_path: str, stages, log_path: str) -> None:
@@ -44,7 +69,8 @@ def run_curate(config_path: str, stages, log_path: str) -> None:
     root.addHandler(handler)
     install_log_redaction()  # API keys and URL credentials never reach the file
     try:
-        curate.run(curate.load_config(config_path, stages=list(stages)))
+        with curation_lock(os.path.dirname(os.path.abspath(config_path))):
+            curate.run(curate.load_config(config_path, stages=list(stages)))
     except curate.StageError as err:
         if isinstance(err, curate.ConfigError):  # a setting to fix (a rejected API key): one line, exit status 2
             raise
