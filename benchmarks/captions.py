@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -177,11 +176,11 @@ def main():
 
 
 def _machine(args) -> str:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-         if line.startswith("Model name")), platform.processor(),
-    )  # fmt: skip
     import duckdb
+
+    from neighbor_lt.results_md import cpu_model
+
+    model = cpu_model()
 
     return f"{model}, {os.cpu_count()} cores ({args.threads} DuckDB threads), DuckDB {duckdb.__version__}"
 

@@ -457,12 +457,9 @@ def run_size(n: int, args) -> dict:
 # ---- results -----------------------------------------------------------------------------------------------------
 def machine() -> str:
     """The CPU model (``lscpu``) with the shared machine line, and the torch threads when set."""
-    from neighbor_lt.results_md import machine_line
+    from neighbor_lt.results_md import cpu_model, machine_line
 
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-         if ln.startswith("Model name")), platform.processor(),
-    )  # fmt: skip
+    model = cpu_model()
     threads = f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else ""
     return f"{model}, {machine_line(torch_version=False)}, Python {platform.python_version()}{threads}"
 

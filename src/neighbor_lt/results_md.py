@@ -64,6 +64,27 @@ def add_results_arguments(parser) -> None:
     parser.add_argument("--no_append", action="store_true", help="print only; leave RESULTS.md alone")
 
 
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` gives it (benchmarks name it: bf16 speed differs between CPU models), or
+    ``platform.processor()`` where ``lscpu`` is missing.
+
+    Example:
+        >>> cpu_model()  # doctest: +SKIP
+        'AMD EPYC'
+    """
+    import platform
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        out = ""
+    return next(
+        (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
+        platform.processor(),
+    )
+
+
 def machine_line(device: str | None = None, load: float | None = None, torch_version: bool = True) -> str:
     """The machine a benchmark ran on: architecture, CPU cores, torch (when imported), the GPU or "no GPU", and the
     load average at the end when given.
