@@ -18,10 +18,11 @@ from retrieval_fixtures.targets import TARGETS, leaky_target
 
 from neighbor_lt.configs import ConfigError
 from neighbor_lt.curate import CurateContext
+from neighbor_lt.retrieval.download import read_downloads
 from neighbor_lt.retrieval.filters import ImageEmbedder, autocast_dtype, batched
 from neighbor_lt.retrieval.records_store import RecordStore
 from neighbor_lt.retrieval.scoring import open_scores, write_decisions
-from neighbor_lt.retrieval.stages import FilterArguments, run_filter, run_retrieve
+from neighbor_lt.retrieval.stages import FilterArguments, iter_retrieved, run_filter, run_retrieve
 
 HERE = Path(__file__).resolve().parent
 AUXILIARY = [
@@ -147,17 +148,72 @@ def test_decisions_are_the_same_in_chunks(retrieved, tmp_path):
     run, context = copy_run(retrieved, tmp_path)
     run_filter({"model_name_or_path": None, "shard_size": 16}, context)
     whole = decisions(run)
-    from neighbor_lt.retrieval.stages import _retrieved_items
-
     (path,) = run.glob("filter/scores-*.sqlite")
     scorer = path.name.removeprefix("scores-").removesuffix(".sqlite")
     args = FilterArguments(model_name_or_path=None)
     hashes = np.concatenate([np.load(p)["array"] for p in sorted(run.glob("filter/eval-phash-*.npz"))])
     with open_scores(str(run / "filter"), scorer, 16) as store:
-        small = batched(_retrieved_items(context), 7)
+        small = batched((item for chunk in iter_retrieved(context) for item in chunk), 7)
         reasons, _ = write_decisions(small, store, args, str(run / "filter"), hashes)
     pd.testing.assert_frame_equal(decisions(run), whole)
     assert sum(reasons.values()) == len(whole) and reasons["leak_phash"] >= 1
+
+
+def test_images_of_classes_no_longer_in_the_manifest_are_reported_once(retrieved, tmp_path, caplog):
+    """The stage reads the images twice (to score, to decide); the classes it leaves out are one INFO line."""
+    run, context = copy_run(retrieved, tmp_path)
+    path = run / "neighbors" / "neighbors.json"
+    manifest = json.loads(path.read_text())
+    manifest["auxiliary"] = [a for a in manifest["auxiliary"] if a["name"] != "tailed frog"]
+    path.write_text(json.dumps(manifest))
+    with caplog.at_level(logging.INFO, logger="neighbor_lt"):
+        summary = run_filter({"model_name_or_path": None, "shard_size": 16}, context)
+    lines = [r.getMessage() for r in caplog.records if "no longer in" in r.getMessage()]
+    assert len(lines) == 1 and "of 1 class(es)" in lines[0] and "'tailed frog'" in lines[0], lines
+    left_out = int(lines[0].split("filter: ")[1].split()[0])
+    assert left_out >= 1 and "tailed frog" not in set(decisions(run)["aux_name"])
+    ok = [r for r in read_downloads(run / "retrieve") if r["outcome"] == "ok"]
+    assert summary["images"] + left_out == len(ok) and left_out == sum(r["aux_name"] == "tailed frog" for r in ok)
+
+
+@pytest.mark.parametrize(
+    "device, cuda_devices, workers, expected, line",
+    [
+        (None, 1, 2, ["cuda:0", "cuda:0"], "2 scoring processes on 1 CUDA device(s): 2 on cuda:0,"),
+        (None, 2, 2, ["cuda:0", "cuda:1"], None),
+        (None, 2, 3, ["cuda:0", "cuda:1", "cuda:0"], "on 2 CUDA device(s): 2 on cuda:0, 1 on cuda:1,"),
+        ("cuda", 2, 2, ["cuda:0", "cuda:1"], None),
+        ("cuda:1", 2, 2, ["cuda:1", "cuda:1"], "2 scoring processes on 1 CUDA device(s): 2 on cuda:1,"),
+        ("cpu", 2, 2, ["cpu", "cpu"], None),
+        (None, 0, 2, ["cpu", "cpu"], None),  # no GPU: the CPU cores are shared out, nothing to say
+    ],
+)
+def test_worker_devices_say_when_processes_share_a_gpu(
+    monkeypatch, caplog, device, cuda_devices, workers, expected, line
+):  # fmt: skip
+    import torch
+
+    from neighbor_lt.retrieval.scoring import worker_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_devices > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_devices)
+    with caplog.at_level(logging.INFO, logger="neighbor_lt"):
+        assert worker_devices(device, workers) == expected
+    said = [r.getMessage() for r in caplog.records if "scoring processes on" in r.getMessage()]
+    assert said == [] if line is None else (len(said) == 1 and line in said[0]), said
+
+
+def test_num_proc_empty_is_one_per_cuda_device_unless_the_device_is_pinned(monkeypatch):
+    import torch
+
+    from neighbor_lt.retrieval.scoring import resolve_num_proc
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [resolve_num_proc(None, d) for d in (None, "cuda", "cuda:2", "cpu")] == [4, 4, 1, 1]
+    assert resolve_num_proc(3, "cpu") == 3  # as set
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_num_proc(None) == 1
 
 
 @pytest.mark.parametrize(

@@ -276,7 +276,7 @@ def score_items(shards: Iterable[list[dict]], refs: References, args, retrieve_d
         workers).
     """
     stats = {"images": 0, "shards": 0, "leak_embedding_s": 0.0}
-    workers = resolve_num_proc(args.num_proc) if refs.embedder is not None else 1
+    workers = resolve_num_proc(args.num_proc, args.device) if refs.embedder is not None else 1
     if workers > 1:
         results = _in_workers(shards, refs, args, retrieve_dir, workers)
     else:
@@ -293,24 +293,40 @@ def score_items(shards: Iterable[list[dict]], refs: References, args, retrieve_d
     return stats
 
 
-def resolve_num_proc(num_proc: int | None) -> int:
-    """``num_proc`` as set, or when empty one process per CUDA device (one on a machine without)."""
+def resolve_num_proc(num_proc: int | None, device: str | None = None) -> int:
+    """``num_proc`` as set, or when empty one process per CUDA device (one on a machine without, and one when
+    ``device`` pins the pass to one device, ``cpu`` or ``cuda:1``)."""
     if num_proc:
         return num_proc
+    if device not in (None, "cuda"):
+        return 1
     import torch
 
-    return max(1, torch.cuda.device_count())
+    return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 def worker_devices(device: str | None, workers: int) -> list[str]:
-    """Each worker's device: the one set (``cuda:1``, ``cpu``), else the CUDA devices in turn, else the CPU."""
+    """Each scoring process's device, this process's first: the one set (``cuda:1``, ``cpu``), else the CUDA devices
+    in turn, else the CPU.
+
+    More processes than CUDA devices is honoured (decoding on the CPU may be what holds a GPU back), with one INFO
+    line naming how many processes, each with its own model, share each device.
+    """
     import torch
 
     if device not in (None, "cuda"):
-        return [device] * workers
-    if torch.cuda.is_available():
-        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
-    return ["cpu"] * workers
+        devices = [device] * workers
+    elif torch.cuda.is_available():
+        devices = [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
+    else:
+        devices = ["cpu"] * workers
+    shared = Counter(d for d in devices if torch.device(d).type == "cuda")
+    if any(n > 1 for n in shared.values()):
+        logger.info(
+            "filter: %d scoring processes on %d CUDA device(s): %s, each process with its own model (num_proc "
+            "empty: one per device)", workers, len(shared), ", ".join(f"{n} on {d}" for d, n in sorted(shared.items())),
+        )  # fmt: skip
+    return devices
 
 
 @dataclass

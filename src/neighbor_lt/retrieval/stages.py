@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -163,8 +164,9 @@ class FilterArguments:
     num_proc: int | None = field(
         default=None,
         metadata={
-            "help": "Scoring processes, each with its own model (the CPU cores are shared out between them); empty: "
-            "one per CUDA device, 1 without a GPU."
+            "help": "Scoring processes, each with its own model (the CPU cores are shared out between them; more "
+            "than the CUDA devices share them, said in one line); empty: one per CUDA device, 1 without a GPU or "
+            "with device set to one."
         },
     )
     shard_size: int = field(
@@ -432,13 +434,16 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
         StageError: nothing was retrieved, or no image passed the filters (the decisions are written first).
     """
     args = _arguments(section, FilterArguments, "filter")
-    if next(iter_retrieved(context), None) is None:
-        _retrieved_items(context)  # nothing to filter: raises its one-line error
+    if next(iter_retrieved(context), None) is None:  # read to its end only when empty: says what it left out
+        _nothing_retrieved(context)
     out = context.stage_dir("filter")
     _save_json(os.path.join(out, "config.json"), redact_mapping(dataclasses.asdict(args)))
     target = context.target if args.model_name_or_path or args.leak_check else None
     retrieve_dir = os.path.join(context.output_dir, "retrieve")
-    reasons, run = score_and_decide(lambda: iter_retrieved(context), args, target, out, retrieve_dir)
+    passes = itertools.count()  # the images are read once to score, once to decide: left-out classes said once
+    reasons, run = score_and_decide(
+        lambda: iter_retrieved(context, report=next(passes) == 0), args, target, out, retrieve_dir
+    )
     images = sum(reasons.values())
     summary = {"images": images, **dict(reasons), **run}
     _save_json(os.path.join(out, "summary.json"), summary)
@@ -452,23 +457,20 @@ def run_filter(section: FilterArguments | dict, context: CurateContext) -> dict[
     return summary
 
 
-def _retrieved_items(context: CurateContext) -> list[dict]:
-    """The ``ok`` records of ``retrieve/downloads.sqlite`` (one per key) of the current classes."""
+def _nothing_retrieved(context: CurateContext) -> None:
+    """Raise the filter's one-line error when there is no retrieved image of the current classes to filter."""
     folder = os.path.join(context.output_dir, "retrieve")
     if not has_downloads(folder):
         raise StageError(f"filter: {os.path.join(folder, DOWNLOADS)} not found: run the retrieve stage first")
-    items = [item for chunk in iter_retrieved(context) for item in chunk]
-    if not items:
-        with open_downloads(folder) as store:
-            total = store.count()
-        raise StageError(
-            f"filter: no retrieved image to filter ({total} record(s) in {os.path.join(folder, DOWNLOADS)}, none ok "
-            "of the current classes): rerun the retrieve stage"
-        )
-    return items
+    with open_downloads(folder) as store:
+        total = store.count()
+    raise StageError(
+        f"filter: no retrieved image to filter ({total} record(s) in {os.path.join(folder, DOWNLOADS)}, none ok "
+        "of the current classes): rerun the retrieve stage"
+    )
 
 
-def iter_retrieved(context: CurateContext, chunk_size: int = 10_000) -> Iterator[list[dict]]:
+def iter_retrieved(context: CurateContext, chunk_size: int = 10_000, report: bool = True) -> Iterator[list[dict]]:
     """The retrieved (``ok``) images of the auxiliary classes the neighbor manifest holds now, with its
     ``neighbor_of``, read from ``retrieve/downloads.sqlite`` ``chunk_size`` records at a time.
 
@@ -483,6 +485,8 @@ def iter_retrieved(context: CurateContext, chunk_size: int = 10_000) -> Iterator
     Args:
         context: has ``output_dir``.
         chunk_size: records read per chunk (a chunk may hold fewer after the class filter, never an empty one).
+        report: log, once read to the end, how many images of classes no longer in the manifest were left out (a
+            stage that reads the images several times says it once).
     """
     path, manifest = current_manifest(context)
     current = None
@@ -495,7 +499,7 @@ def iter_retrieved(context: CurateContext, chunk_size: int = 10_000) -> Iterator
             chunk = [{**r, "neighbor_of": current[r["aux_name"]]} for r in chunk if r.get("aux_name") in current]
         if chunk:
             yield chunk
-    if gone:
+    if gone and report:
         logger.info(
             "filter: %d retrieved image(s) of %d class(es) no longer in %s left out (e.g. %s)",
             gone.total(), len(gone), path, ", ".join(map(repr, sorted(gone, key=str)[:3])),
