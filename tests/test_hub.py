@@ -16,6 +16,7 @@ from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoModelForImageClassification
 
 from neighbor_lt import hub
+from neighbor_lt.configs import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 # hidden_size 48, not 32: with 20 + 12 = 32 labels, a 32-wide MLP layer also has num_labels outputs, and the core's
@@ -273,6 +274,27 @@ def test_push_aux_dataset_keeps_an_existing_card(monkeypatch, tmp_path):
     before = (folder / "README.md").read_bytes()
     hub.push_aux_dataset(str(folder), "neighbor-lt/demo-aux")
     assert fake.folders[0]["files"]["README.md"] == before
+
+
+def test_push_aux_dataset_pushes_a_webdataset_set_as_built(monkeypatch, tmp_path):
+    """build.format: webdataset: the tar shards and the card (which alone names the classes) go up as they are."""
+    from test_retrieval_builder import make_run
+
+    from neighbor_lt.curate import CurateContext
+    from neighbor_lt.retrieval.stages import run_build
+
+    make_run(tmp_path, per_class=6)
+    run_build({"max_images_per_class": 4, "rows_per_shard": 5, "format": "webdataset"}, CurateContext(str(tmp_path)))
+    folder = tmp_path / "aux_dataset"
+    fake = FakeHub().install(monkeypatch)
+    hub.push_aux_dataset(str(folder), "neighbor-lt/demo-aux-wds")
+    files = fake.folders[0]["files"]
+    assert sorted(files) == ["README.md", *(f"data/train-{i:05d}-of-00003.tar" for i in range(3))]
+    assert files["README.md"] == (folder / "README.md").read_bytes()  # the built card, not one rendered again
+    (folder / "README.md").unlink()  # the tars alone cannot name the classes: one line, nothing sent
+    with pytest.raises(ConfigError, match=r"README.md not found: a WebDataset set's class names are declared only"):
+        hub.push_aux_dataset(str(folder), "neighbor-lt/demo-aux-wds")
+    assert len(fake.folders) == 1
 
 
 def _card_with_args(tmp_path, out, **changes):

@@ -541,11 +541,13 @@ def push_model(
 
 
 def push_aux_dataset(folder: str, repo_id: str, token: str | None = None, private: bool = True) -> str:
-    """Push an auxiliary set folder (``data/*.parquet``) with its dataset card as a Hub dataset repository.
+    """Push an auxiliary set folder with its dataset card as a Hub dataset repository: the whole folder as it is,
+    Parquet shards (``data/train-*.parquet``) or, with ``build.format: webdataset``, tar shards
+    (``data/train-*.tar``), so ``load_dataset(repo_id)`` reads it like the local folder.
 
     The card is the folder's ``README.md`` written by the curation recipe; when it is missing it is rendered from
     ``hub_cards/dataset_card.md`` (:func:`neighbor_lt.retrieval.card.render_dataset_card`) with the counts read from
-    the data.
+    the data (Parquet shards only: WebDataset shards hold class indices, whose names only the card declares).
 
     Example:
         >>> push_aux_dataset("outputs/tiny_imagenet_lt/aux_dataset", "me/tiny-imagenet-lt-aux")  # doctest: +SKIP
@@ -558,6 +560,9 @@ def push_aux_dataset(folder: str, repo_id: str, token: str | None = None, privat
 
     Returns:
         What the upload returned (the commit URL).
+
+    Raises:
+        ConfigError: a WebDataset folder without its card, before anything is uploaded.
     """
     from huggingface_hub import DatasetCard
 
@@ -565,6 +570,12 @@ def push_aux_dataset(folder: str, repo_id: str, token: str | None = None, privat
 
     card_path = os.path.join(folder, "README.md")
     if not os.path.isfile(card_path):
+        data = os.path.join(folder, "data")
+        if os.path.isdir(data) and any(name.endswith(".tar") for name in os.listdir(data)):
+            raise ConfigError(
+                f"{card_path} not found: a WebDataset set's class names are declared only in its card; rebuild "
+                "the set (recipes/curate.py --stages build) to write it, then push"
+            )
         from .data import load_aux_dataset
 
         aux = load_aux_dataset(folder)
