@@ -18,10 +18,17 @@ from retrieval_fixtures.targets import TARGETS, leaky_target
 
 from neighbor_lt.configs import ConfigError
 from neighbor_lt.curate import CurateContext
+from neighbor_lt.retrieval import scoring
 from neighbor_lt.retrieval.download import read_downloads
 from neighbor_lt.retrieval.filters import ImageEmbedder, autocast_dtype, batched
 from neighbor_lt.retrieval.records_store import RecordStore
-from neighbor_lt.retrieval.scoring import open_scores, write_decisions
+from neighbor_lt.retrieval.scoring import (
+    build_references,
+    open_scores,
+    score_items,
+    worker_start_method,
+    write_decisions,
+)
 from neighbor_lt.retrieval.stages import FilterArguments, iter_retrieved, run_filter, run_retrieve
 
 HERE = Path(__file__).resolve().parent
@@ -122,6 +129,52 @@ def test_killed_two_process_pass_resumes_without_loss_or_duplicates(retrieved, t
     assert len(keys) == len(set(keys)) == len(expected)  # every image scored exactly once
     assert_same_decisions(decisions(run), expected)
     assert resumed["kept"] == summary["kept"]
+
+
+@pytest.mark.parametrize("cores, method", [(2, "fork"), (4, "spawn")])
+def test_two_processes_store_the_scores_of_one(retrieved, tiny_dinov2, tmp_path, monkeypatch, cores, method):
+    """Both processes score shards (a worker forked with this process's model on 2 cores, one spawned with its own
+    where each process runs 2 threads) and the store holds what one process stores."""
+    run, context = copy_run(retrieved, tmp_path)
+    items = [item for chunk in iter_retrieved(context) for item in chunk]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    scored_by, score_batch = tmp_path / "scored_by", scoring.score_batch
+
+    def recorded(batch, refs, retrieve_dir):  # a forked worker runs this too; a spawned one imports the original
+        with open(scored_by, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return score_batch(batch, refs, retrieve_dir)
+
+    monkeypatch.setattr(scoring, "score_batch", recorded)
+    scores = {}
+    for procs in (1, 2):
+        args = FilterArguments(model_name_or_path=tiny_dinov2, batch_size=8, shard_size=16, num_proc=procs)
+        out = str(run / f"filter-{procs}")
+        refs = build_references(args, context.target, out)
+        with open_scores(out, refs.scorer_id, args.shard_size) as store:
+            stats = score_items(batched(items, 16), refs, args, str(run / "retrieve"), store)
+            scores[procs] = {r["key"]: r for r in store.iter()}
+        assert stats["images"] == len(items) and stats["shards"] == -(-len(items) // 16)
+    here = scored_by.read_text().split().count(str(os.getpid()))
+    assert worker_start_method(["cpu", "cpu"], threads=cores // 2) == method
+    assert here < 2 * stats["shards"]  # the worker scored some shards (forked: counted in the file, spawned: not)
+    if method == "fork":
+        assert len(set(scored_by.read_text().split())) == 2
+    assert scores[1].keys() == scores[2].keys() and len(scores[1]) == len(items)
+    for key, one in scores[1].items():
+        two = scores[2][key]
+        assert {k: v for k, v in one.items() if "similarity" not in k} == {
+            k: v for k, v in two.items() if "similarity" not in k
+        }
+        for column in ("similarity", "leak_similarity"):  # other processes, other thread counts: the last bits move
+            assert two[column] == pytest.approx(one[column], abs=1e-5)
+
+
+def test_worker_start_method():
+    assert worker_start_method(["cpu", "cpu", "cpu"], threads=1) == "fork"
+    assert worker_start_method(["cpu", "cpu"], threads=2) == "spawn"  # GNU OpenMP hangs in a forked child
+    assert worker_start_method(["cuda:0", "cuda:1"], threads=1) == "spawn"
+    assert worker_start_method(["cpu", "cuda:1"], threads=1) == "spawn"
 
 
 def test_jsonl_scores_of_earlier_versions_are_moved_once(retrieved, tiny_dinov2, tmp_path, caplog):

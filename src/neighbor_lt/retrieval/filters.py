@@ -161,10 +161,17 @@ class ImageEmbedder:
         """
         batches = batched(images, self.batch_size)
         chunks = []
-        with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        # no bar at all when none is shown: a forked scoring worker must not take tqdm's lock (held by another thread
+        # of its parent at the fork, it would never be released)
+        bar = tqdm(total=total, desc=desc, unit="img") if progress else None
+        try:
             for pixel_values in _prefetched(self._prepare, batches, self.decode_threads):
                 chunks.append(self._embed_pixels(pixel_values))
-                bar.update(len(chunks[-1]))
+                if bar is not None:
+                    bar.update(len(chunks[-1]))
+        finally:
+            if bar is not None:
+                bar.close()
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 

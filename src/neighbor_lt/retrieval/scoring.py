@@ -7,10 +7,11 @@ from them on every run, so changing a threshold costs nothing. A killed pass los
 rerun scores only the images the store lacks, so nothing is lost and nothing is scored twice.
 
 The pass runs in this process (``num_proc: 1``) or in this one and ``num_proc - 1`` worker processes started through
-``torch.multiprocessing`` (spawn, so CUDA works in them): each loads the model once, on its own GPU when there are
-several, decodes and preprocesses in threads, and sends its shard's scores back; only this process writes the store,
-and it scores shards too, from the start (while the workers import and load their model).
-The prototypes and evaluation embeddings reach the workers as shared-memory tensors, not one copy each.
+``torch.multiprocessing``: forked, with this process's loaded model, when every process runs on the CPU with one
+thread; else spawned (CUDA works in them), each loading the model once, on its own GPU when there are several, with
+the prototypes and evaluation embeddings as shared-memory tensors, not one copy each. Each process decodes and
+preprocesses in threads, holds one shard at a time and sends its scores back; only this process writes the store, and
+it scores shards too, from the start (while spawned workers import and load their model).
 ``datasets.map(num_proc=...)`` was the other engine at hand, but a killed map keeps nothing of its unfinished jobs,
 and it has no per-worker state to hold a loaded model.
 
@@ -331,74 +332,127 @@ def worker_devices(device: str | None, workers: int) -> list[str]:
 
 @dataclass
 class _WorkerSpec:
-    """What a scoring worker needs to build its own :class:`References` (tensors are shared, not copied)."""
+    """What a scoring worker needs to build its own :class:`References` (tensors are shared, not copied); a forked
+    worker takes ``refs``, this process's own, loaded model included."""
 
-    embedder: dict
     devices: list[str]
     threads: int
-    scorer_id: str
-    index: dict
-    prototypes: object
-    eval_embeddings: object
-    eval_refs: list[str]
     retrieve_dir: str
     parent: int
+    refs: References | None = None
+    embedder: dict = field(default_factory=dict)
+    scorer_id: str = ""
+    index: dict = field(default_factory=dict)
+    prototypes: object = None
+    eval_embeddings: object = None
+    eval_refs: list[str] = field(default_factory=list)
 
 
 _WORKER: dict = {}
 
 
-def _in_workers(shards, refs: References, args, retrieve_dir: str, workers: int):
-    """``(rows, leak_seconds)`` of each shard, scored by ``workers - 1`` spawned processes and by this one, whose
-    model is loaded already: it scores while they start (their imports and model load are not idle time) and
-    whenever each of them has two shards queued (so memory stays flat whatever the number of images)."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+def worker_start_method(devices: list[str], threads: int) -> str:
+    """How scoring workers start: ``fork`` when this process and every worker run on the CPU with one thread each,
+    else ``spawn``.
 
+    A forked worker starts at once with this process's imports and loaded model, where a spawned one spends seconds
+    of a core importing torch and transformers and loading the model (6 CPU seconds on a 2-core EPYC, a fifth of what
+    the benchmark's 8,000-image pass costs one process).
+    But GNU OpenMP (torch's CPU threads) deadlocks in a forked child that runs more than one thread, and CUDA cannot
+    be initialized again after a fork: those workers are spawned.
+
+    Example:
+        >>> worker_start_method(["cpu", "cpu"], threads=1), worker_start_method(["cpu", "cuda:0"], threads=1)
+        ('fork', 'spawn')
+
+    Args:
+        devices: the devices of this process's model and of each worker's.
+        threads: the torch threads of each process.
+    """
+    import multiprocessing
+
+    on_cpu = all(str(device).split(":")[0] == "cpu" for device in devices)
+    return "fork" if on_cpu and threads == 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _worker_spec(refs: References, args, retrieve_dir: str, workers: int) -> tuple[_WorkerSpec, str]:
+    """The workers' spec and start method (:func:`worker_start_method`); a forked worker takes this process's
+    references as they are."""
     import torch
-    import torch.multiprocessing as mp
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    devices = worker_devices(args.device, workers)[1:]
+    spec = _WorkerSpec(devices, threads=max(1, cores // workers), retrieve_dir=retrieve_dir, parent=os.getpid())
+    method = worker_start_method([refs.embedder.device, *devices], spec.threads)
+    if method == "fork":
+        spec.refs = refs
+        return spec, method
 
     def shared(array):
         return None if array is None else torch.from_numpy(np.ascontiguousarray(array)).share_memory_()
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     embedder = refs.embedder
-    spec = _WorkerSpec(
-        embedder={"model_name_or_path": embedder.name, "pooling": embedder.pooling, "precision": args.precision,
-                  "batch_size": embedder.batch_size, "trust_remote_code": args.trust_remote_code,
-                  "decode_threads": args.decode_threads},
-        devices=worker_devices(args.device, workers)[1:], threads=max(1, cores // workers), scorer_id=refs.scorer_id,
-        index=refs.index, prototypes=shared(refs.prototypes), eval_embeddings=shared(refs.eval_embeddings),
-        eval_refs=refs.eval_refs, retrieve_dir=retrieve_dir, parent=os.getpid(),
-    )  # fmt: skip
-    context = mp.get_context("spawn")
-    ranks = context.Queue()
+    spec.embedder = {"model_name_or_path": embedder.name, "pooling": embedder.pooling, "precision": args.precision,
+                     "batch_size": embedder.batch_size, "trust_remote_code": args.trust_remote_code,
+                     "decode_threads": args.decode_threads}  # fmt: skip
+    spec.scorer_id, spec.index, spec.eval_refs = refs.scorer_id, refs.index, refs.eval_refs
+    spec.prototypes, spec.eval_embeddings = shared(refs.prototypes), shared(refs.eval_embeddings)
+    return spec, method
+
+
+def _in_workers(shards, refs: References, args, retrieve_dir: str, workers: int):
+    """``(rows, leak_seconds)`` of each shard, scored by ``workers - 1`` worker processes and by a thread of this one
+    (its model is loaded already: it scores while they start).
+
+    Every process holds one shard at a time and gets the next as soon as it hands one back, so none waits for
+    another at the end of the pass (a backlog queued on a worker left the others idle), and memory stays flat
+    whatever the number of images.
+    """
+    import warnings
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+
+    import torch
+    import torch.multiprocessing as mp
+
+    spec, method = _worker_spec(refs, args, retrieve_dir, workers)
+    ranks = mp.get_context(method).Queue()
     for rank in range(workers - 1):
         ranks.put(rank)
-    pool = ProcessPoolExecutor(workers - 1, mp_context=context, initializer=_init_worker, initargs=(spec, ranks))
     threads = torch.get_num_threads()
-    if torch.device(embedder.device).type == "cpu":  # this process's share of the cores while the pass runs
+    if torch.device(refs.embedder.device).type == "cpu":  # this process's share of the cores, set before a fork
         torch.set_num_threads(spec.threads)
-    try:
-        queued = set()
-        for batch in shards:
-            if len(queued) < 2 * (workers - 1):
-                queued.add(pool.submit(_score_shard, batch))
+    pool = ProcessPoolExecutor(
+        workers - 1, mp_context=mp.get_context(method), initializer=_init_worker, initargs=(spec, ranks)
+    )
+    local = ThreadPoolExecutor(1, thread_name_prefix="score")
+    shards, queued = iter(shards), {}  # future -> whether this process scores it
+
+    def fill():  # the workers first: their processes are forked before this process starts its scoring thread
+        while len(queued) < workers and (batch := next(shards, None)) is not None:
+            if sum(not here for here in queued.values()) < workers - 1:
+                with warnings.catch_warnings():  # forked workers run one thread (see worker_start_method)
+                    warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+                    queued[pool.submit(_score_shard, batch)] = False
             else:
-                yield score_batch(batch, refs, retrieve_dir)
-            done = {future for future in queued if future.done()}
-            queued -= done
-            yield from (future.result() for future in done)
+                queued[local.submit(score_batch, batch, refs, retrieve_dir)] = True
+
+    try:
+        fill()
         while queued:
-            done, queued = wait(queued, return_when=FIRST_COMPLETED)
+            done, _ = wait(queued, return_when=FIRST_COMPLETED)
+            for future in done:
+                del queued[future]
+            fill()  # before the results are stored: no process waits for the store
             yield from (future.result() for future in done)
     finally:
-        torch.set_num_threads(threads)
+        local.shutdown(wait=True, cancel_futures=True)
         pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
 def _init_worker(spec: _WorkerSpec, ranks) -> None:
-    """Load a worker's model on its device; an error is kept and raised by its first shard (an initializer that
-    raises only breaks the pool with a generic message)."""
+    """Load a worker's model on its device (a forked worker has it already); an error is kept and raised by its first
+    shard (an initializer that raises only breaks the pool with a generic message)."""
     try:
         _die_with_parent(spec.parent)
         device = spec.devices[ranks.get()]
@@ -406,12 +460,14 @@ def _init_worker(spec: _WorkerSpec, ranks) -> None:
 
         if device == "cpu":  # the cores are shared out between the workers
             torch.set_num_threads(spec.threads)
-        embedder = ImageEmbedder(**spec.embedder, device=device)
-        arrays = {
-            name: None if tensor is None else tensor.numpy()
-            for name, tensor in (("prototypes", spec.prototypes), ("eval_embeddings", spec.eval_embeddings))
-        }
-        refs = References(spec.scorer_id, embedder, index=spec.index, eval_refs=spec.eval_refs, **arrays)
+        refs = spec.refs
+        if refs is None:
+            embedder = ImageEmbedder(**spec.embedder, device=device)
+            arrays = {
+                name: None if tensor is None else tensor.numpy()
+                for name, tensor in (("prototypes", spec.prototypes), ("eval_embeddings", spec.eval_embeddings))
+            }
+            refs = References(spec.scorer_id, embedder, index=spec.index, eval_refs=spec.eval_refs, **arrays)
         _WORKER.update(refs=refs, retrieve_dir=spec.retrieve_dir)
     except Exception as e:
         _WORKER["error"] = e
