@@ -1,9 +1,13 @@
 """Download processes: each URL fetched once over all of them, every outcome recorded, secrets redacted there too."""
 
+import multiprocessing
+import os
+import signal
 import socket
 
+import pytest
 from retrieval_fixtures.downloads import loopback_config
-from retrieval_fixtures.server import resolve_without_dns
+from retrieval_fixtures.server import ImageServer, resolve_without_dns
 
 from neighbor_lt.retrieval import Candidate, Downloader
 from neighbor_lt.retrieval.download import read_downloads
@@ -65,3 +69,70 @@ def test_process_count(server):
     assert process_count(DownloadConfig(num_processes=4), guard, many + pool_rows) == 1  # bytes stay here
     unpicklable = AddressGuard(resolver=lambda *a, **k: socket.getaddrinfo(*a, **k))
     assert process_count(DownloadConfig(num_processes=4), unpicklable, many) == 1
+
+
+def test_download_processes_start_once_and_serve_every_chunk(jpegs, tmp_path, monkeypatch):
+    """Candidates stream in chunks; the run's download processes are started by the first chunk and fed the others,
+    so each reads robots.txt once for the whole run, and none is left when the run ends."""
+    from neighbor_lt.retrieval.download import processes
+
+    started = []
+
+    class Counted(processes.DownloadProcesses):
+        def __init__(self, downloader, count):
+            started.append(count)
+            super().__init__(downloader, count)
+
+    monkeypatch.setattr("neighbor_lt.retrieval.download.downloader.DownloadProcesses", Counted)
+    server = ImageServer(jpegs).start()
+    try:
+        paths = [f"/img/{i}.jpg" for i in range(12)] + ["/img/2.jpg", "/dup/3.jpg", "/status/404", "/private/1.jpg"]
+
+        def candidates():
+            for rank, path in enumerate(paths):
+                yield Candidate("fish", server.url(path), rank=rank)
+            yield Candidate("carp", server.url("/img/11.jpg"))  # same URL, another class, in the last chunk
+
+        config = loopback_config(num_processes=2)
+        summary = Downloader(str(tmp_path), config, resolver=resolve_without_dns).run(candidates(), chunk_size=4)
+        assert started == [2]
+        assert not [p for p in multiprocessing.active_children() if p.name.startswith("download-")]
+        records = read_downloads(tmp_path)
+        assert summary["total"] == len(records) == len({r["key"] for r in records}) == 16
+        assert summary["ok"] == 12 and summary["duplicate"] == 2  # the copy under /dup/ and carp's URL
+        assert {r["outcome"] for r in records if "status" in r["source_url"] or "private" in r["source_url"]} == {
+            "http_error", "opted_out"
+        }  # fmt: skip
+        fetched = {p: n for p, n in server.requests.items() if p.startswith(("/img/", "/dup/", "/status/"))}
+        assert fetched == {**{f"/img/{i}.jpg": 1 for i in range(12)}, "/dup/3.jpg": 1, "/status/404": 1}
+        assert 1 <= server.requests["/robots.txt"] <= 2  # once per process for the run, not per chunk
+    finally:
+        server.stop()
+
+
+def test_download_processes_killed_between_chunks_stop_the_run_and_a_rerun_resumes(jpegs, tmp_path):
+    """The run's processes outlive a chunk: if they die (OOM killer, kill -9) before the next one is served, the run
+    stops with one error instead of waiting for them, keeps what was committed, and a rerun fetches only the rest."""
+    server = ImageServer(jpegs).start()
+    try:
+        urls = [server.url(f"/img/{i}.jpg") for i in range(12)]
+
+        def candidates(kill: bool):
+            for rank, url in enumerate(urls):
+                if kill and rank == 8:  # chunks of 4: two were served by the processes the first one started
+                    victims = [p for p in multiprocessing.active_children() if p.name.startswith("download-")]
+                    assert len(victims) == 2
+                    for victim in victims:
+                        os.kill(victim.pid, signal.SIGKILL)
+                        victim.join()
+                yield Candidate("fish", url, rank=rank)
+
+        config = loopback_config(num_processes=2)
+        with pytest.raises(RuntimeError, match=r"a download process died \(exit codes .*\).* rerun to resume"):
+            Downloader(str(tmp_path), config, resolver=resolve_without_dns).run(candidates(True), chunk_size=4)
+        assert sorted(r["rank"] for r in read_downloads(tmp_path)) == list(range(8))
+        summary = Downloader(str(tmp_path), config, resolver=resolve_without_dns).run(candidates(False), chunk_size=4)
+        assert summary["ok"] == summary["total"] == 12
+        assert all(server.requests[f"/img/{i}.jpg"] == 1 for i in range(12))
+    finally:
+        server.stop()

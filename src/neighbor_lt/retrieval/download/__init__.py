@@ -22,7 +22,8 @@ resumes with nothing lost and nothing twice.
 Speed: one Python process is CPU-bound at a few hundred images per second, so ``num_processes`` download processes
 (default: one per CPU core, at most 4, for 200 URLs or more) fetch, validate and hash in parallel, with
 ``num_workers`` threads shared out between them; this process alone deduplicates and writes, so the guarantees above
-hold unchanged. Each process reads a host's robots.txt once.
+hold unchanged. The processes are started once per run and fed every chunk of candidates; each reads a host's
+robots.txt once.
 
 Politeness: at most ``requests_per_second_per_host`` (default 4) requests per second and ``max_connections_per_host``
 at once to one host, which caps a single-host source at about that many images per second; the summary says how long

@@ -37,7 +37,7 @@ from .config import (
 from .dedup import DedupIndex, perceptual_hash
 from .images import decode_image
 from .limits import HostLimiters, Stopped
-from .processes import process_count, run_processes
+from .processes import DownloadProcesses, process_count
 from .records import DOWNLOADS, atomic_write, has_downloads, open_downloads
 from .robots import RobotsRules, RobotsUnreachable, opted_out
 
@@ -98,6 +98,7 @@ class Downloader:
         self._writing = False
         self.reuse_dir = reuse_dir
         self._reuse: RecordStore | None = None  # reuse_dir's records, opened on first use
+        self._processes: DownloadProcesses | None = None  # started by the first chunk that needs them, for the run
 
     # ---- resumption -------------------------------------------------------------------------------------------
     def _resume(self, store: RecordStore, retry_failed: bool = False) -> None:
@@ -424,11 +425,13 @@ class Downloader:
                     bar.update(skipped)
                     done += len(todo)
                     self._run_chunk(todo, bar)
+            self._end_processes()
             logger.info("%s: %d candidate(s) downloaded or settled in this run", desc, done)
         except KeyboardInterrupt:
             logger.warning("%s: interrupted; what finished is recorded, rerun to resume", desc)
             raise
         finally:
+            self._end_processes(abort=True)  # a no-op after a run that finished
             self._stop.set()
             with self._commit_lock:  # from here on, a late worker writes nothing (no file without its record)
                 self._writing = False
@@ -464,10 +467,19 @@ class Downloader:
                     return
                 self._commit(self._prepare(candidate))
                 bar.update()
+        elif self._processes is not None and not any(c.image_bytes is not None for c in todo):
+            self._processes.run(todo, bar)  # the run's processes, started by an earlier chunk
         elif (processes := process_count(self.config, self.guard, todo)) > 1:
-            run_processes(self, todo, bar, processes)
+            self._processes = DownloadProcesses(self, processes)
+            self._processes.run(todo, bar)
         else:
             self._run_threads(todo, bar)
+
+    def _end_processes(self, abort: bool = False) -> None:
+        """End the run's download processes, if it started any (:meth:`DownloadProcesses.close`)."""
+        processes, self._processes = self._processes, None
+        if processes is not None:
+            processes.close(abort)
 
     def _run_threads(self, todo: list[Candidate], bar) -> None:
         """Process ``todo`` on ``num_workers`` daemon threads (they never hold up the interpreter's exit)."""

@@ -55,114 +55,137 @@ def _share(config: DownloadConfig, processes: int) -> DownloadConfig:
     )
 
 
-def run_processes(downloader, todo: list[Candidate], bar, processes: int) -> None:
-    """Fetch and validate ``todo`` in ``processes`` worker processes (threads in each, the per-host limits shared
-    out); deduplicate and write in ``downloader``'s process (a :class:`~.downloader.Downloader`; each worker builds
-    one of the same class, so this module needs no import of it).
+class DownloadProcesses:
+    """``processes`` download processes kept for a whole run and fed chunk after chunk: fetch and validate there
+    (threads in each, the per-host limits shared out), deduplicate and write in ``downloader``'s process (a
+    :class:`~.downloader.Downloader`; each process builds one of the same class, so this module needs no import of
+    it). Started once, not per chunk of candidates: a start costs about 0.5 CPU-s per process, and the processes keep
+    their robots.txt rules and per-host limits from one chunk to the next.
 
     One fetch per URL: a candidate whose URL is already in flight waits for that record and is settled here.
-    Ctrl-C: the workers stop, records arriving within ``stop_grace`` are kept, then the workers are ended.
+    Ctrl-C: the processes stop, records arriving within ``stop_grace`` are kept, then they are ended.
+
+    Example:
+        >>> group = DownloadProcesses(downloader, 2)  # doctest: +SKIP
+        >>> for todo in chunks:  # doctest: +SKIP
+        ...     group.run(todo, bar)
+        >>> group.close()  # doctest: +SKIP
+
+    Args:
+        downloader: the writing :class:`~.downloader.Downloader` (its store open).
+        processes: how many (:func:`process_count`).
     """
-    context = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
-    jobs, results, stop = context.Queue(), context.Queue(), context.Event()
-    jobs.cancel_join_thread()  # URLs still queued at an interruption are dropped, never waited for at exit
-    waiting: dict[str, list[Candidate]] = {}  # redacted URL in flight -> later candidates with the same URL
-    leaders = 0
-    for candidate in todo:
-        url = downloader.source_url(candidate)
-        if downloader.url_result(url) is not None:  # a previous run fetched it: settled without a request
-            downloader._commit(downloader._prepare(candidate))
-            bar.update()
-        elif url in waiting:
-            waiting[url].append(candidate)
-        else:
-            waiting[url] = []
-            jobs.put(candidate)
-            leaders += 1
-    for _ in range(processes):
-        jobs.put(None)
-    resolver = None if downloader.guard.resolver is socket.getaddrinfo else downloader.guard.resolver
-    share = _share(downloader.config, processes)
-    workers = [
-        context.Process(
-            target=_download_process,
-            args=(
-                type(downloader),
-                downloader.output_dir,
-                share,
-                resolver,
-                downloader.reuse_dir,
-                jobs,
-                results,
-                stop,
-                registered_secrets(),
-            ),
-            name=f"download-{i}",
-            daemon=True,
-        )
-        for i in range(processes)
-    ]
-    with _no_main_rerun():
-        for worker in workers:
-            worker.start()
 
-    def settle(prepared: tuple[dict, bytes | None]) -> None:
-        downloader._commit(prepared)
-        bar.update()
-        url = prepared[0]["source_url"]
-        if downloader.url_result(url) is not None:  # committed: its followers are settled without a request
-            for follower in waiting.pop(url, ()):
-                downloader._commit(downloader._prepare(follower))
+    def __init__(self, downloader, processes: int):
+        context = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
+        self.downloader = downloader
+        self.jobs, self.results, self.stop = context.Queue(), context.Queue(), context.Event()
+        self.jobs.cancel_join_thread()  # URLs still queued at an interruption are dropped, never waited for at exit
+        resolver = None if downloader.guard.resolver is socket.getaddrinfo else downloader.guard.resolver
+        args = (type(downloader), downloader.output_dir, _share(downloader.config, processes), resolver,
+                downloader.reuse_dir, self.jobs, self.results, self.stop, registered_secrets())  # fmt: skip
+        self.workers = [
+            context.Process(target=_download_process, args=args, name=f"download-{i}", daemon=True)
+            for i in range(processes)
+        ]
+        self._exited = 0
+        with _no_main_rerun():
+            for worker in self.workers:
+                worker.start()
+
+    def run(self, todo: list[Candidate], bar) -> None:
+        """Fetch ``todo`` (one chunk) and settle every candidate of it before returning."""
+        downloader = self.downloader
+        waiting: dict[str, list[Candidate]] = {}  # redacted URL in flight -> later candidates with the same URL
+        for candidate in todo:
+            url = downloader.source_url(candidate)
+            if downloader.url_result(url) is not None:  # a previous run fetched it: settled without a request
+                downloader._commit(downloader._prepare(candidate))
                 bar.update()
+            elif url in waiting:
+                waiting[url].append(candidate)
+            else:
+                waiting[url] = []
+                self.jobs.put(candidate)
 
-    try:
-        leaders -= _collect(downloader, workers, results, settle)
-        if leaders:
-            codes = [w.exitcode for w in workers]
-            raise RuntimeError(
-                f"a download process died (exit codes {codes}); {leaders} URL(s) were not processed: rerun to "
-                "resume, they are fetched then"
-            )
-    except KeyboardInterrupt:
-        stop.set()  # queued URLs are dropped; downloads in flight get stop_grace seconds to arrive and be kept
-        deadline = time.monotonic() + downloader.config.stop_grace
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                kind, payload = results.get(timeout=left)
-            except queue.Empty:
-                break
-            if kind == "record":
-                settle(payload)
-        raise
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=0.5)
-            if worker.is_alive():
-                worker.kill()
-                worker.join(timeout=1)
+        def settle(prepared: tuple[dict, bytes | None]) -> None:
+            downloader._commit(prepared)
+            bar.update()
+            url = prepared[0]["source_url"]
+            if downloader.url_result(url) is not None:  # committed: its followers are settled without a request
+                for follower in waiting.pop(url, ()):
+                    downloader._commit(downloader._prepare(follower))
+                    bar.update()
 
-
-def _collect(downloader, workers: list, results, settle) -> int:
-    """Settle the records the workers send until every one has exited (or died); returns the records settled."""
-    exited = settled = 0
-    while exited < len(workers):
+        leaders = len(waiting)
         try:
-            kind, payload = results.get(timeout=0.2)
-        except queue.Empty:
-            if not any(w.is_alive() for w in workers):
-                break
-            continue
-        if kind == "record":
-            settle(payload)
-            settled += 1
-        elif kind == "exit":
-            exited += 1
-            with downloader._lock:
-                downloader._throttled_elsewhere.update(payload)
-        elif kind == "error":
-            raise RuntimeError(f"a download process failed: {payload}")
-    return settled
+            while leaders:
+                kind, payload = self._next()
+                if kind == "record":
+                    settle(payload)
+                if kind in ("record", "stopped"):
+                    leaders -= 1
+        except KeyboardInterrupt:
+            self.stop.set()  # queued URLs are dropped; downloads in flight get stop_grace seconds to arrive and be kept
+            deadline = time.monotonic() + downloader.config.stop_grace
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    kind, payload = self.results.get(timeout=left)
+                except queue.Empty:
+                    break
+                if kind == "record":
+                    settle(payload)
+            raise
+
+    def _next(self) -> tuple[str, object]:
+        """The next message of a process about a candidate; raises when one failed or died (the URLs it held are
+        fetched by the rerun)."""
+        while True:
+            try:
+                kind, payload = self.results.get(timeout=0.2)
+            except queue.Empty:
+                if any(not w.is_alive() for w in self.workers):
+                    raise RuntimeError(
+                        f"a download process died (exit codes {[w.exitcode for w in self.workers]}); the URLs it "
+                        "held were not processed: rerun to resume, they are fetched then"
+                    ) from None
+                continue
+            if kind == "error":
+                raise RuntimeError(f"a download process failed: {payload}")
+            if kind == "exit":  # a process leaves only after close() asked: not during a chunk
+                self._exited += 1
+                self._record_waits(payload)
+                continue
+            return kind, payload
+
+    def _record_waits(self, waited: dict) -> None:
+        with self.downloader._lock:
+            self.downloader._throttled_elsewhere.update(waited)
+
+    def close(self, abort: bool = False) -> None:
+        """Let the processes finish (their per-host waits are added to the downloader's summary), end any left;
+        ``abort``: stop them at once (the run failed or was interrupted: what is still queued is dropped)."""
+        if abort:
+            self.stop.set()
+        try:
+            if not self.stop.is_set():
+                for _ in self.workers:
+                    self.jobs.put(None)
+                while self._exited < len(self.workers) and any(w.is_alive() for w in self.workers):
+                    try:
+                        kind, payload = self.results.get(timeout=0.2)
+                    except queue.Empty:
+                        continue
+                    if kind == "exit":
+                        self._exited += 1
+                        self._record_waits(payload)
+        finally:
+            self.stop.set()
+            for worker in self.workers:
+                worker.join(timeout=0.5)
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join(timeout=1)
 
 
 @contextmanager
@@ -188,11 +211,11 @@ def _no_main_rerun():
 
 
 def _download_process(factory, output_dir, config, resolver, reuse_dir, jobs, results, stop, secrets) -> None:
-    """A download process of :func:`run_processes`: fetch and validate the queued candidates on
+    """A download process of :class:`DownloadProcesses`: fetch and validate the queued candidates on
     ``config.num_workers`` threads and send each ``(record, bytes)`` back; the parent deduplicates and writes.
 
-    Sends ``("record", prepared)`` per candidate, ``("exit", {host: seconds throttled})`` at the end and
-    ``("error", text)`` if it fails as a whole. Ctrl-C is the parent's to handle; if the parent dies, so does this.
+    Sends ``("record", prepared)`` per candidate (``("stopped", None)`` for one interrupted), ``("exit", {host:
+    seconds throttled})`` at the end (a ``None`` job) and ``("error", text)`` if it fails as a whole. Ctrl-C is the parent's to handle; if the parent dies, so does this.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for secret in secrets:  # the parent's registered secrets are redacted here too
@@ -216,9 +239,8 @@ def _download_process(factory, output_dir, config, resolver, reuse_dir, jobs, re
                 if candidate is None:
                     jobs.put(None)  # for this process's other threads
                     return
-                prepared = downloader._prepare(candidate)
-                if prepared is not None:
-                    results.put(("record", prepared))
+                prepared = downloader._prepare(candidate)  # None only once stopped
+                results.put(("stopped", None) if prepared is None else ("record", prepared))
 
         threads = [threading.Thread(target=work, daemon=True) for _ in range(config.num_workers)]
         for thread in threads:
