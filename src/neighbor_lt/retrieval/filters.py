@@ -117,6 +117,7 @@ class ImageEmbedder:
         self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
         self.decode_threads = decode_threads
         self.processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        self.scaling = TensorScaling.of(self.processor)
         self.model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         self.model.eval().to(self.device)
 
@@ -138,7 +139,10 @@ class ImageEmbedder:
 
     def _prepare(self, batch: list):
         """Decode (paths) and preprocess one batch: the model's pixel values."""
-        return self.processor(images=[_open_rgb(image) for image in batch], return_tensors="pt")["pixel_values"]
+        images = [_open_rgb(image) for image in batch]
+        if self.scaling is not None:
+            return self.scaling(images)
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
 
     def _embed_pixels(self, pixel_values) -> np.ndarray:
         import torch
@@ -173,6 +177,61 @@ class ImageEmbedder:
             if bar is not None:
                 bar.close()
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+class TensorScaling:
+    """An image processor's rescale and normalize done on the batch tensor in torch, after the processor has resized
+    and cropped: the same float operations in the same order (float64 rescale, then float32 ``(x - mean) / std``), so
+    the same pixel values bit for bit, without numpy's per-image float64 copies and strided per-channel arithmetic
+    (about 40% of a PIL image processor's time per image at a 224 px crop, measured on a 2-core EPYC).
+
+    Example:
+        >>> scaling = TensorScaling.of(processor)  # None: use the processor's own path  # doctest: +SKIP
+        >>> scaling(images).shape  # processor(images=images, return_tensors="pt")["pixel_values"]  # doctest: +SKIP
+        torch.Size([8, 3, 224, 224])
+
+    Args:
+        processor: an image processor with ``do_rescale`` / ``rescale_factor`` and ``do_normalize`` / ``image_mean``
+            / ``image_std``.
+    """
+
+    def __init__(self, processor):
+        import torch
+
+        self.processor = processor
+        self.factor = processor.rescale_factor if getattr(processor, "do_rescale", False) else None
+        self.mean = self.std = None
+        if getattr(processor, "do_normalize", False):
+            self.mean = torch.tensor(processor.image_mean, dtype=torch.float32).reshape(-1, 1, 1)
+            self.std = torch.tensor(processor.image_std, dtype=torch.float32).reshape(-1, 1, 1)
+
+    @classmethod
+    def of(cls, processor) -> TensorScaling | None:
+        """The scaling of ``processor`` when it rescales or normalizes and gives its own pixel values on probe images
+        (one enlarged, one reduced); else None (another order of operations, a fused fast processor, remote code)."""
+        import torch
+
+        if not (getattr(processor, "do_rescale", False) or getattr(processor, "do_normalize", False)):
+            return None
+        rng = np.random.default_rng(0)
+        probes = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((37, 50), (300, 211))]
+        try:
+            scaling = cls(processor)
+            same = torch.equal(scaling(probes), processor(images=probes, return_tensors="pt")["pixel_values"])
+        except Exception as e:  # a processor without these settings or keywords: its own path
+            logger.debug("image processor %s: no tensor scaling (%s)", type(processor).__name__, e)
+            return None
+        return scaling if same else None
+
+    def __call__(self, images: list):
+        import torch
+
+        kept = self.processor(images=images, return_tensors="pt", do_rescale=False, do_normalize=False)
+        pixels = kept["pixel_values"]
+        out = torch.empty(pixels.shape, dtype=torch.float32)
+        for i, image in enumerate(pixels):  # one image at a time: its float64 copy stays in the cache
+            out[i] = image.double().mul_(self.factor) if self.factor is not None else image
+        return out.sub_(self.mean).div_(self.std) if self.mean is not None else out
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
