@@ -1,6 +1,7 @@
 """The ``captions`` backend: whole-word matching of every name in one DuckDB pass over image-text metadata shards,
 synonyms, ranking, filters, provenance, errors; and the chain captions -> retrieve -> filter -> build -> load."""
 
+import gc
 import json
 import os
 
@@ -14,7 +15,9 @@ from neighbor_lt.curate import CurateContext
 from neighbor_lt.retrieval import get_search_backend
 from neighbor_lt.retrieval.captions import CaptionSearch
 from neighbor_lt.retrieval.download import read_downloads
-from neighbor_lt.retrieval.search import name_in_text
+from neighbor_lt.retrieval.records_store import RecordStore
+from neighbor_lt.retrieval.search import Candidate, name_in_text
+from neighbor_lt.retrieval.searches import open_searches
 from neighbor_lt.retrieval.stages import StageError, run_build, run_filter, run_retrieve
 
 LOOPBACK = {"allowed_networks": ["127.0.0.1/32"], "requests_per_second_per_host": 0, "num_workers": 4}
@@ -231,3 +234,61 @@ def test_a_failed_pass_stops_the_stage_without_a_pass_per_name(tmp_path, monkeyp
     with pytest.raises(StageError, match="search \\(captions\\): CatalogException"):
         run_retrieve(section, CurateContext(str(tmp_path)))
     assert len(passes) == 1
+
+
+def _live_candidates() -> int:
+    """Candidate objects alive in this process (what holding a pass's hits would show)."""
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is Candidate)
+
+
+NAMES = ["apple", "birch", "cedar", "daisy", "maple", "olive", "tulip", "willow"]
+
+
+def test_the_stage_holds_one_query_of_the_pass_at_a_time(tmp_path, monkeypatch):
+    """The retrieve stage's search loop is handed the prefetched pass query by query: while it stores a query's
+    search, Python holds that query's candidates and the next query's, not every hit of the pass; and what it stores
+    is what the one-shot ``search_many`` finds (same candidates, order and ranks)."""
+    captions = [f"a {name} number {i}" for i in range(6) for name in NAMES if name != "daisy"]  # daisy: no hit
+    path = write_shard(tmp_path / "m.parquet", captions, similarity=[(i * 7 % 10) / 10 for i in range(len(captions))])
+    (tmp_path / "neighbors").mkdir()
+    manifest = {"version": 1, "targets": [], "auxiliary": [{"name": n, "neighbor_of": ["x"]} for n in NAMES]}
+    (tmp_path / "neighbors" / "neighbors.json").write_text(json.dumps(manifest))
+    section = {
+        "backend": "captions", "backend_kwargs": {"data_files": path, "score_column": "similarity"},
+        "max_results_per_query": 5, "search_only": True,
+    }  # fmt: skip
+    live, real_put, before = [], RecordStore.put, _live_candidates()
+
+    def put(self, record):
+        if "aux_name" in record:  # a search stored by the loop
+            live.append(_live_candidates() - before)
+        return real_put(self, record)
+
+    monkeypatch.setattr(RecordStore, "put", put)
+    assert run_retrieve(section, CurateContext(str(tmp_path))) == {"candidates": 5 * 7}
+    assert len(live) == len(NAMES) and max(live) <= 2 * 5  # the query stored and the one read ahead
+    expected = CaptionSearch(path, score_column="similarity").search_many({n: [n] for n in NAMES}, max_results=5)
+    with open_searches(str(tmp_path / "retrieve")) as cache:
+        for name in NAMES:
+            record = cache.get(name)
+            assert record["status"] == ("empty" if name == "daisy" else "ok")
+            stored = [
+                (c["query"], c["image_url"], c["page_url"], c["caption"], c["rank"]) for c in record["candidates"]
+            ]
+            assert stored == [(h.query, h.image_url, h.page_url, h.caption, h.rank) for h in expected[name]]
+
+
+def test_a_prefetched_pass_answers_in_any_order_and_once(tmp_path, monkeypatch):
+    path = write_shard(tmp_path / "m.parquet", [f"{name} {i}" for i in range(3) for name in ("koi", "carp", "pike")])
+    passes, real_sql = [], CaptionSearch._sql
+    monkeypatch.setattr(CaptionSearch, "_sql", lambda self, k: passes.append(k) or real_sql(self, k))
+    expected = CaptionSearch(path).search_many({n: [n] for n in ("koi", "carp", "pike", "eel")}, max_results=10)
+    backend, before = CaptionSearch(path), _live_candidates()
+    backend.prefetch({n: {"name": n} for n in ("koi", "eel", "carp", "pike")}, max_results=10)
+    assert len(passes) == 2 and _live_candidates() - before == 3  # the first query read ahead, not the whole pass
+    assert backend.search("pike") == expected["pike"]  # asked first: koi and carp are read past and kept
+    assert backend.search("eel") == []  # no hit
+    assert backend.search("koi") == expected["koi"] and backend.search("carp") == expected["carp"]
+    assert len(passes) == 2  # all from the one pass
+    assert backend.search("koi") == expected["koi"] and len(passes) == 3  # handed over once: asked again, a new pass

@@ -30,6 +30,8 @@ import glob
 import logging
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from .base import Candidate, SearchBackend, name_in_text, normalize_text
@@ -43,17 +45,20 @@ _NORMALIZED = "' ' || regexp_replace(strip_accents(lower(coalesce({col}, ''))), 
 
 
 # The best row of each (query, url) (an image URL listed twice counts once), then the best k rows of each query:
-# highest score first, then shard and row order. ``source`` has columns query, term, url, caption, shard, row, score.
+# highest score first, then shard and row order. ``source`` has columns qid (the query's position), term, url, caption,
+# shard, row, score.
 _BEST = """
     best AS (
-        SELECT query, url, min_by(struct_pack(term, caption, shard, row, score),
-                                  struct_pack(s := -coalesce(score, -1e308), f := shard, r := row)) AS hit
-        FROM {source} GROUP BY query, url
+        SELECT qid, url, min_by(struct_pack(term, caption, shard, row, score),
+                                struct_pack(s := -coalesce(score, -1e308), f := shard, r := row)) AS hit
+        FROM {source} GROUP BY qid, url
     )
-    SELECT query, hit.term AS term, url, hit.caption AS caption, hit.shard AS shard, hit.row AS row, hit.score AS score
+    SELECT qid, hit.term AS term, url, hit.caption AS caption, hit.shard AS shard, hit.row AS row, hit.score AS score
     FROM best
-    QUALIFY row_number() OVER (PARTITION BY query ORDER BY hit.score DESC NULLS LAST, hit.shard, hit.row) <= {k}
+    QUALIFY row_number() OVER (PARTITION BY qid ORDER BY hit.score DESC NULLS LAST, hit.shard, hit.row) <= {k}
 """
+#: rows of the pass's result turned into Python objects at a time (the rest stay in DuckDB's columns)
+_BATCH_ROWS = 8192
 
 
 def _quote(name: str) -> str:
@@ -140,6 +145,7 @@ class CaptionSearch(SearchBackend):
         self.db.execute("SET temp_directory = ?", [os.path.join(tempfile.gettempdir(), "neighbor_lt_duckdb")])
         self.types = self._check_columns()
         self._hits: dict[str, list[Candidate]] = {}
+        self._prefetched: _Prefetched | None = None
         self.stats: dict[str, Any] = {}
 
     # ---- schema ----
@@ -202,51 +208,80 @@ class CaptionSearch(SearchBackend):
         Returns:
             Query -> its candidates, best first (``query`` is the term the caption matched).
         """
-        import time
+        found: dict[str, list[Candidate]] = {q: [] for q in terms}
+        found.update(self._pass(terms, max_results))
+        self._hits.update(found)
+        return found
 
+    def _pass(self, terms: dict[str, list[str]], max_results: int) -> Iterator[tuple[str, list[Candidate]]]:
+        """One pass for every query of ``terms``: ``(query, its candidates)`` in the order of ``terms``, a query with
+        no hit left out. The result is read in Arrow batches, so Python holds one query's candidates at a time."""
         pairs = {(query, normalize_text(t)) for query, names in terms.items() for t in names if normalize_text(t)}
         if self.plurals:
             pairs |= {(query, plural) for query, term in pairs for plural in _plurals(term)}
-        pairs = sorted(pairs)
-        found: dict[str, list[Candidate]] = {q: [] for q in terms}
         if not pairs:
-            return found
+            return
+        queries = list(terms)
+        position = {query: i for i, query in enumerate(queries)}
+        pairs = sorted(pairs, key=lambda pair: (position[pair[0]], pair[1]))
         start = time.monotonic()
-        # a term is looked up by its first two words (its only word): a first word alone (``black``, ``genus``) would
-        # fan every caption that has it out to all the terms it starts
-        columns = [[q for q, _ in pairs], [t for _, t in pairs], [" ".join(t.split(" ")[:2]) for _, t in pairs]]
-        self.db.execute(  # one statement (executemany costs seconds for 10,000 rows)
-            "CREATE OR REPLACE TEMP TABLE terms AS SELECT unnest(?::VARCHAR[]) AS query, unnest(?::VARCHAR[]) AS term, "
-            "unnest(?::VARCHAR[]) AS key",
-            columns,
-        )
-        # the shards in batches: each batch's best rows join those kept so far, and the cut is made again, so memory
-        # holds one batch's hits plus max_results per name, however many shards there are
-        self.db.execute(
-            "CREATE OR REPLACE TEMP TABLE kept (query VARCHAR, term VARCHAR, url VARCHAR, caption VARCHAR, "
-            "shard VARCHAR, row BIGINT, score DOUBLE)"
-        )
-        batches = [self.files[i : i + self.shards_per_batch] for i in range(0, len(self.files), self.shards_per_batch)]
-        for batch in batches:
-            self.db.execute(f"INSERT INTO kept {self._sql(int(max_results))}", [batch])
-            if len(batches) > 1:
-                merged = _BEST.format(source="kept", k=int(max_results))
-                self.db.execute(f"CREATE OR REPLACE TEMP TABLE kept AS WITH {merged}")
-        rows = self.db.execute("SELECT * FROM kept ORDER BY query, score DESC NULLS LAST, shard, row").fetchall()
-        dropped = 0
-        for query, term, url, caption, shard, row, _ in rows:
-            if not name_in_text(term, caption):  # the caption filter's rule is the last word (exotic Unicode)
-                dropped += 1
-                continue
-            hits = found[query]
-            hits.append(Candidate(term, url, f"{shard}#row={row}", caption, len(hits)))
-        self.stats = {"pairs": len(pairs), "rows": len(rows), "dropped": dropped, "seconds": time.monotonic() - start}
+        # each pass on its own connection: its temp tables go when it closes, and a pass read halfway (a prefetch
+        # handed over query by query) does not block another
+        db = self.db.cursor()
+        try:
+            # a term is looked up by its first two words (its only word): a first word alone (``black``, ``genus``)
+            # would fan every caption that has it out to all the terms it starts
+            columns = [
+                [position[q] for q, _ in pairs],
+                [t for _, t in pairs],
+                [" ".join(t.split(" ")[:2]) for _, t in pairs],
+            ]
+            db.execute(  # one statement (executemany costs seconds for 10,000 rows)
+                "CREATE OR REPLACE TEMP TABLE terms AS SELECT unnest(?::INTEGER[]) AS qid, unnest(?::VARCHAR[]) AS term, "
+                "unnest(?::VARCHAR[]) AS key",
+                columns,
+            )
+            # the shards in batches: each batch's best rows join those kept so far, and the cut is made again, so
+            # memory holds one batch's hits plus max_results per name, however many shards there are
+            db.execute(
+                "CREATE OR REPLACE TEMP TABLE kept (qid INTEGER, term VARCHAR, url VARCHAR, caption VARCHAR, "
+                "shard VARCHAR, row BIGINT, score DOUBLE)"
+            )
+            batches = [
+                self.files[i : i + self.shards_per_batch] for i in range(0, len(self.files), self.shards_per_batch)
+            ]
+            for batch in batches:
+                db.execute(f"INSERT INTO kept {self._sql(int(max_results))}", [batch])
+                if len(batches) > 1:
+                    merged = _BEST.format(source="kept", k=int(max_results))
+                    db.execute(f"CREATE OR REPLACE TEMP TABLE kept AS WITH {merged}")
+            result = db.sql(
+                "SELECT qid, term, url, caption, shard, row FROM kept ORDER BY qid, score DESC NULLS LAST, shard, row"
+            )
+            rows = dropped = 0
+            qid, hits, ready = None, [], None
+            for batch in result.to_arrow_reader(_BATCH_ROWS):
+                ready = time.monotonic() - start if ready is None else ready  # the pass done, its result sorted
+                for qid_, term, url, caption, shard, row in zip(*batch.to_pydict().values()):
+                    rows += 1
+                    if qid_ != qid:
+                        if hits:
+                            yield queries[qid], hits
+                        qid, hits = qid_, []
+                    if not name_in_text(term, caption):  # the caption filter's rule is the last word (exotic Unicode)
+                        dropped += 1
+                        continue
+                    hits.append(Candidate(term, url, f"{shard}#row={row}", caption, len(hits)))
+            if hits:
+                yield queries[qid], hits
+        finally:
+            db.close()
+        seconds = time.monotonic() - start if ready is None else ready
+        self.stats = {"pairs": len(pairs), "rows": rows, "dropped": dropped, "seconds": seconds}
         logger.info(
-            "captions: %d name(s) / %d term(s) over %d shard(s) in one pass: %d candidate(s) in %.1fs",
-            len(terms), len(pairs), len(self.files), len(rows) - dropped, self.stats["seconds"],
+            "captions: %d name(s) / %d term(s) over %d shard(s) in one pass (%.1fs): %d candidate(s)",
+            len(terms), len(pairs), len(self.files), seconds, rows - dropped,
         )  # fmt: skip
-        self._hits.update(found)
-        return found
 
     def _sql(self, max_results: int) -> str:
         url, caption = _quote(self.url_column), _quote(self.caption_column)
@@ -267,7 +302,7 @@ class CaptionSearch(SearchBackend):
             FROM words
         ),
         hits AS (
-            SELECT t.query, t.term, g.url, g.caption, g.shard, g.row, g.score
+            SELECT t.qid, t.term, g.url, g.caption, g.shard, g.row, g.score
             FROM grams g JOIN terms t ON g.gram = t.key
             WHERE t.key = t.term OR contains(g.norm, ' ' || t.term || ' ')
         ),
@@ -277,17 +312,75 @@ class CaptionSearch(SearchBackend):
     def search(
         self, query: str, max_results: int = 100, synonyms: list[str] | None = None, **hints
     ) -> list[Candidate]:
-        """The candidates of one query: from the last :meth:`search_many` pass when it covered the query (handed over
-        once: a million hits are not held for the whole download), else a pass for this query alone (prefer
-        :meth:`search_many` for many names)."""
+        """The candidates of one query: from the last :meth:`prefetch` or :meth:`search_many` pass when it covered the
+        query (handed over once: a million hits are not held for the whole download), else a pass for this query
+        alone (prefer :meth:`prefetch` for many names)."""
+        if query not in self._hits and self._prefetched is not None:
+            hits = self._prefetched.take(query, self._hits)
+            if hits is not None:
+                return hits[:max_results]
         if query not in self._hits:
             entry = {"name": query, "synonyms": synonyms or [], "wnid": hints.get("wnid")}
             self.search_many({query: self.terms_of(entry)}, max_results)
         return self._hits.pop(query)[:max_results]
 
     def prefetch(self, entries: dict[str, dict], max_results: int) -> None:
-        """Answer every query of ``entries`` (query -> manifest entry) in one pass; :meth:`search` then reads it."""
-        self.search_many({query: [query, *self.terms_of(entry)] for query, entry in entries.items()}, max_results)
+        """Answer every query of ``entries`` (query -> manifest entry) in one pass; :meth:`search` then reads it.
+
+        The pass runs here (its errors are raised here, once); its result is then read query by query as
+        :meth:`search` asks for them in the order of ``entries``, so only the query asked and the one read ahead are
+        held. A query asked out of order is still answered from the pass: those read past on the way are kept until
+        asked.
+        """
+        if self._prefetched is not None:
+            self._prefetched.close()
+        terms = {query: [query, *self.terms_of(entry)] for query, entry in entries.items()}
+        self._prefetched = _Prefetched(self._pass(terms, max_results), list(terms))
+
+
+class _Prefetched:
+    """A pass's hits handed over once each, read query by query in the pass's order (one query read ahead)."""
+
+    def __init__(self, groups: Iterator[tuple[str, list[Candidate]]], queries: list[str]):
+        self.groups, self.position = groups, {query: i for i, query in enumerate(queries)}
+        self.error: Exception | None = None
+        self.ahead = next(self.groups, None)  # runs the pass: a failed one raises here
+
+    def take(self, query: str, passed: dict[str, list[Candidate]]) -> list[Candidate] | None:
+        """The hits of ``query`` ([] when it has none), or None when the pass did not cover it or handed it over
+        already; the hits of queries read past on the way go to ``passed``."""
+        where = self.position.pop(query, None)
+        if where is None:
+            return None
+        if self.error is not None:
+            raise _broken(self.error)
+        while self.ahead is not None and self.position.get(self.ahead[0], where) < where:
+            name, hits = self.ahead
+            passed[name] = hits
+            del self.position[name]
+            self._read()
+        if self.ahead is None or self.ahead[0] != query:
+            return []  # the result is ordered by query: this one had no hit
+        hits = self.ahead[1]
+        self._read()
+        return hits
+
+    def _read(self) -> None:
+        try:
+            self.ahead = next(self.groups, None)
+        except Exception as e:  # one broken result must not turn into a pass per query: every later one fails
+            self.ahead, self.error = None, e
+            raise _broken(e) from e
+
+    def close(self) -> None:
+        self.groups.close()
+
+
+def _broken(error: Exception) -> Exception:
+    """The fatal search error of a pass whose result could not be read to the end."""
+    from .search import SearchError  # search imports this module to register the backend
+
+    return SearchError(f"captions: reading the pass's result failed: {type(error).__name__}: {error}", fatal=True)
 
 
 def _expand(data_files: str | list[str]) -> list[str]:
