@@ -27,3 +27,21 @@ def test_a_jsonl_log_of_an_earlier_version_is_read_through_the_store(tmp_path):
     assert has_downloads(str(tmp_path))
     assert [r["outcome"] for r in read_downloads(str(tmp_path))] == ["ok"]  # a key's last line wins, torn line out
     assert (tmp_path / "downloads.jsonl.migrated").exists() and not (tmp_path / "downloads.jsonl").exists()
+
+
+def test_the_one_scan_of_iter_downloads_keeps_a_small_page_cache(tmp_path, monkeypatch):
+    """A writer's store keeps 64 MiB of pages; the filter's scans of the records read each page once and keep 4."""
+    from neighbor_lt.retrieval import records_store
+
+    sizes = []
+    opened = records_store.RecordStore.__init__
+
+    def init(self, *args, **kwargs):
+        opened(self, *args, **kwargs)
+        sizes.append(self._db.execute("PRAGMA cache_size").fetchone()[0])
+
+    monkeypatch.setattr(records_store.RecordStore, "__init__", init)
+    with open_downloads(str(tmp_path)) as store:
+        store.put({"key": "a", "outcome": "ok"})
+    assert [r["key"] for c in iter_downloads(str(tmp_path)) for r in c] == ["a"]
+    assert sizes == [-64 * 1024, -4 * 1024]  # KiB

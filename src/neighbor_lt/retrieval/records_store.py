@@ -71,6 +71,9 @@ class RecordStore:
         legacy_jsonl: a JSONL log of the same records to import once (a key's last line wins); it is then renamed
             ``<legacy_jsonl>.migrated``, never deleted.
         timeout: seconds to wait for another process's write transaction.
+        cache_mib: SQLite's page cache of this connection, which fills up to this size as the file is read or
+            written: 64 MiB keeps a writer's inserts into the key index off the disk; a reader that scans the
+            records once needs little.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class RecordStore:
         commit_seconds: float = 1.0,
         legacy_jsonl: str | None = None,
         timeout: float = 60.0,
+        cache_mib: int = 64,
     ):
         self.path, self.key = path, key
         self.columns = tuple(columns)
@@ -96,7 +100,7 @@ class RecordStore:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: keeps inserts into the key index off the disk
+        self._db.execute(f"PRAGMA cache_size=-{max(1, int(cache_mib)) * 1024}")  # in KiB
         self._db.execute("PRAGMA wal_autocheckpoint=16384")  # 64 MiB of log between checkpoints (each one syncs)
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a committed batch survives a killed process
         self._create_schema()
