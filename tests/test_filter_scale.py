@@ -20,7 +20,7 @@ from neighbor_lt.configs import ConfigError
 from neighbor_lt.curate import CurateContext
 from neighbor_lt.retrieval import scoring
 from neighbor_lt.retrieval.download import read_downloads
-from neighbor_lt.retrieval.filters import ImageEmbedder, TensorScaling, autocast_dtype, batched
+from neighbor_lt.retrieval.filters import BatchScaling, ImageEmbedder, autocast_dtype, batched
 from neighbor_lt.retrieval.records_store import RecordStore
 from neighbor_lt.retrieval.scoring import (
     build_references,
@@ -302,7 +302,7 @@ def test_precision_autocast(tiny_dinov2, jpegs, tmp_path):
 @pytest.mark.parametrize(
     "name", ["BitImageProcessor", "CLIPImageProcessor", "ConvNextImageProcessor", "ViTImageProcessor"]
 )
-def test_tensor_scaling_gives_the_processors_pixel_values(name, jpegs):
+def test_batch_scaling_gives_the_processors_pixel_values(name, jpegs):
     import io
 
     import torch
@@ -312,25 +312,25 @@ def test_tensor_scaling_gives_the_processors_pixel_values(name, jpegs):
     processor = getattr(transformers, name)()
     images = [Image.open(io.BytesIO(data)).convert("RGB") for data in jpegs[:6]]
     images += [images[0].resize((500, 300)), images[1].resize((19, 23))]
-    scaling = TensorScaling.of(processor)
+    scaling = BatchScaling.of(processor)
     assert scaling is not None
     assert torch.equal(scaling(images), processor(images=images, return_tensors="pt")["pixel_values"])
 
 
-def test_tensor_scaling_only_where_it_is_the_same(jpegs):
+def test_batch_scaling_only_where_it_is_the_same(jpegs):
     from transformers import BitImageProcessor, EfficientNetImageProcessor
 
     class Shifted(type(BitImageProcessor())):  # normalizes in another way: the probe images show it
         def normalize(self, image, mean, std, **kwargs):
             return super().normalize(image, mean, std, **kwargs) + 1
 
-    assert TensorScaling.of(Shifted()) is None
-    assert TensorScaling.of(EfficientNetImageProcessor()) is None  # rescale with an offset: another formula
-    assert TensorScaling.of(BitImageProcessor(do_rescale=False, do_normalize=False)) is None  # nothing to take over
-    assert TensorScaling.of(BitImageProcessor(do_normalize=False)) is not None
+    assert BatchScaling.of(Shifted()) is None
+    assert BatchScaling.of(EfficientNetImageProcessor()) is None  # rescale with an offset: another formula
+    assert BatchScaling.of(BitImageProcessor(do_rescale=False, do_normalize=False)) is None  # nothing to take over
+    assert BatchScaling.of(BitImageProcessor(do_normalize=False)) is not None
 
 
-def test_embeddings_are_the_same_with_tensor_scaling(tiny_dinov2, jpegs, tmp_path):
+def test_embeddings_are_the_same_with_batch_scaling(tiny_dinov2, jpegs, tmp_path):
     paths = []
     for i, data in enumerate(jpegs[:10]):
         paths.append(str(tmp_path / f"{i}.jpg"))
