@@ -90,3 +90,14 @@ class SearchBackend:
         if not cls.pages:
             return 0
         return max(1, math.ceil(min(results, cls.max_results or results) / cls.page_size))
+
+
+class SearchError(Exception):
+    """A search request failed; the message is the API's own error (redacted), never the request URL.
+
+    ``fatal``: no other query can succeed either (a bad or exhausted key, an API that is gone): stop asking.
+    """
+
+    def __init__(self, message: str, status: int | None = None, fatal: bool = False):
+        super().__init__(message)
+        self.status, self.fatal = status, fatal

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .base import Candidate, SearchBackend, name_in_text, normalize_text
+from .base import Candidate, SearchBackend, SearchError, name_in_text, normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -378,8 +378,6 @@ class _Prefetched:
 
 def _broken(error: Exception) -> Exception:
     """The fatal search error of a pass whose result could not be read to the end."""
-    from .search import SearchError  # search imports this module to register the backend
-
     return SearchError(f"captions: reading the pass's result failed: {type(error).__name__}: {error}", fatal=True)
 
 

@@ -17,7 +17,7 @@ from datetime import date
 from typing import Any
 
 from ..secrets import redact, register_secret
-from .base import Candidate, Price, SearchBackend, name_in_text, normalize_text
+from .base import Candidate, Price, SearchBackend, SearchError, name_in_text, normalize_text
 from .captions import CaptionSearch
 from .proxies import http_client
 
@@ -35,17 +35,6 @@ def _api_key(value: str | None, env: str | None, what: str) -> str:
         raise ValueError(f"{what}: set the API key in backend_kwargs or the environment variable {env}")
     register_secret(key)  # from here on redact() removes it from every log line, error and file
     return key
-
-
-class SearchError(Exception):
-    """A search request failed; the message is the API's own error (redacted), never the request URL.
-
-    ``fatal``: no other query can succeed either (a bad or exhausted key, an API that is gone): stop asking.
-    """
-
-    def __init__(self, message: str, status: int | None = None, fatal: bool = False):
-        super().__init__(message)
-        self.status, self.fatal = status, fatal
 
 
 #: answers that no later query can escape: no valid key (401, 403), no credit left (402), gone (410); a 422 is fatal
