@@ -6,13 +6,15 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from retrieval_fixtures.server import ImageServer, load_jpegs
 
 from neighbor_lt.curate import CurateContext
 from neighbor_lt.retrieval import get_search_backend
 from neighbor_lt.retrieval.download import read_downloads
-from neighbor_lt.retrieval.searches import open_searches
+from neighbor_lt.retrieval.search import Candidate
+from neighbor_lt.retrieval.searches import URL_COLUMNS, UrlsWriter, open_searches
 from neighbor_lt.retrieval.stages import StageError, run_retrieve
 
 RESULTS = {
@@ -248,3 +250,27 @@ def test_api_keys_never_leave_memory_and_all_failed_searches_exit_non_zero(tiny_
         assert not leaks(tmp_path / "bad", output, CANARIES.values())
     finally:
         server.stop()
+
+
+def test_urls_parquet_is_written_in_row_groups(tmp_path):
+    """urls.parquet holds every hit in order, in row groups of at most ``chunk`` URLs written as the hits come."""
+    path = tmp_path / "urls.parquet"
+    writer = UrlsWriter(str(path), chunk=3)
+    hits = [
+        Candidate(f"koi {i % 2}", f"http://x/{i}.jpg", f"shard#row={i}", f"koi {i}", i, aux_name="koi",
+                  neighbor_of=["goldfish", "carp"])
+        for i in range(7)
+    ]  # fmt: skip
+    writer.add(hits[:4])
+    assert os.path.getsize(writer.tmp) > 0 and writer.columns["url"] == []  # written as it came, not held
+    writer.add(hits[4:])
+    writer.finish()
+    assert not os.path.exists(writer.tmp)
+    table = pq.read_table(path)
+    assert table.column_names == list(URL_COLUMNS) and str(table.schema.field("rank").type) == "int64"
+    assert table.to_pylist() == [
+        {"url": h.image_url, "caption": h.caption, "aux_name": "koi", "neighbor_of": '["goldfish", "carp"]',
+         "page_url": h.page_url, "rank": h.rank, "query": h.query}
+        for h in hits
+    ]  # fmt: skip
+    assert [pq.ParquetFile(path).metadata.row_group(i).num_rows for i in range(2)] == [4, 3]

@@ -105,20 +105,19 @@ class CachedCandidates:
 class UrlsWriter:
     """``urls.parquet`` written in row groups of ``chunk`` URLs, published (renamed into place) by :meth:`finish`."""
 
-    def __init__(self, path: str, chunk: int = 50_000):
+    def __init__(self, path: str, chunk: int = 10_000):
         self.path, self.chunk = path, chunk
         self.tmp = f"{path}.{os.getpid()}.tmp"
-        self.rows: list[dict] = []
+        self.columns: dict[str, list] = {c: [] for c in URL_COLUMNS}  # a list per column: no dict per row
         self.writer = None
 
     def add(self, hits: list[Candidate]) -> None:
         for hit in hits:
-            self.rows.append(
-                {"url": hit.image_url, "caption": hit.caption, "aux_name": hit.aux_name,
-                 "neighbor_of": json.dumps(list(hit.neighbor_of)), "page_url": hit.page_url, "rank": hit.rank,
-                 "query": hit.query}
-            )  # fmt: skip
-        if len(self.rows) >= self.chunk:
+            row = (hit.image_url, hit.caption, hit.aux_name, json.dumps(list(hit.neighbor_of)), hit.page_url,
+                   hit.rank, hit.query)  # fmt: skip
+            for column, value in zip(self.columns.values(), row):  # URL_COLUMNS' order
+                column.append(value)
+        if len(self.columns["url"]) >= self.chunk:
             self._flush()
 
     def _flush(self) -> None:
@@ -128,8 +127,8 @@ class UrlsWriter:
         schema = pa.schema([(c, pa.int64() if c == "rank" else pa.string()) for c in URL_COLUMNS])
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.tmp, schema)
-        self.writer.write_table(pa.Table.from_pylist(self.rows, schema=schema))
-        self.rows = []
+        self.writer.write_table(pa.table(self.columns, schema=schema))
+        self.columns = {c: [] for c in URL_COLUMNS}
 
     def finish(self) -> None:
         self._flush()
