@@ -270,6 +270,7 @@ def test_the_stage_holds_one_query_of_the_pass_at_a_time(tmp_path, monkeypatch):
     assert len(live) == len(NAMES) and max(live) <= 2 * 5  # the query stored and the one read ahead
     expected = CaptionSearch(path, score_column="similarity").search_many({n: [n] for n in NAMES}, max_results=5)
     with open_searches(str(tmp_path / "retrieve")) as cache:
+        assert cache._db.execute("PRAGMA cache_size").fetchone()[0] == -4 * 1024  # KiB: each record is read once
         for name in NAMES:
             record = cache.get(name)
             assert record["status"] == ("empty" if name == "daisy" else "ok")

@@ -43,6 +43,9 @@ def open_searches(folder: str) -> RecordStore:
         columns=("status",),
         key="aux_name",
         legacy_jsonl=os.path.join(folder, LEGACY_SEARCHES),
+        # one record per class, each read or written once: a page cache as large as the file (~0.25 KB per candidate,
+        # 64 MiB by default) would hold nothing that is asked again
+        cache_mib=4,
     )
 
 
