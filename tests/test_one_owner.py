@@ -111,3 +111,13 @@ def test_entry_points_are_thin_and_the_library_is_in_rooms_a_reader_can_follow()
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 100:
                 big.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno} {node.name}")
     assert not big, f"split these: {big}"
+
+
+def test_usable_cores_are_counted_in_one_place():
+    """The cores a process may use (affinity mask, else cpu_count) are counted by neighbor_lt.cores only."""
+    found = _places_outside(
+        "src/neighbor_lt/cores.py",
+        ast.walk,
+        lambda node: isinstance(node, ast.Attribute) and node.attr == "sched_getaffinity",
+    )
+    assert not found, f"call neighbor_lt.cores.usable_cores instead: {found}"

@@ -34,6 +34,7 @@ from datasets import Dataset
 from datasets import Image as ImageFeature
 from PIL import Image
 
+from .cores import usable_cores
 from .data import MergedImageDataset
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,7 @@ def _decode_rows(raw: Dataset, array: np.ndarray, start: int, stop: int, size: i
 def _decode_workers(num_workers: int | None) -> int:
     if num_workers is not None:
         return max(1, int(num_workers))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(8, cpus)
+    return min(8, usable_cores())
 
 
 def pixel_cache(

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from ..cores import usable_cores
 from .filters import (
     PRECISIONS,
     ImageEmbedder,
@@ -380,7 +381,7 @@ def _worker_spec(refs: References, args, retrieve_dir: str, workers: int) -> tup
     references as they are."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     devices = worker_devices(args.device, workers)[1:]
     spec = _WorkerSpec(devices, threads=max(1, cores // workers), retrieve_dir=retrieve_dir, parent=os.getpid())
     method = worker_start_method([refs.embedder.device, *devices], spec.threads)

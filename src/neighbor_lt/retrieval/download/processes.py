@@ -17,6 +17,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+from ...cores import usable_cores
 from ...secrets import redact, register_secret, registered_secrets
 from ..search import Candidate
 from .client import AddressGuard
@@ -30,8 +31,7 @@ def process_count(config: DownloadConfig, guard: AddressGuard, todo: list[Candid
     or more; never more than ``max_connections_per_host`` (each process holds at least one connection per host)."""
     wanted = config.num_processes
     if wanted <= 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        wanted = min(cores, 4) if len(todo) >= 200 else 1
+        wanted = min(usable_cores(), 4) if len(todo) >= 200 else 1
     wanted = min(wanted, max(1, config.max_connections_per_host), config.num_workers)
     if any(c.image_bytes is not None for c in todo):
         return 1
