@@ -129,3 +129,49 @@ def test_a_proxy_it_cannot_use_is_one_line_before_any_request(tmp_path, monkeypa
     with pytest.raises(ValueError, match=r"^proxy socks5://127\.0\.0\.1 is not an http:// proxy") as caught:
         Downloader(str(tmp_path), loopback_config())
     assert "pw-1234" not in str(caught.value)
+
+
+# ---- the captions backend's remote reads (DuckDB's httpfs reads no proxy variable itself) ----
+
+
+def test_duckdb_proxy_settings_follow_the_environment(monkeypatch):
+    from neighbor_lt.retrieval.proxies import duckdb_proxy_settings
+
+    proxy_env(monkeypatch, HTTPS_PROXY="http://alice:s3cr%40t@proxy.example:3128", NO_PROXY="internal.example")
+    settings = duckdb_proxy_settings(["hf://datasets/org/meta/*.parquet", "local/part-0.parquet"])
+    assert settings == {
+        "http_proxy": "proxy.example:3128",
+        "http_proxy_username": "alice",
+        "http_proxy_password": "s3cr@t",
+    }
+    assert "s3cr@t" not in redact("password s3cr@t")  # registered as a secret: never logged
+    assert duckdb_proxy_settings(["local/part-*.parquet"]) == {}
+    assert duckdb_proxy_settings(["https://internal.example/meta/part-0.parquet"]) == {}  # NO_PROXY
+    proxy_env(monkeypatch, HTTP_PROXY="http://proxy.example:3128")
+    assert duckdb_proxy_settings(["s3://bucket/meta/part-0.parquet"]) == {}  # https endpoint, only HTTP_PROXY set
+    assert duckdb_proxy_settings(["http://files.example/part-0.parquet"]) == {"http_proxy": "proxy.example:3128"}
+
+
+def test_duckdb_proxy_settings_refuse_two_proxies_without_leaking_credentials(monkeypatch):
+    from neighbor_lt.retrieval.proxies import duckdb_proxy_settings
+
+    proxy_env(monkeypatch, HTTP_PROXY="http://bob:hunter2@plain.example:8080", HTTPS_PROXY="http://tls.example:3128")
+    with pytest.raises(ValueError, match="different proxies") as info:
+        duckdb_proxy_settings(["http://a.example/x.parquet", "hf://datasets/org/meta/x.parquet"])
+    assert "hunter2" not in str(info.value) and "bob" not in str(info.value)
+    proxy_env(monkeypatch, HTTPS_PROXY="socks5://proxy.example:1080")
+    with pytest.raises(ValueError, match="not an http:// proxy"):
+        duckdb_proxy_settings(["hf://datasets/org/meta/x.parquet"])
+
+
+def test_the_captions_backend_sets_the_proxy_on_its_connection(monkeypatch):
+    from neighbor_lt.retrieval.captions import CaptionSearch
+
+    proxy_env(monkeypatch, HTTPS_PROXY="http://carol:pw@proxy.example:3128")
+    # the remote shard cannot be read offline: the schema check is the only part left out
+    monkeypatch.setattr(CaptionSearch, "_check_columns", lambda self: {})
+    backend = CaptionSearch(data_files="hf://datasets/org/meta/part-0.parquet")
+    rows = dict(
+        backend.db.execute("SELECT name, value FROM duckdb_settings() WHERE name LIKE 'http_proxy%'").fetchall()
+    )
+    assert rows == {"http_proxy": "proxy.example:3128", "http_proxy_username": "carol", "http_proxy_password": "pw"}

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .base import Candidate, SearchBackend, SearchError, name_in_text, normalize_text
+from .proxies import duckdb_proxy_settings
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,10 @@ class CaptionSearch(SearchBackend):
         self.db.execute("SET allocator_background_threads = true")
         # spills go to the system temp folder, not to a .tmp folder in the working directory (DuckDB's default)
         self.db.execute("SET temp_directory = ?", [os.path.join(tempfile.gettempdir(), "neighbor_lt_duckdb")])
+        # remote shards (hf://, s3://, https://) through HTTPS_PROXY / HTTP_PROXY as the downloader goes: DuckDB reads
+        # no proxy variable itself
+        for name, value in duckdb_proxy_settings(self.files).items():
+            self.db.execute(f"SET {name} = ?", [value])
         self.types = self._check_columns()
         self._hits: dict[str, list[Candidate]] = {}
         self._prefetched: _Prefetched | None = None

@@ -1,7 +1,7 @@
 """Proxies from the environment: ``HTTPS_PROXY`` / ``HTTP_PROXY`` (either case) and the ``NO_PROXY`` exceptions.
 
-The search client (httpx) and the downloader (http.client) both ask :func:`proxy_for`, so they go through the same
-proxy for the same URL. Only http proxies are understood (an ``https://`` target goes through a ``CONNECT`` tunnel,
+The search client (httpx), the downloader (http.client) and the captions backend's remote reads (DuckDB's httpfs,
+:func:`duckdb_proxy_settings`) all ask :func:`proxy_for`, so they go through the same proxy for the same URL. Only http proxies are understood (an ``https://`` target goes through a ``CONNECT`` tunnel,
 TLS end to end with the target); a proxy's credentials (``http://user:secret@proxy:3128``) are sent as
 ``Proxy-Authorization`` and redacted from logs and records.
 """
@@ -68,6 +68,63 @@ def parse_proxy(proxy_url: str) -> Proxy:
         register_secret(token)
         headers["Proxy-Authorization"] = f"Basic {token}"
     return Proxy(proxy_url, parts.hostname, parts.port or 80, headers)
+
+
+# where DuckDB's httpfs sends the requests of a non-http scheme (for the proxy choice and NO_PROXY)
+_ENDPOINTS = {
+    "hf": "huggingface.co",
+    "s3": "s3.amazonaws.com",
+    "gs": "storage.googleapis.com",
+    "gcs": "storage.googleapis.com",
+    "r2": "r2.cloudflarestorage.com",
+}
+
+
+def duckdb_proxy_settings(paths: list[str], environ: dict[str, str] | None = None) -> dict[str, str]:
+    """DuckDB settings (``SET name = value``) that send its remote reads of ``paths`` through the environment's proxy:
+    ``http_proxy`` (``host:port``) and, when the proxy URL has credentials, ``http_proxy_username`` / ``_password``.
+    Empty when every path is local, or no proxy applies (none set, or ``NO_PROXY`` exempts the host). DuckDB reads
+    no proxy variable itself, so without these a remote read behind a proxy fails to connect.
+
+    Example:
+        >>> duckdb_proxy_settings(["hf://datasets/org/meta/*.parquet"], {"https": "http://proxy:3128"})
+        {'http_proxy': 'proxy:3128'}
+        >>> duckdb_proxy_settings(["shards/part-0.parquet"], {"https": "http://proxy:3128"})
+        {}
+
+    Args:
+        paths: files or globs; those with a ``scheme://`` are remote (``hf``, ``s3``, ``gs`` go to their services'
+            https endpoints; ``http(s)`` to their own host).
+        environ: proxies as ``urllib.request.getproxies_environment`` returns them; read from the environment when
+            None.
+
+    Raises:
+        ValueError: the remote paths need different proxies (one DuckDB connection has one), or the proxy is not an
+            http:// proxy; the message leaves the credentials out.
+    """
+    chosen: dict[str, str] = {}
+    for path in paths:
+        scheme, sep, rest = str(path).partition("://")
+        if not sep:
+            continue
+        scheme = scheme.lower()
+        host = urlsplit(path).hostname if scheme in ("http", "https") else _ENDPOINTS.get(scheme, rest.split("/")[0])
+        target = path if scheme in ("http", "https") else f"https://{host}/"
+        proxy = proxy_for(target, environ)
+        if proxy:
+            chosen[proxy] = host or ""
+    if len(chosen) > 1:
+        hosts = ", ".join(sorted(set(chosen.values())))
+        raise ValueError(f"the remote files ({hosts}) need different proxies; read them in separate runs")
+    if not chosen:
+        return {}
+    proxy = parse_proxy(next(iter(chosen)))  # registers the credentials as secrets
+    settings = {"http_proxy": f"{proxy.host}:{proxy.port}"}
+    parts = urlsplit(proxy.url if "://" in proxy.url else f"http://{proxy.url}")
+    if parts.username is not None:
+        settings["http_proxy_username"] = unquote(parts.username)
+        settings["http_proxy_password"] = unquote(parts.password or "")
+    return settings
 
 
 def http_client(endpoint: str, **kwargs):
