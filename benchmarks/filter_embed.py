@@ -114,7 +114,7 @@ def run(args) -> dict:
 def time_pass(items: list[dict], refs, settings, retrieve_dir: str, out: str) -> dict:
     """Score ``items`` into a fresh store with the product's pass; its wall time and rates."""
     stored = []  # (seconds since the start, images) of each stored shard
-    cpu_before = cpu_seconds()
+    before = usage()
     with open_scores(out, refs.scorer_id, settings.shard_size) as store:
         start = time.perf_counter()
         stats = score_items(
@@ -127,16 +127,25 @@ def time_pass(items: list[dict], refs, settings, retrieve_dir: str, out: str) ->
         )
         wall = time.perf_counter() - start
         assert stats["images"] == len(store) == len(items)
-    cpu = cpu_seconds() - cpu_before  # the workers are joined by now: their CPU time is counted
+    used = {k: v - before[k] for k, v in usage().items()}  # the workers are joined by now: they are counted
+    cpu = used["cpu_s"] + used["workers_cpu_s"]
+    n = len(items)
+    per_image = {"own_cpu_ms_per_image": round(1000 * used["cpu_s"] / n, 2),
+                 "workers_cpu_ms_per_image": round(1000 * used["workers_cpu_s"] / n, 2),
+                 "own_minor_faults_per_image": round(used["minor_faults"] / n, 1),
+                 "workers_minor_faults_per_image": round(used["workers_minor_faults"] / n, 1)}  # fmt: skip
     return {"num_proc": settings.num_proc, "wall_s": round(wall, 2), "images_per_s": round(len(items) / wall, 1),
             **steady(stored, settings.num_proc), "cpu_s": round(cpu, 1), "cores_busy": round(cpu / wall, 2),
+            "cpu_ms_per_image": round(1000 * cpu / len(items), 2), **per_image,
             "leak_embedding_s": round(stats["leak_embedding_s"], 2)}  # fmt: skip
 
 
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its finished children (the scoring workers)."""
+def usage() -> dict:
+    """User + system CPU seconds and minor page faults of this process and of its finished children (the scoring
+    workers)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return {"cpu_s": own.ru_utime + own.ru_stime, "workers_cpu_s": children.ru_utime + children.ru_stime,
+            "minor_faults": own.ru_minflt, "workers_minor_faults": children.ru_minflt}  # fmt: skip
 
 
 def steady(stored: list[tuple[float, int]], procs: int) -> dict:
@@ -158,8 +167,9 @@ def report(result: dict, args, loads: tuple[float, float]) -> str:
         f"{loads[0]:.1f} / {loads[1]:.1f}. Wall time includes starting the workers.",
         "",
         "| processes | wall (s) | images/s | speedup | CPU (s) | cores busy | first shards stored at (s) | "
-        "images/s after | speedup after |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "images/s after | speedup after | CPU ms / image (this process + workers) | minor faults / image (this "
+        "process + workers) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["runs"]:
         after, ratio = r.get("steady_images_per_s"), r.get("steady_speedup")
@@ -167,7 +177,10 @@ def report(result: dict, args, loads: tuple[float, float]) -> str:
             f"| {r['num_proc']} | {r['wall_s']:.1f} | {r['images_per_s']:,.0f} | {r['speedup']:.2f}x | "
             f"{r['cpu_s']:.1f} | {r['cores_busy']:.2f} | "
             f"{r['start_s'] if r['start_s'] is not None else '-'} | {f'{after:,.0f}' if after else '-'} | "
-            f"{f'{ratio:.2f}x' if ratio else '-'} |"
+            f"{f'{ratio:.2f}x' if ratio else '-'} | {r['cpu_ms_per_image']:.2f} ({r['own_cpu_ms_per_image']:.2f} + "
+            f"{r['workers_cpu_ms_per_image']:.2f}) | "
+            f"{r['own_minor_faults_per_image'] + r['workers_minor_faults_per_image']:.1f} "
+            f"({r['own_minor_faults_per_image']:.1f} + {r['workers_minor_faults_per_image']:.1f}) |"
         )
     two = next((r for r in result["runs"] if r["num_proc"] == 2), None)
     if two is not None and result["runs"][0]["num_proc"] == 1:

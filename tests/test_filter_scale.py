@@ -340,3 +340,37 @@ def test_embeddings_are_the_same_with_batch_scaling(tiny_dinov2, jpegs, tmp_path
     fast = embedder.embed(paths)
     embedder.scaling = None  # the processor's own numpy path
     np.testing.assert_array_equal(fast, embedder.embed(paths))
+
+
+FAULTS_OF_REUSED_BUFFERS = """
+import resource, sys
+import numpy as np
+from neighbor_lt.retrieval.scoring import batch_memory_kept
+
+def faults():
+    for _ in range(2):  # the first one maps the block
+        np.ones(40 << 20, np.uint8)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(8):  # a pass's batch arrays: 40 MiB, allocated, written, freed
+        np.ones(40 << 20, np.uint8)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+default = faults()
+with batch_memory_kept() as kept:
+    during = faults()
+print(kept, default, during, faults())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_pass_reuses_its_freed_batch_buffers():
+    """While scoring, a freed 40 MiB batch array is reused by the next batch, not unmapped and faulted back in page by
+    page (the faults that cost the two-process pass its CPU); after the pass, glibc maps such blocks again."""
+    result = subprocess.run([sys.executable, "-c", FAULTS_OF_REUSED_BUFFERS], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    kept, default, during, after = result.stdout.split()
+    if kept == "False":
+        pytest.skip("not glibc")
+    assert int(default) >= 8 * 20  # at least one fault per 2 MiB (huge) page of each array
+    assert int(during) < int(default) / 10
+    assert int(after) >= 8 * 20

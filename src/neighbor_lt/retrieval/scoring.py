@@ -24,15 +24,18 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import os
+import platform
 import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -279,11 +282,11 @@ def score_items(shards: Iterable[list[dict]], refs: References, args, retrieve_d
     """
     stats = {"images": 0, "shards": 0, "leak_embedding_s": 0.0}
     workers = resolve_num_proc(args.num_proc, args.device) if refs.embedder is not None else 1
-    if workers > 1:
+    if workers > 1:  # started inside batch_memory_kept: forked workers inherit its settings
         results = _in_workers(shards, refs, args, retrieve_dir, workers)
     else:
         results = (score_batch(batch, refs, retrieve_dir) for batch in shards)
-    with tqdm(desc=f"filter: score ({workers} process(es))", unit="img") as bar:
+    with tqdm(desc=f"filter: score ({workers} process(es))", unit="img") as bar, batch_memory_kept():
         for rows, leak_seconds in results:
             store.put_many(rows)  # one transaction: the shard is stored whole or not at all
             stats["images"] += len(rows)
@@ -422,6 +425,12 @@ def _in_workers(shards, refs: References, args, retrieve_dir: str, workers: int)
     threads = torch.get_num_threads()
     if torch.device(refs.embedder.device).type == "cpu":  # this process's share of the cores, set before a fork
         torch.set_num_threads(spec.threads)
+    frozen = method == "fork" and gc.get_freeze_count() == 0
+    if frozen:
+        # Python objects alive now leave the collector's view until the pass ends: a collection writes to every
+        # object it scans, so each page of them would be copied on write, once in this process and once in each
+        # worker (half of the faults of a forked worker's first shard)
+        gc.freeze()
     pool = ProcessPoolExecutor(
         workers - 1, mp_context=mp.get_context(method), initializer=_init_worker, initargs=(spec, ranks)
     )
@@ -449,6 +458,8 @@ def _in_workers(shards, refs: References, args, retrieve_dir: str, workers: int)
         local.shutdown(wait=True, cancel_futures=True)
         pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)
+        if frozen:
+            gc.unfreeze()
 
 
 def _init_worker(spec: _WorkerSpec, ranks) -> None:
@@ -456,6 +467,7 @@ def _init_worker(spec: _WorkerSpec, ranks) -> None:
     shard (an initializer that raises only breaks the pool with a generic message)."""
     try:
         _die_with_parent(spec.parent)
+        keep_batch_memory()  # a spawned worker starts with glibc's defaults (a forked one has its parent's settings)
         device = spec.devices[ranks.get()]
         import torch
 
@@ -489,6 +501,53 @@ def _die_with_parent(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the request
         os._exit(1)
+
+
+# glibc's malloc settings (mallopt) while scoring, and after: see batch_memory_kept
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_KEPT = {_M_MMAP_THRESHOLD: 256 << 20, _M_TRIM_THRESHOLD: 512 << 20, _M_TOP_PAD: 64 << 20}
+_AFTER = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20, _M_TOP_PAD: 128 << 10}
+
+
+def _mallopt(settings: dict[int, int]) -> bool:
+    """Apply glibc ``mallopt`` settings; False where the C library is not glibc (nothing changed)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None or platform.libc_ver()[0] != "glibc":
+        return False
+    return all(mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1 for param, value in settings.items())
+
+
+def keep_batch_memory() -> bool:
+    """Let this process's C heap keep the scoring pass's freed batch buffers for the next batch (glibc; elsewhere a
+    no-op returning False).
+
+    By default glibc maps every block over its dynamic threshold (at most 32 MiB) on its own and unmaps it when freed,
+    and returns the heap's free top to the system past 128 KiB-64 MiB: a batch's pixel array (64 images at 224 px:
+    38.5 MiB), the model's activations and the decode threads' images then come back from the kernel as new pages,
+    zeroed, every batch. Blocks under 256 MiB come from the heap here, and up to 512 MiB of free top is kept. Measured
+    on a 2-core EPYC (4,096 images, one and two processes, shared machine): system time 0.2-0.6 -> 0.05 ms an image,
+    minor faults 6-17 -> 0-6 an image, CPU an image of a worker about 10% less; peak RSS about 50-200 MB more.
+    """
+    return _mallopt(_KEPT)
+
+
+@contextmanager
+def batch_memory_kept():
+    """:func:`keep_batch_memory` for the pass; after it, the free heap goes back to the system and the thresholds
+    are those glibc's dynamic ones reach in a process that frees large arrays (32 MiB maps, 64 MiB of free top)."""
+    kept = keep_batch_memory()
+    try:
+        yield kept
+    finally:
+        if kept:
+            import ctypes
+
+            _mallopt(_AFTER)
+            ctypes.CDLL(None).malloc_trim(ctypes.c_size_t(0))
 
 
 # ---- decisions ----------------------------------------------------------------------------------------------------
