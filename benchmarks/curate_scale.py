@@ -275,20 +275,33 @@ def start_server(args, run_dir: str) -> tuple[subprocess.Popen, int]:
 
 
 # ---- one stage in a child process --------------------------------------------------------------------------------
-def run_stage_child(config: str, stage: str, stats: str) -> int:
-    """The child: ``curate.main`` for one stage (as ``neighbor-lt curate --stages <stage>``), timed from inside."""
+def run_stage_child(config: str, stage: str, stats: str, profile: str | None = None) -> int:
+    """The child: ``curate.main`` for one stage (as ``neighbor-lt curate --stages <stage>``), timed from inside;
+    with ``profile``, under cProfile, saved there: the CPU time of this process's main thread (not its threads, nor
+    its download or filter processes; on a shared machine, wall time would count the other jobs too)."""
     import resource
 
     from neighbor_lt import curate
 
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile(time.thread_time)
+        profiler.enable()
     start = time.perf_counter()
     code = curate.main(["--config", config, "--stages", stage])
     wall = time.perf_counter() - start
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     with open(stats, "w") as f:
         json.dump(
-            {"wall_s": wall, "rc": code, "self_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+            {"wall_s": wall, "rc": code, "self_maxrss_mb": usage.ru_maxrss / 1024,
+             "self_cpu_s": usage.ru_utime + usage.ru_stime},
             f,
-        )
+        )  # fmt: skip
     return code
 
 
@@ -315,10 +328,14 @@ def _tree_rss_kb(root: int) -> int:
     return total
 
 
-def measure_stage(stage: str, config: str, run_dir: str) -> dict:
-    """Run one stage in a child process; its wall time, peak tree RSS, largest process RSS and load average."""
+def measure_stage(stage: str, config: str, run_dir: str, profile: bool = False) -> dict:
+    """Run one stage in a child process; its wall time, CPU time (the stage's process alone and with its download
+    or filter processes), peak tree RSS, largest process RSS and load average; with ``profile``, the stage's
+    process runs under cProfile (``<run_dir>/<stage>.prof``)."""
     stats_path = os.path.join(run_dir, f"{stage}.stats.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--_stage", stage, "--_config", config, "--_stats", stats_path]
+    if profile:
+        cmd += ["--_profile", os.path.join(run_dir, f"{stage}.prof")]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     with open(os.path.join(run_dir, f"{stage}.log"), "w") as log:
@@ -347,6 +364,7 @@ def measure_stage(stage: str, config: str, run_dir: str) -> dict:
         "peak_rss_mb": max(peak[0], usage.ru_maxrss) / 1024,
         "max_process_rss_mb": usage.ru_maxrss / 1024,  # the largest process of the tree (the child or a descendant)
         "cpu_s": usage.ru_utime + usage.ru_stime,
+        "main_cpu_s": inner.get("self_cpu_s"),  # the stage's process alone (dedup, stores, decisions)
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
     }
@@ -418,7 +436,7 @@ def run_size(n: int, args) -> dict:
         setup = time.perf_counter() - setup
         stages = {}
         for stage in STAGES:
-            stages[stage] = measure_stage(stage, config, run_dir)
+            stages[stage] = measure_stage(stage, config, run_dir, args.profile)
             print(f"{n:,} candidates: {stage}: {json.dumps(stages[stage])}", flush=True)
     finally:
         server.kill()
@@ -573,16 +591,22 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results_json", default=JSON_PATH, help="where the runs are kept (one entry per size)")
     parser.add_argument("--keep", action="store_true", help="keep the run folders under benchmarks/.cache")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run each stage's process under cProfile (<run folder>/<stage>.prof; use with --keep)",
+    )
     add_results_arguments(parser)
     parser.add_argument("--_serve", help=argparse.SUPPRESS)  # internal: the image server process
     parser.add_argument("--_stage", help=argparse.SUPPRESS)  # internal: one stage in a child process
     parser.add_argument("--_config", help=argparse.SUPPRESS)
     parser.add_argument("--_stats", help=argparse.SUPPRESS)
+    parser.add_argument("--_profile", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._serve:
         return serve(args)
     if args._stage:
-        sys.exit(run_stage_child(args._config, args._stage, args._stats))
+        sys.exit(run_stage_child(args._config, args._stage, args._stats, args._profile))
     bad = [n for n in args.sizes if n % args.classes]
     if bad:
         parser.error(f"--sizes {bad} are not multiples of --classes {args.classes}")

@@ -54,12 +54,40 @@ def _timed(fn):
     return time.perf_counter() - start, out
 
 
+def _cpu_timed(fn):
+    start = time.process_time()
+    out = fn()
+    return time.process_time() - start, out
+
+
+def stored_hashes(path: str) -> list[tuple[str, str, str]]:
+    """``(key, sha256, phash)`` of every fetched image of a run's ``downloads.sqlite``, in download order."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        rows = db.execute(
+            "SELECT key, json_extract(record, '$.sha256'), json_extract(record, '$.phash') FROM records "
+            "WHERE json_extract(record, '$.phash') IS NOT NULL ORDER BY rowid"
+        ).fetchall()
+    return rows
+
+
+def bench_replay(path: str, radius: int) -> dict:
+    """``DedupIndex.claim`` over the perceptual hashes a curate run fetched (real pictures' hashes cluster)."""
+    rows = stored_hashes(path)
+    index = DedupIndex(phash_distance=radius)
+    seconds, firsts = _cpu_timed(lambda: [index.claim(k, s, p) for k, s, p in rows])
+    return {"source": path, "n": len(rows), "claim_cpu_us": 1e6 * seconds / max(1, len(rows)),
+            "duplicates": sum(f is not None for f in firsts)}  # fmt: skip
+
+
 def bench_dedup(n: int, radius: int, brute: bool, seed: int, probes: int) -> dict:
     hashes = synthetic_hashes(n, 0.1, radius, seed)
     hexes = [f"{int(h):016x}" for h in hashes]
     index = DedupIndex(phash_distance=radius)
-    seconds, firsts = _timed(lambda: [index.claim(f"k{i}", f"sha{i}", h) for i, h in enumerate(hexes)])
-    result = {"n": n, "claim_all_s": seconds, "duplicates": sum(f is not None for f in firsts)}
+    seconds, firsts = _cpu_timed(lambda: [index.claim(f"k{i}", f"sha{i}", h) for i, h in enumerate(hexes)])
+    result = {"n": n, "claim_all_s": seconds, "claim_cpu_us": 1e6 * seconds / n,
+              "duplicates": sum(f is not None for f in firsts)}  # fmt: skip
     kept = np.array(sorted({int(h, 16) for h, f in zip(hexes, firsts) if f is None}), dtype=np.uint64)
     probe = synthetic_hashes(probes, 0.0, radius, seed + 1)
     table = HammingIndex(radius)
@@ -99,24 +127,31 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cores, numpy {np.__version__}, Python {platform.python_version()}"
 
 
-def _report(dedup: list[dict], leak: list[dict], args, loads: tuple) -> str:
+def _report(dedup: list[dict], leak: list[dict], args, loads: tuple, replays: list[dict] = ()) -> str:
     lines = [
         f"Synthetic 64-bit hashes (uniform; dedup: 10% planted near copies within {args.radius} bits; leak: 1% "
         f"exact copies of evaluation hashes), radius {args.radius} (phash_distance / leak_phash_distance). "
         f"Load average before / after: {loads[0]:.1f} / {loads[1]:.1f}. Peak RSS "
         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB.",
         "",
-        "| download dedup | claims | kept | all claims, index (s) | per query at the kept set: index (us) | "
-        "scan (us) | scan / index |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| download dedup | claims | kept | all claims, index (CPU s) | CPU us per claim | per query at the kept "
+        "set: index (us) | scan (us) | scan / index |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in dedup:
         scan = r.get("scan_query_us")
         ratio = f"{scan / r['index_query_us']:,.0f}x" if scan else "-"
         lines.append(
-            f"| DedupIndex.claim | {r['n']:,} | {r['kept']:,} | {r['claim_all_s']:.1f} | {r['index_query_us']:.1f} | "
-            f"{f'{scan:,.0f}' if scan else '-'} | {ratio} |"
+            f"| DedupIndex.claim | {r['n']:,} | {r['kept']:,} | {r['claim_all_s']:.1f} | {r['claim_cpu_us']:.1f} | "
+            f"{r['index_query_us']:.1f} | {f'{scan:,.0f}' if scan else '-'} | {ratio} |"
         )
+    if replays:
+        lines += [
+            "",
+            "| replayed run (downloads.sqlite) | claims | duplicates | CPU us per claim |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [f"| {r['source']} | {r['n']:,} | {r['duplicates']:,} | {r['claim_cpu_us']:.1f} |" for r in replays]
     lines += [
         "",
         "| leak check | candidates | evaluation hashes | index (s) | scan (s) | scan / index | leaks found |",
@@ -140,13 +175,19 @@ def _report(dedup: list[dict], leak: list[dict], args, loads: tuple) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--brute_sizes", type=int, nargs="*", default=[100_000], help="sizes also timed by scan")
     parser.add_argument("--radius", type=int, default=4)
     parser.add_argument("--eval_size", type=int, default=70_000, help="evaluation hashes (ImageNet-LT val + test)")
     parser.add_argument("--probes", type=int, default=2000, help="queries timed per dedup size")
     parser.add_argument("--scan_sample", type=int, default=20_000, help="candidates scanned for the leak scan")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--replay",
+        nargs="*",
+        default=[],
+        help="downloads.sqlite files of curate runs (curate_scale.py --keep) whose hashes are replayed",
+    )
     add_results_arguments(parser)
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
@@ -157,7 +198,10 @@ def main(argv=None) -> None:
         print(dedup[-1], flush=True)
         leak.append(bench_leak(n, args.eval_size, args.radius, brute, args.seed, args.scan_sample))
         print(leak[-1], flush=True)
-    report = _report(dedup, leak, args, (load_before, os.getloadavg()[0]))
+    replays = [bench_replay(path, args.radius) for path in args.replay]
+    for r in replays:
+        print(r, flush=True)
+    report = _report(dedup, leak, args, (load_before, os.getloadavg()[0]), replays)
     print(report)
     title = "Near-duplicate and leak checks: multi-index vs scan"
     record_benchmark(args, RESULTS, title, "benchmarks/dedup_scale.py", _machine(), report, argv)

@@ -8,6 +8,11 @@ store in chunks, indexes the ``ok`` hashes for dedup, checks each chunk of candi
 the summary) and its peak RSS is taken. What may grow with N is the dedup index (SHA-256 and perceptual hash of every
 stored image, a few hundred bytes each); the records themselves are never all in memory.
 
+Then the keyed work of the curate stages, in CPU time per record (what must stay flat as N grows): the
+downloader's commit (``put`` one record at a time, after ``first(source_url=...)``, the same-URL check, in curate's
+order: class after class, URLs and image paths in no order), and the filter's score store (``put_many`` one shard of
+2,048 small records at a time, then ``get_many`` over every key in chunks of 10,000, as the decisions read it).
+
 Example:
     python benchmarks/record_store.py --sizes 100000 1000000
 """
@@ -60,6 +65,47 @@ def child_build(n: int, folder: str) -> dict:
     return {"write_per_s": n / write_s, "read_per_s": read / read_s, "ok": read}
 
 
+def _keyed_record(i: int, n: int) -> dict:
+    """Record ``i`` of ``n`` in curate's order: 1,000 classes one after the other, a URL number and an image path
+    (a SHA-256) that follow no order."""
+    import hashlib
+
+    name = f"class{i * 1000 // n:04d}"
+    url = f"http://127.0.0.1:8000/img/{(i * 7919) % n}.jpg"
+    sha = hashlib.sha256(str(i).encode()).hexdigest()
+    return {"key": f"{name}\t{url}", "aux_name": name, "neighbor_of": ["target"], "query": name, "source_url": url,
+            "caption": f"a photo of {name}", "rank": i, "outcome": "ok", "status": 200, "sha256": sha,
+            "phash": sha[:16], "width": 64, "height": 64, "bytes": 2000, "path": f"images/{sha[:2]}/{sha}.jpg"}  # fmt: skip
+
+
+def child_keyed(n: int, folder: str) -> dict:
+    """CPU seconds of the downloader's commits and of the score store's writes and reads, over ``n`` records."""
+    from neighbor_lt.retrieval.download import open_downloads
+    from neighbor_lt.retrieval.records_store import RecordStore
+
+    folder = os.path.join(folder, "keyed")
+    start = time.process_time()
+    with open_downloads(folder) as store:
+        for i in range(n):
+            record = _keyed_record(i, n)
+            store.first(source_url=record["source_url"])  # Downloader.url_result, before the fetch
+            store.put(record)
+    commit_s = time.process_time() - start
+    keys = [_keyed_record(i, n)["key"] for i in range(n)]
+    start = time.process_time()
+    with RecordStore(os.path.join(folder, "scores.sqlite"), columns=(), batch_size=2048) as scores:
+        for at in range(0, n, 2048):
+            scores.put_many({"key": k, "similarity": 0.5, "parent": "target", "caption_ok": True,
+                             "targets": ["target"]} for k in keys[at : at + 2048])  # fmt: skip
+        write_s = time.process_time() - start
+        start = time.process_time()
+        found = sum(len(scores.get_many(keys[at : at + 10_000])) for at in range(0, n, 10_000))
+        read_s = time.process_time() - start
+    assert found == n, (found, n)
+    return {"commit_cpu_us": 1e6 * commit_s / n, "scores_write_cpu_us": 1e6 * write_s / n,
+            "scores_read_cpu_us": 1e6 * read_s / n}  # fmt: skip
+
+
 def child_resume(n: int, folder: str) -> dict:
     """``Downloader.run`` over the ``n`` recorded candidates, streamed: peak RSS and wall time."""
     from neighbor_lt.retrieval import Candidate, DownloadConfig, Downloader
@@ -77,16 +123,19 @@ def child_resume(n: int, folder: str) -> dict:
     }
 
 
-def measure(n: int) -> dict:
+STEPS = ("build", "resume", "keyed")
+
+
+def measure(n: int, steps=STEPS) -> dict:
     folder = tempfile.mkdtemp(prefix="record_store_")
     try:
         row = {"records": n}
-        for step in ("build", "resume"):
+        for step in steps:
             done = subprocess.run(
                 [sys.executable, __file__, "--child", step, str(n), folder], capture_output=True, text=True, check=True
             )
             row.update(json.loads(done.stdout.strip().splitlines()[-1]))
-        assert row["total"] == n, row
+        assert row.get("total", n) == n, row
         return row
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -95,14 +144,28 @@ def measure(n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="what to measure")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     add_results_arguments(parser)
     args = parser.parse_args()
     if args.child:
         step, n, folder = args.child
-        print(json.dumps((child_build if step == "build" else child_resume)(int(n), folder)))
+        steps = {"build": child_build, "resume": child_resume, "keyed": child_keyed}
+        print(json.dumps(steps[step](int(n), folder)))
         return
-    rows = [measure(n) for n in args.sizes]
+    rows = [measure(n, args.steps) for n in args.sizes]
+    lines = []
+    if "build" in args.steps and "resume" in args.steps:
+        lines += table_resume(rows)
+    if "keyed" in args.steps:
+        lines += table_keyed(rows)
+    report = "\n".join(lines).strip()
+    print(report)
+    machine = machine_line(load=os.getloadavg()[0], torch_version=False)
+    record_benchmark(args, RESULTS, "Record store and resume memory", "benchmarks/record_store.py", machine, report)
+
+
+def table_resume(rows: list[dict]) -> list[str]:
     lines = [
         "| records | written / s | ok read / s | resume wall (s) | resume peak RSS (MB) |",
         "|---:|---:|---:|---:|---:|",
@@ -119,10 +182,22 @@ def main() -> None:
             f"\nPeak RSS grows {growth:,.0f} bytes per stored (ok) image from {first['records']:,} to "
             f"{last['records']:,} records: the dedup index's hashes; the records are read in chunks."
         )
-    report = "\n".join(lines)
-    print(report)
-    machine = machine_line(load=os.getloadavg()[0], torch_version=False)
-    record_benchmark(args, RESULTS, "Record store and resume memory", "benchmarks/record_store.py", machine, report)
+    return lines
+
+
+def table_keyed(rows: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "| records | downloader commit: first(source_url) + put (CPU us / record) | score store put_many "
+        "(CPU us / record) | score store get_many (CPU us / record) |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['records']:,} | {r['commit_cpu_us']:.1f} | {r['scores_write_cpu_us']:.1f} | "
+        f"{r['scores_read_cpu_us']:.1f} |"
+        for r in rows
+    ]
+    return lines
 
 
 if __name__ == "__main__":

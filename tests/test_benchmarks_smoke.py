@@ -86,6 +86,7 @@ def test_curate_scale_benchmark_runs(tiny_imagenet_dir, tmp_path):
 def test_record_store_benchmark_runs():
     stdout = run_benchmark("record_store.py", "--sizes", "2000", "6000")
     assert "| 6,000 |" in stdout and "bytes per stored (ok) image" in stdout
+    assert "downloader commit" in stdout  # the keyed work, CPU per record
 
 
 @pytest.mark.slow
