@@ -266,3 +266,28 @@ def test_candidates_stream_in_chunks_and_a_key_repeated_in_a_later_chunk_is_sett
         assert sum(n for p, n in server.requests.items() if p.startswith(("/img/", "/dup/"))) == 8  # each URL once
     finally:
         server.stop()
+
+
+def test_a_rerun_removes_image_files_without_a_record_and_keeps_every_stored_one(jpegs, tmp_path):
+    """Files a killed run wrote before their batch was committed go; a stored image's file stays, found by its SHA-256
+    (the store has no index on the paths)."""
+    server = ImageServer(jpegs).start()
+    try:
+        candidates = [Candidate("fish", server.url(f"/img/{i}.jpg"), rank=i) for i in range(4)]
+        Downloader(str(tmp_path), loopback_config()).run(candidates)
+        ok = [r for r in read_downloads(tmp_path) if r["outcome"] == "ok"]
+        sha = ok[0]["sha256"]
+        orphans = [
+            tmp_path / "images" / "ab" / ("ab" + "0" * 62 + ".jpg"),  # an image whose record was never committed
+            tmp_path / "images" / "cd" / f"{sha}.jpg",  # a stored image's name in the wrong folder
+            tmp_path / "images" / sha[:2] / f"{sha}.jpg.tmp",  # a torn write
+        ]
+        for path in orphans:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\xff\xd8\xff")
+        Downloader(str(tmp_path), loopback_config()).run(candidates)
+        stored = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "images").rglob("*") if p.is_file())
+        assert stored == sorted(r["path"] for r in ok) and len(ok) == 4
+        assert all((tmp_path / r["path"]).read_bytes()[:3] == b"\xff\xd8\xff" for r in ok)
+    finally:
+        server.stop()

@@ -55,7 +55,9 @@ def test_bands_cover_the_64_bits_once():
 
 
 # a small capacity: radius + 1 equal bands; a large one: a few wide bands, each searched within a few bits
-@pytest.mark.parametrize("radius, capacity", [(1, 100), (3, 100), (6, 100), (12, 100), (3, 10**6), (6, 10**6)])
+@pytest.mark.parametrize(
+    "radius, capacity", [(1, 100), (3, 100), (6, 100), (12, 100), (3, 10**6), (4, 10**6), (6, 10**6)]
+)
 def test_first_within_is_the_scans_first_match(radius, capacity):
     rng = np.random.default_rng(radius)
     index, stored, found_near = HammingIndex(radius, capacity), [], 0

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
 from PIL import Image
 
 from ..hamming import HammingIndex
+
+
+def image_path(sha256: str) -> str:
+    """Where a stored image lives, relative to the downloader's folder: ``images/<sha256[:2]>/<sha256>.jpg``."""
+    return os.path.join("images", sha256[:2], f"{sha256}.jpg")
 
 
 def hamming(a: str, b: str) -> int:
@@ -58,6 +64,10 @@ class DedupIndex:
         """Index an ``ok`` record of an earlier run (its image is the first of its hashes unless one came before)."""
         self._sha.setdefault(record["sha256"], record["key"])
         self._keep_phash(record["phash"], record["key"])
+
+    def stored(self, sha256: str) -> bool:
+        """Whether an image with this SHA-256 was stored (by an earlier run or a claim of this one)."""
+        return sha256 in self._sha
 
     def claim(self, key: str, sha256: str, phash: str) -> str | None:
         """The key of an earlier image with these hashes, or None after recording ``key`` as their first image."""

@@ -34,7 +34,7 @@ from .config import (
     is_refetched,
     is_retryable,
 )
-from .dedup import DedupIndex, perceptual_hash
+from .dedup import DedupIndex, image_path, perceptual_hash
 from .images import decode_image
 from .limits import HostLimiters, Stopped
 from .processes import DownloadProcesses, process_count
@@ -123,29 +123,26 @@ class Downloader:
         for chunk in store.chunks(outcome="ok"):
             for record in chunk:
                 self.seen.add_stored(record)
-        self._remove_orphans(store)
+        self._remove_orphans()
 
-    def _remove_orphans(self, store: RecordStore, chunk: int = 500) -> None:
+    def _remove_orphans(self) -> None:
+        """Remove the image files that have no record (left by ``kill -9`` before their batch was committed).
+
+        A stored image is ``images/<sha256[:2]>/<sha256>.jpg`` and :meth:`_resume` has just put the SHA-256 of every
+        stored image in the dedup index, so a file is kept when its name is a stored SHA-256 at its place: no lookup
+        per file (an index on the paths, random as the hashes, cost more than the rest of a commit at a million).
+        """
         root = os.path.join(self.output_dir, "images")
         if not os.path.isdir(root):
             return
         removed = 0
-
-        def check(paths: list[str]) -> int:
-            kept = {r["path"] for r in store.iter(path=paths)}
-            orphans = [p for p in paths if p not in kept]
-            for path in orphans:
-                os.remove(os.path.join(self.output_dir, path))
-            return len(orphans)
-
-        batch: list[str] = []
         for folder, _, files in os.walk(root):
-            for name in files:  # a record's path is relative to the output folder
-                batch.append(os.path.relpath(os.path.join(folder, name), self.output_dir))
-                if len(batch) >= chunk:
-                    removed += check(batch)
-                    batch = []
-        removed += check(batch)
+            for name in files:
+                path = os.path.relpath(os.path.join(folder, name), self.output_dir)
+                sha = name.removesuffix(".jpg")
+                if not (self.seen.stored(sha) and path == image_path(sha)):
+                    os.remove(os.path.join(self.output_dir, path))
+                    removed += 1
         if removed:
             logger.info("removed %d image file(s) without a record (left by an interrupted run)", removed)
 
@@ -345,7 +342,7 @@ class Downloader:
         if first is not None:
             record.update(outcome="duplicate", detail=f"same image as {first}")
             return None
-        record["path"] = os.path.join("images", record["sha256"][:2], f"{record['sha256']}.jpg")
+        record["path"] = image_path(record["sha256"])
         return data
 
     def _reused(self, key: str) -> dict | None:
