@@ -528,9 +528,10 @@ def keep_batch_memory() -> bool:
     By default glibc maps every block over its dynamic threshold (at most 32 MiB) on its own and unmaps it when freed,
     and returns the heap's free top to the system past 128 KiB-64 MiB: a batch's pixel array (64 images at 224 px:
     38.5 MiB), the model's activations and the decode threads' images then come back from the kernel as new pages,
-    zeroed, every batch. Blocks under 256 MiB come from the heap here, and up to 512 MiB of free top is kept. Measured
-    on a 2-core EPYC (4,096 images, one and two processes, shared machine): system time 0.2-0.6 -> 0.05 ms an image,
-    minor faults 6-17 -> 0-6 an image, CPU an image of a worker about 10% less; peak RSS about 50-200 MB more.
+    zeroed, every batch. Blocks under 256 MiB come from the heap here, and up to 512 MiB of free top is kept.
+    ``benchmarks/filter_embed.py`` on a shared 2-core EPYC: minor faults an image 51-202 -> 0.5 (one process) and
+    74-111 -> 4-10 (two), CPU an image of the two-process pass 3.6-4.1 -> 3.4-3.6 ms. The price is resident memory:
+    a trace with larger settings of the same kind held 50-200 MB more at its peak.
     """
     return _mallopt(_KEPT)
 
