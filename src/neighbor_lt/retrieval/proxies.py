@@ -1,8 +1,8 @@
 """Proxies from the environment: ``HTTPS_PROXY`` / ``HTTP_PROXY`` (either case) and the ``NO_PROXY`` exceptions.
 
 The search client (httpx), the downloader (http.client) and the captions backend's remote reads (DuckDB's httpfs,
-:func:`duckdb_proxy_settings`) all ask :func:`proxy_for`, so they go through the same proxy for the same URL. Only http proxies are understood (an ``https://`` target goes through a ``CONNECT`` tunnel,
-TLS end to end with the target); a proxy's credentials (``http://user:secret@proxy:3128``) are sent as
+:func:`duckdb_proxy_settings`) all ask :func:`proxy_for`, so they go through the same proxy for the same URL. Only
+http proxies are understood (an ``https://`` target goes through a ``CONNECT`` tunnel, TLS end to end with the target); a proxy's credentials (``http://user:secret@proxy:3128``) are sent as
 ``Proxy-Authorization`` and redacted from logs and records.
 """
 
@@ -24,6 +24,8 @@ class Proxy:
     host: str
     port: int
     headers: dict[str, str] = field(default_factory=dict)
+    username: str | None = None  # the URL's credentials, percent-decoded (None: the URL has none)
+    password: str = field(default="", repr=False)  # never in a repr (a log line)
 
 
 def proxy_for(url: str, environ: dict[str, str] | None = None) -> str | None:
@@ -59,15 +61,15 @@ def parse_proxy(proxy_url: str) -> Proxy:
     if parts.scheme != "http" or not parts.hostname:
         where = f"{parts.scheme}://{parts.hostname or ''}"
         raise ValueError(f"proxy {where} is not an http:// proxy with a host (HTTPS_PROXY / HTTP_PROXY)")
-    headers = {}
+    headers, username, password = {}, None, ""
     if parts.username is not None:
-        password = unquote(parts.password or "")
+        username, password = unquote(parts.username), unquote(parts.password or "")
         if password:
             register_secret(password)
-        token = base64.b64encode(f"{unquote(parts.username)}:{password}".encode()).decode()
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
         register_secret(token)
         headers["Proxy-Authorization"] = f"Basic {token}"
-    return Proxy(proxy_url, parts.hostname, parts.port or 80, headers)
+    return Proxy(proxy_url, parts.hostname, parts.port or 80, headers, username, password)
 
 
 # where DuckDB's httpfs sends the requests of a non-http scheme (for the proxy choice and NO_PROXY)
@@ -120,10 +122,8 @@ def duckdb_proxy_settings(paths: list[str], environ: dict[str, str] | None = Non
         return {}
     proxy = parse_proxy(next(iter(chosen)))  # registers the credentials as secrets
     settings = {"http_proxy": f"{proxy.host}:{proxy.port}"}
-    parts = urlsplit(proxy.url if "://" in proxy.url else f"http://{proxy.url}")
-    if parts.username is not None:
-        settings["http_proxy_username"] = unquote(parts.username)
-        settings["http_proxy_password"] = unquote(parts.password or "")
+    if proxy.username is not None:
+        settings.update(http_proxy_username=proxy.username, http_proxy_password=proxy.password)
     return settings
 
 
