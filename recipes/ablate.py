@@ -10,6 +10,8 @@ Usage:
         --visual.rank.model_name_or_path outputs/tiny_imagenet_lt/ablate/runs/a/seed0   # (c+v), opt-in
     python recipes/ablate.py --config recipes/tiny_imagenet_lt/ablate.yaml --variants a a_steps c \
         --aux_datasets.neighbors outputs/tiny_imagenet_lt/ablate/curate/neighbors/aux_dataset   # curated already
+    python recipes/ablate.py --config recipes/tiny_imagenet_lt/ablate.yaml --report_only true \
+        --runs_from benchmarks/results/tiny_imagenet_lt.json   # runs recorded in an earlier summary, not retrained
 
 What it does (neighbor_lt.ablation): curate the neighbor set and a random-class control once (or take `aux_datasets`
 curated elsewhere), train every variant x seed with neighbor_lt.train.run, and report (mean +- sd per group, paired

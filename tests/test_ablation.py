@@ -378,3 +378,85 @@ def test_curation_lock_makes_a_second_process_wait(tmp_path):
         inside = subprocess.run([sys.executable, "-c", probe, lock_file], capture_output=True, text=True, check=True)
     after = subprocess.run([sys.executable, "-c", probe, lock_file], capture_output=True, text=True, check=True)
     assert (inside.stdout.strip(), after.stdout.strip()) == ("held", "free")
+
+
+def test_runs_from_an_earlier_summary_are_reused_and_checked(tmp_path, monkeypatch, capsys):
+    """runs_from: a variant x seed recorded in an earlier summary.json is read from it, not trained; a summary of
+    other sets, steps or classes is refused with one line; the new summary lists the classes and where runs came
+    from."""
+    monkeypatch.chdir(REPO)
+    recipe = _load_recipe()
+    calls = []
+
+    def fake_train(args):
+        opts = dict(zip(args[::2], args[1::2]))
+        calls.append((opts["--output_dir"].split(os.sep)[-2], int(opts["--seed"])))
+        out = Path(opts["--output_dir"])
+        out.mkdir(parents=True)
+        acc = 0.25 + 0.05 * int(opts["--seed"])
+        groups = {k: acc for k in ablation.GROUPS}
+        (out / "eval_results.json").write_text(
+            json.dumps({**groups, **{f"train_{k}": v for k, v in groups.items()}, "train_steps": 2, "train_images": 8})
+        )
+        (out / "per_class_accuracy.csv").write_text(
+            f"label,name,train_count,group,accuracy\n0,x,9,many,{acc}\n1,y,5,medium,{acc}\n2,z,1,few,{acc}\n"
+        )
+
+    monkeypatch.setattr(ablation.runner, "run_training", fake_train)
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(
+        "train_config: recipes/demo/train.yaml\nvariants: [a_steps, c]\n"
+        "aux_datasets: {neighbors: recipes/demo/data/aux}\n"
+    )
+    first = recipe.main(["--config", str(cfg), "--output_dir", str(tmp_path / "first"), "--seeds", "0"])
+    assert calls == [("a_steps", 0), ("c", 0)]
+    assert first["classes"] == [{"name": "x", "group": "many"}, {"name": "y", "group": "medium"},
+                                {"name": "z", "group": "few"}]  # fmt: skip
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text((tmp_path / "first" / "summary.json").read_text())
+
+    # a fresh output folder (the first one's runs are gone): seed 0 comes from the file, seed 1 is trained
+    calls.clear()
+    capsys.readouterr()
+    argv = ["--config", str(cfg), "--output_dir", str(tmp_path / "second"), "--seeds", "0", "1"]
+    summary = recipe.main([*argv, "--runs_from", str(earlier)])
+    printed = capsys.readouterr().out
+    assert calls == [("a_steps", 1), ("c", 1)]
+    assert printed.count(f"(from {earlier})") == 2
+    for variant in ("a_steps", "c"):
+        runs = {r["seed"]: r for r in summary["variants"][variant]["runs"]}
+        assert runs.keys() == {0, 1} and runs[0]["from"] == str(earlier) and "from" not in runs[1]
+        assert runs[0]["overall"] == 0.25 and runs[1]["overall"] == pytest.approx(0.30)
+    assert summary["paired"]["c_vs_a_steps"]["seeds"] == [0, 1]
+    assert summary["paired"]["c_vs_a_steps"]["few"]["classes"] == 1  # the groups are known
+    assert summary["classes"] == first["classes"]
+
+    # an older summary without "classes": the groups come from the runs made here
+    old = json.loads(earlier.read_text())
+    del old["classes"]
+    earlier.write_text(json.dumps(old))
+    summary = recipe.main([*argv, "--runs_from", str(earlier), "--report_only", "true"])
+    assert summary["paired"]["c_vs_a_steps"]["few"]["classes"] == 1
+
+    # not comparable: other (c) steps, another split, other classes, not a summary, missing
+    bad = tmp_path / "bad.json"
+    third = ["--config", str(cfg), "--output_dir", str(tmp_path / "third"), "--seeds", "0", "--runs_from", str(bad)]
+    bad.write_text(json.dumps({**old, "steps_of_c": old["steps_of_c"] + 1}))
+    with pytest.raises(ConfigError, match=r"bad.json has steps_of_c \d+, this ablation \d+; its runs are not comp"):
+        recipe.main(third)
+    bad.write_text(json.dumps({**old, "split": "development"}))
+    with pytest.raises(ConfigError, match='has split "development", this ablation "evaluation"'):
+        recipe.main(third)
+    short = json.loads(json.dumps(old))
+    short["variants"]["c"]["runs"][0]["per_class"] = [0.5, 0.5]
+    bad.write_text(json.dumps(short))
+    with pytest.raises(ConfigError, match=r"c seed 0 \(from .*bad.json\) has 2 per-class accuracies, a_steps seed 0"):
+        recipe.main(third)
+    bad.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="bad.json is not an ablation summary.json"):
+        recipe.main(third)
+    assert calls == [("a_steps", 1), ("c", 1)]  # nothing trained by the refused invocations
+    with pytest.raises(ConfigError, match="runs_from: .*nope.json not found"):
+        ablation.parse_config([*third[:-1], str(tmp_path / "nope.json")])
+    with pytest.raises(ConfigError, match="runs_from cannot be combined with sweep"):
+        ablation.parse_config([*argv, "--runs_from", str(earlier), "--sweep", "lambda_s=0.1,1"])

@@ -42,6 +42,9 @@ class AblationConfig:
     neighbors with other classes rather than the same images re-paired (an error when the neighbor set leaves too
     few classes that are nobody's neighbor). ``sweep`` (``KEY=V1,V2`` or ``{KEY: [V1, V2]}``) trains every value x
     variant x seed on the development split and plots each group's accuracy against the value (:mod:`.sweep`).
+    ``runs_from`` reuses the runs recorded in earlier ``summary.json`` files (another machine's, or a run folder that
+    is gone): a variant x seed without a finished run here is read from them, provided each summary has this
+    ablation's split, (c) steps and set statistics (:func:`neighbor_lt.ablation.runner.earlier_runs`).
     """
 
     output_dir: str | None = _key(None, "Everything goes here: curate/, runs/ (or runs-dev/), summary.json, charts.")
@@ -63,6 +66,9 @@ class AblationConfig:
     title: str = _key("ablation", "Title of the report and the chart.")
     sweep: Any = _key(None, "A training key swept on the development split: 'lambda_s=0.01,0.1,0.3,1'.")
     report_only: bool = _key(False, "Report the finished runs, train nothing (while other processes train).")
+    runs_from: list[str] = _key(
+        [], "summary.json files of earlier invocations: a variant x seed found there is taken, not trained again."
+    )
     #: The YAML file and the command line it came from (the summary records the command); not keys of the file.
     config_path: str | None = field(default=None, init=False, repr=False)
     argv: list[str] = field(default_factory=list, init=False, repr=False)
@@ -101,7 +107,7 @@ SCHEMA = ConfigSchema(
     "ablation",
     _schema_keys,
     usage="--key value (--train.KEY VALUE, --curate.SECTION.KEY VALUE)",
-    several=("seeds", "variants"),
+    several=("seeds", "variants", "runs_from"),
     hint="train recipe keys go under train., curate recipe keys under curate.SECTION.",
 )
 
@@ -155,6 +161,7 @@ def parse_config(argv: list[str]) -> AblationConfig:
             raise unknown_key_error(
                 "train", [key], train_keys, dotted=True, hint="the sweep key is a train recipe key"
             )
+    config.runs_from = check_runs_from(config)
     config.config_path, config.argv = path, argv_given
     return config
 
@@ -194,6 +201,19 @@ def _number(value):
         except ValueError:
             return value
     return value
+
+
+def check_runs_from(config: AblationConfig) -> list[str]:
+    """The ``runs_from`` summaries (one path or a list), checked: files that exist, and no sweep."""
+    paths = [config.runs_from] if isinstance(config.runs_from, str) else config.runs_from
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+        raise ConfigError(f"runs_from must be a list of summary.json paths, got {config.runs_from!r}")
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise ConfigError(f"runs_from: {', '.join(missing)} not found (the summary.json of an earlier ablation)")
+    if paths and config.sweep is not None:
+        raise ConfigError("runs_from cannot be combined with sweep: a summary's runs do not record the swept value")
+    return paths
 
 
 AUX_SETS = ("neighbors", "random", "visual")

@@ -206,8 +206,11 @@ def report(config: AblationConfig, runs: list[dict], sets: dict, steps_c: int | 
     per_class = {}
     for r in runs:
         per_class.setdefault(r["variant"], {})[r["seed"]] = np.asarray(r["per_class"], dtype=float)
-    groups = runs[0]["groups"] if runs else None
+    named = next((r for r in runs if r.get("names")), None)  # a run of runs_from may not know its classes
+    groups = named["groups"] if named else None
     paired = paired_tests(per_class, groups=groups) if runs else {}
+    if runs and groups is None:
+        print("paired tests over all classes only: no run here, and no runs_from summary, lists the classes' groups")
     targets = check_targets(table)
     split = "development" if config.development else "evaluation"
     suffix = "-dev" if config.development else ""
@@ -223,11 +226,12 @@ def report(config: AblationConfig, runs: list[dict], sets: dict, steps_c: int | 
         **({"neighbors": sets["manifest"]} if "manifest" in sets else {}),
         **({"control": sets["control"]} if "control" in sets else {}),
         **({"visual": sets["visual_manifest"]} if "visual_manifest" in sets else {}),
+        **({"classes": [{"name": n, "group": g} for n, g in zip(named["names"], named["groups"])]} if named else {}),
         "variants": {
             v: {
                 "label": VARIANTS[v].label,
                 "mean_sd": {k: table[v][k] for k in (*GROUPS, "train_overall")},
-                "runs": [{k: r[k] for k in r if k not in ("groups", "train_counts")} for r in runs if r["variant"] == v],
+                "runs": [{k: r[k] for k in r if k not in ("groups", "names", "train_counts")} for r in runs if r["variant"] == v],
             }
             for v in table
         },

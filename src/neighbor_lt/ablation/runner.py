@@ -9,7 +9,7 @@ import logging
 import os
 import time
 
-from ..config_schema import save_resolved, write_yaml
+from ..config_schema import ConfigError, save_resolved, write_yaml
 from ..files import write_json_atomic
 from ..metrics import ACCURACY_KEYS as GROUPS
 from ..run_folder import RunFolder
@@ -69,8 +69,77 @@ def read_run(run_dir: str, variant: str, seed: int) -> dict | None:
         "train_steps": result.get("train_steps"), "train_images": result.get("train_images"),
         "wall_s": meta.get("wall_s", float("nan")), "split": result.get("split"),
         "per_class": [r["accuracy"] for r in rows], "groups": [r["group"] for r in rows],
-        "train_counts": [r["train_count"] for r in rows],
+        "names": [r["name"] for r in rows], "train_counts": [r["train_count"] for r in rows],
     }  # fmt: skip
+
+
+def _plain(value):
+    """``value`` as JSON gives it back (tuples as lists), so a summary's fields compare with this ablation's."""
+    return json.loads(json.dumps(value))
+
+
+def earlier_runs(config: AblationConfig, sets: dict, steps_c: int | None) -> dict[tuple[str, int], dict]:
+    """The finished runs of the ``runs_from`` summaries, by ``(variant, seed)`` (the first file that has one wins),
+    each with ``from`` (its file) and, where the summary lists its ``classes``, their names and groups.
+
+    Raises:
+        ConfigError: a file that is not an ablation summary, or one whose split, (c) steps or set statistics differ
+            from this ablation's (its runs would not be comparable).
+    """
+    split = "development" if config.development else "evaluation"
+    mine = {
+        "split": split, "steps_of_c": steps_c, "neighbors": _plain(sets.get("manifest")),
+        "control": _plain(sets.get("control")),
+    }  # fmt: skip
+    found = {}
+    for path in config.runs_from:
+        try:
+            with open(path, encoding="utf-8") as f:
+                summary = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"runs_from: cannot read {path}: {err}") from None
+        if not isinstance(summary, dict) or not isinstance(summary.get("variants"), dict):
+            raise ConfigError(f"runs_from: {path} is not an ablation summary.json (no 'variants' mapping)")
+        for key, value in mine.items():
+            if summary.get(key) != value:
+                raise ConfigError(
+                    f"runs_from: {path} has {key} {json.dumps(summary.get(key))}, this ablation "
+                    f"{json.dumps(value)}; its runs are not comparable with these (drop it from runs_from)"
+                )
+        classes = summary.get("classes") or []
+        for variant, entry in summary["variants"].items():
+            for run in entry.get("runs", []):
+                key = (variant, run.get("seed"))
+                if key in found or variant not in VARIANTS:
+                    continue
+                record = {**run, "from": run.get("from", path)}
+                if classes:
+                    record.update(names=[c["name"] for c in classes], groups=[c["group"] for c in classes])
+                found[key] = record
+    check_classes(list(found.values()))  # before any training; the runs made here are checked after theirs
+    return found
+
+
+def check_classes(runs: list[dict]) -> None:
+    """Every run scores the same classes: as many per-class accuracies, and the same names where both are known.
+
+    Raises:
+        ConfigError: a run (from ``runs_from`` or here) that scores other classes.
+    """
+
+    def where(r):
+        return f"{r['variant']} seed {r['seed']} ({'from ' + r['from'] if r.get('from') else 'run here'})"
+
+    first = runs[0] if runs else None
+    named = next((r for r in runs if r.get("names")), None)
+    for r in runs[1:]:
+        if len(r["per_class"]) != len(first["per_class"]):
+            raise ConfigError(
+                f"{where(r)} has {len(r['per_class'])} per-class accuracies, {where(first)} "
+                f"{len(first['per_class'])}: they score different classes"
+            )
+        if named is not None and r.get("names") and r["names"] != named["names"]:
+            raise ConfigError(f"{where(r)} and {where(named)} score differently named classes")
 
 
 def _line(i, total, r) -> str:
@@ -99,11 +168,17 @@ def train_runs(
     """
     runs_dir = runs_dir or os.path.join(config.output_dir, "runs-dev" if config.development else "runs")
     plan = [(s, v) for s in config.seeds for v in config.variants]
+    earlier = earlier_runs(config, sets, steps_c) if config.runs_from else {}
     runs, failed = [], []
     for i, (seed, name) in enumerate(plan, 1):
         variant = VARIANTS[name]
         run_dir = os.path.join(runs_dir, name, f"seed{seed}")
         result = read_run(run_dir, name, seed)
+        if result is None and (name, seed) in earlier:
+            result = earlier[(name, seed)]
+            print(_line(i, len(plan), result) + f" (from {result['from']})", flush=True)
+            runs.append(result)
+            continue
         if result is None and config.report_only:
             print(f"[{i}/{len(plan)}] {variant.label}, seed {seed}: not run yet (report_only)", flush=True)
             continue
@@ -131,6 +206,7 @@ def train_runs(
         result = read_run(run_dir, name, seed)
         print(_line(i, len(plan), result), flush=True)
         runs.append(result)
+    check_classes(runs)
     return runs, failed
 
 
